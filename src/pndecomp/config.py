@@ -1,0 +1,146 @@
+"""From the validated config dict to the objects each stage needs, plus the checks that a JSON
+schema cannot express (they need the model's config or relations between keys).
+
+Every error names the config key, the bad value and what would be valid, and is raised before
+any expensive work.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+
+from . import lm
+from .predictor import PredictorConfig
+from .train import TrainConfig
+from .windows import DOMAIN_TASK, TOKEN_TYPE_TASK
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message says which key, what value, and what would."""
+
+
+def layer_names(config: Mapping) -> list[str]:
+    """Layers as the strings used in file names (``layer-7``, ``layer-embed``), in config order."""
+    return [str(layer) for layer in config["layers"]]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name!r} but torch finds no CUDA device; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def model_dtype(config: Mapping, device: torch.device) -> torch.dtype:
+    name = config["model"]["dtype"]
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return DTYPES[name]
+
+
+def predictor_config(config: Mapping, lm_config) -> PredictorConfig:
+    """Paper rule: n_heads × d_head = width_multiplier (4) × the LM's own attention width."""
+    section = config["predictor"]
+    d_head = section["d_head"]
+    n_heads = section["n_heads"]
+    if n_heads is None:
+        width = section["width_multiplier"] * lm.attention_width(lm_config)
+        n_heads = max(1, round(width / d_head))
+    return PredictorConfig(d_model=int(lm_config.hidden_size), n_heads=int(n_heads), d_head=int(d_head),
+                           rotary=section["rotary"], input_norm=section["input_norm"])
+
+
+def train_config(config: Mapping) -> TrainConfig:
+    section = config["train"]
+    return TrainConfig(
+        steps=section["steps"], batch_size=section["batch_size"], lr=section["lr"],
+        weight_decay=section["weight_decay"], warmup_steps=section["warmup_steps"],
+        min_lr_ratio=section["min_lr_ratio"], grad_clip=section["grad_clip"], eval_every=section["eval_every"],
+        checkpoint_every=section["checkpoint_every"], seed=config["seed"])
+
+
+def probe_caps(config: Mapping) -> dict:
+    """{task: {split: {"per_class": n} or {"total": n}}} for :func:`pndecomp.windows.select_windows`."""
+    probes = config["probes"]
+    caps = {DOMAIN_TASK: {split: {"per_class": n} for split, n in probes["domain_caps"].items()},
+            TOKEN_TYPE_TASK: {split: {"total": n} for split, n in probes["token_type_caps"].items()}}
+    return {task: caps[task] for task in probes["tasks"]}
+
+
+def corpus_for_reading(config: Mapping, embedded_jsonl: str | None) -> dict:
+    """The corpus section that :func:`pndecomp.corpus.iter_documents` reads.
+
+    The embedded corpus is first built into a Pile-format JSON-lines file, then read like any
+    local file, with its document ids and near-duplicate groups from its metadata.
+    """
+    corpus = dict(config["corpus"])
+    if corpus["source"] == "embedded":
+        corpus["source"] = "files"
+        corpus["files"] = {"paths": [embedded_jsonl], "text_field": "text", "label_field": "meta.pile_set_name",
+                           "id_field": "meta.doc_id", "group_field": "meta.group"}
+    return corpus
+
+
+def check(config: Mapping, lm_config=None) -> None:
+    """Semantic checks; ``lm_config`` (from :func:`pndecomp.lm.load_config`) enables the model ones."""
+    corpus = config["corpus"]
+    if corpus["source"] == "files" and not corpus["files"]["paths"]:
+        raise ConfigError("corpus.files.paths is empty: list at least one .jsonl, .jsonl.zst or .parquet file")
+    if corpus["source"] == "hf" and not corpus["hf"]["name"]:
+        raise ConfigError("corpus.hf.name is not set: give a dataset id for corpus.source 'hf'")
+    if DOMAIN_TASK in config["probes"]["tasks"] and corpus["source"] != "embedded":
+        label_field = corpus[corpus["source"]]["label_field"]
+        if not label_field:
+            raise ConfigError(f"probes.tasks includes {DOMAIN_TASK!r} but corpus.{corpus['source']}.label_field "
+                              "is null: set the label field (e.g. meta.pile_set_name) or drop the task")
+    train = config["train"]
+    if train["warmup_steps"] > train["steps"]:
+        raise ConfigError(f"train.warmup_steps is {train['warmup_steps']}, more than train.steps "
+                          f"({train['steps']}): it must be at most train.steps")
+    if train["eval_windows"] > config["windows"]["predictor_eval"]:
+        raise ConfigError(f"train.eval_windows is {train['eval_windows']}, more than windows.predictor_eval "
+                          f"({config['windows']['predictor_eval']}): the curve's eval subset is taken from them")
+    fractions = config["windows"]["split_fractions"]
+    for split, value in fractions.items():
+        if value <= 0:
+            raise ConfigError(f"windows.split_fractions.{split} is {value}: every split needs a positive share")
+    if lm_config is None:
+        return
+    n_blocks = lm.n_blocks(lm_config)
+    for layer in config["layers"]:
+        if layer != "embed" and not 0 <= int(layer) < n_blocks:
+            raise ConfigError(f"layers: {layer} is out of range for {config['model']['id']!r}, which has "
+                              f"{n_blocks} blocks: valid are 0..{n_blocks - 1} and 'embed'")
+    context = lm.context_length(lm_config)
+    if context is not None and config["windows"]["length"] > context:
+        raise ConfigError(f"windows.length is {config['windows']['length']}, longer than the model's context "
+                          f"({context} tokens)")
+    predictor = predictor_config(config, lm_config)
+    if predictor.rotary and predictor.d_head % 2:
+        raise ConfigError(f"predictor.d_head is {predictor.d_head}: rotary embeddings need an even head size")
+    if not math.isfinite(predictor.n_heads * predictor.d_head) or predictor.n_heads * predictor.d_head <= 0:
+        raise ConfigError(f"predictor: n_heads × d_head = {predictor.n_heads} × {predictor.d_head} must be positive")
+
+
+IDENTITY_KEYS = ("experiment", "seed", "model", "device")
+
+
+def config_view(config: Mapping, *keys: str) -> dict:
+    """The part of the config one rule reads: the identity keys plus the named (dotted) keys.
+
+    Rules pass this as a param, so Snakemake reruns a rule exactly when something it reads changes,
+    and a script that reads beyond its view fails loudly in tests instead of missing a rerun.
+    """
+    view = {key: config[key] for key in IDENTITY_KEYS}
+    for key in keys:
+        section, _, sub = key.partition(".")
+        if sub:
+            view.setdefault(section, {})[sub] = config[section][sub]
+        else:
+            view[section] = config[section]
+    return view

@@ -1,0 +1,102 @@
+"""Running the frozen LM over windows: whole-window hidden states for the predictor splits, and
+last-position features (h_T, ĥ_T, r_T) for the probe windows.
+
+All requested layers come from one forward pass, which stops after the deepest requested block
+unless logits are needed for surprisal. Outputs stream to disk batch by batch, so peak memory is
+one batch whatever the number of windows.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from .io import StreamingTensorWriter, save_tensors
+from .lm import LAYER_CONVENTION, Layer, ResidualCapture, surprisal
+from .predictor import CausalPredictor
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteHiddenState(FloatingPointError):
+    """A hidden state that is not finite in the storage dtype (e.g. fp16 overflow of massive activations)."""
+
+
+def _check_finite(hidden: torch.Tensor, layer: Layer, storage_dtype: torch.dtype, window_offset: int) -> None:
+    stored = hidden.to(storage_dtype)
+    if torch.isfinite(stored).all():
+        return
+    bad = (~torch.isfinite(stored)).nonzero()[0].tolist()
+    raise NonFiniteHiddenState(
+        f"layer {layer}: non-finite hidden state at window {window_offset + bad[0]}, position {bad[1] + 1} "
+        f"when stored as {storage_dtype} (max |h| in the batch: {hidden.float().abs().max().item():.4g}); "
+        "set extraction.dtype to bfloat16 or float32")
+
+
+def batches(tokens: np.ndarray, batch_size: int, description: str):
+    """(offset, input_ids [batch, T] int64) over the windows, with a progress bar."""
+    for start in tqdm(range(0, len(tokens), batch_size), desc=description, unit="batch", mininterval=5):
+        yield start, torch.from_numpy(np.ascontiguousarray(tokens[start:start + batch_size])).long()
+
+
+@torch.no_grad()
+def extract_hidden_states(model, tokens: np.ndarray, layers: Sequence[Layer], out_paths: Mapping[Layer, str], *,
+                          surprisal_path: str | None, batch_size: int, device: torch.device,
+                          storage_dtype: torch.dtype, metadata: Mapping) -> None:
+    """hidden [n_windows, T, d_model] per layer to ``out_paths``; surprisal [n_windows, T-1] if asked."""
+    capture = ResidualCapture(model, layers)
+    n_windows, length = tokens.shape
+    d_model = model.config.hidden_size
+    with contextlib.ExitStack() as stack:
+        writers = {layer: stack.enter_context(StreamingTensorWriter(
+            out_paths[layer], "hidden", (n_windows, length, d_model), storage_dtype,
+            {**metadata, "layer": layer, "convention": LAYER_CONVENTION})) for layer in layers}
+        surprisal_writer = stack.enter_context(StreamingTensorWriter(
+            surprisal_path, "surprisal", (n_windows, length - 1), torch.float32,
+            {**metadata, "positions": "2..T", "unit": "nats"})) if surprisal_path else None
+        for offset, input_ids in batches(tokens, batch_size, "extract"):
+            input_ids = input_ids.to(device, non_blocking=True)
+            if surprisal_writer is not None:
+                hidden, logits = capture.run(input_ids, logits=True)
+                surprisal_writer.write(surprisal(logits, input_ids))
+            else:
+                hidden = capture.run(input_ids)
+            for layer in layers:
+                _check_finite(hidden[layer], layer, storage_dtype, offset)
+                writers[layer].write(hidden[layer])
+
+
+@torch.no_grad()
+def extract_probe_features(model, tokens: np.ndarray, predictors: Mapping[Layer, CausalPredictor],
+                           out_paths: Mapping[Layer, str], *, batch_size: int, device: torch.device,
+                           storage_dtype: torch.dtype, metadata: Mapping) -> None:
+    """h_T, ĥ_T = f(h_{≤T-1}) and r_T = h_T − ĥ_T per layer, each [n_windows, d_model] float32.
+
+    Only the last position is kept: whole probe windows would be ~290 GB of fp16 at paper scale.
+    """
+    layers = list(predictors)
+    capture = ResidualCapture(model, layers)
+    features = {layer: {"h": [], "hhat": []} for layer in layers}
+    for _, input_ids in batches(tokens, batch_size, "probe features"):
+        hidden = capture.run(input_ids.to(device, non_blocking=True))
+        for layer, predictor in predictors.items():
+            # Round through the storage dtype: the predictor was trained on stored hidden states.
+            h = hidden[layer].to(storage_dtype).to(next(predictor.parameters()).dtype)
+            features[layer]["h"].append(h[:, -1].float().cpu())
+            features[layer]["hhat"].append(predictor(h[:, :-1])[:, -1].float().cpu())
+    for layer in layers:
+        h = torch.cat(features[layer]["h"])
+        hhat = torch.cat(features[layer]["hhat"])
+        save_tensors({"h": h, "hhat": hhat, "r": h - hhat}, out_paths[layer],
+                     {**metadata, "layer": layer, "convention": LAYER_CONVENTION, "position": "T (last)"})
+
+
+def window_tokens(windows_path: str) -> np.ndarray:
+    from .windows import tokens_array
+
+    return tokens_array(pd.read_parquet(windows_path, columns=["tokens"]))

@@ -1,0 +1,73 @@
+"""Figures 1–6 (SPEC §7), each drawn from small metric files in a few seconds."""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: figures are files, never windows
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from .io import atomic_path  # noqa: E402
+
+REPRESENTATION_LABELS = {"h": "h", "hhat": "ĥ", "r": "r", "hhat_r": "[ĥ, r]"}
+TASK_TITLES = {"domain": "Domain probe (test macro-F1)", "next_token_type_8": "Next-token-type probe (test macro-F1)"}
+
+
+def _save(fig, png: str | os.PathLike, pdf: str | os.PathLike) -> None:
+    for path, fmt in ((png, "png"), (pdf, "pdf")):
+        with atomic_path(path) as tmp:
+            # metadata without dates keeps re-drawn files byte-identical
+            fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight",
+                        metadata={"CreationDate": None} if fmt == "pdf" else {"Software": None})
+    plt.close(fig)
+
+
+def _stack(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """One long frame with a ``layer`` column, layers kept in the given order."""
+    frame = pd.concat([table.assign(layer=str(layer)) for layer, table in tables.items()], ignore_index=True)
+    frame["layer"] = pd.Categorical(frame["layer"], categories=[str(layer) for layer in tables], ordered=True)
+    return frame
+
+
+def learning_curves(curves: Mapping[str, pd.DataFrame], metric: str, png, pdf) -> None:
+    """Figures 1 and 2: eval MSE or R² against training step, one line per layer."""
+    labels = {"eval_mse": "eval MSE", "eval_r2": "eval R²"}
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    sns.lineplot(data=_stack(curves), x="step", y=metric, hue="layer", marker="o", markersize=3, ax=ax)
+    if metric == "eval_mse":
+        ax.set_yscale("log")
+    ax.set(xlabel="training step", ylabel=labels[metric], title=f"{labels[metric]} during predictor training")
+    _save(fig, png, pdf)
+
+
+def per_position(tables: Mapping[str, pd.DataFrame], column: str, hide_first: int, png, pdf) -> None:
+    """Figures 3 and 4: per-position MSE or Spearman ρ(‖r‖, surprisal), positions ≤ hide_first left out."""
+    labels = {"mse": "MSE", "spearman_rho": "Spearman ρ(‖r‖, surprisal)"}
+    frame = _stack(tables)
+    frame = frame[frame["position"] > hide_first]
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    sns.lineplot(data=frame, x="position", y=column, hue="layer", linewidth=1, ax=ax)
+    if column == "spearman_rho":
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.set(xlabel=f"token position (> {hide_first})", ylabel=labels[column], title=f"{labels[column]} by position")
+    _save(fig, png, pdf)
+
+
+def probe_heatmap(table: pd.DataFrame, task: str, png, pdf) -> None:
+    """Figures 5 and 6: test macro-F1, rows = layers, columns = h, ĥ, r, [ĥ, r], annotated."""
+    layers = list(dict.fromkeys(table["layer"].astype(str)))
+    grid = (table.assign(layer=table["layer"].astype(str))
+            .pivot(index="layer", columns="representation", values="test_macro_f1")
+            .reindex(index=layers, columns=list(REPRESENTATION_LABELS)))
+    grid.columns = [REPRESENTATION_LABELS[c] for c in grid.columns]
+    fig, ax = plt.subplots(figsize=(5, 0.5 * len(layers) + 1.5))
+    sns.heatmap(grid, annot=True, fmt=".3f", cmap="viridis", vmin=0, vmax=1, cbar_kws={"label": "macro-F1"}, ax=ax)
+    ax.set(xlabel="representation", ylabel="layer", title=TASK_TITLES.get(task, task))
+    _save(fig, png, pdf)

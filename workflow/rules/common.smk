@@ -1,0 +1,67 @@
+
+from snakemake.utils import validate
+
+
+from pndecomp import config as pnconfig
+
+
+validate(config, "../schemas/config.schema.yaml")
+pnconfig.check(config)
+
+
+OUT = f"results/{config['experiment']}"
+LAYERS = pnconfig.layer_names(config)
+TASKS = config["probes"]["tasks"]
+# GGUF weights (the embedded default among them) are dequantized once into a model directory.
+MATERIALIZE_MODEL = config["model"]["id"] == "embedded" or config["model"]["id"].endswith(".gguf")
+MODEL_DIR = f"{OUT}/model"
+
+
+wildcard_constraints:
+    layer="embed|[0-9]+",
+    task="|".join(TASKS) or "none",
+
+
+localrules:
+    all,
+    probe_table,
+    layer_summary,
+    fig1_mse_curve,
+    fig2_r2_curve,
+    fig3_position_mse,
+    fig4_position_spearman,
+    fig5_domain_probe,
+    fig6_token_type_probe,
+
+
+def model_input():
+    """The materialized model directory, for rules that load the LM or its tokenizer."""
+    return [MODEL_DIR] if MATERIALIZE_MODEL else []
+
+
+def view(*keys):
+    """The config a rule's script reads (see pndecomp.config.config_view); a param, so changes rerun it."""
+    return pnconfig.config_view(config, *keys)
+
+
+def per_layer(pattern):
+    """``pattern`` with its ``{layer}`` field filled, keyed by layer, for every configured layer in order.
+
+    Other wildcards in the pattern (``{task}``) stay wildcards.
+    """
+    return {layer: pattern.replace("{layer}", layer) for layer in LAYERS}
+
+
+def figure_targets():
+    figures = ["fig1", "fig2", "fig3", "fig4"]
+    figures += ["fig5"] if "domain" in TASKS else []
+    figures += ["fig6"] if "next_token_type_8" in TASKS else []
+    return [f"{OUT}/figures/{name}.{ext}" for name in figures for ext in ("png", "pdf")]
+
+
+def all_targets():
+    return [
+        *figure_targets(),
+        f"{OUT}/metrics/layer_summary.tsv",
+        *[f"{OUT}/probes/{task}.tsv" for task in TASKS],
+    ]

@@ -1,0 +1,18 @@
+rule embedded_corpus:
+    input:
+        model=model_input(),
+    output:
+        documents=f"{OUT}/corpus/documents.jsonl",
+        manifest=f"{OUT}/corpus/manifest.tsv",
+    params:
+        config=view("corpus"),
+    log:
+        f"{OUT}/logs/embedded_corpus.log",
+    conda:
+        "../../envs/pndecomp.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    script:
+        "../scripts/embedded_corpus.py"

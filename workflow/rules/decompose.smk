@@ -1,0 +1,42 @@
+rule decompose_eval:
+    input:
+        hidden=f"{OUT}/activations/predictor_eval/layer-{{layer}}.safetensors",
+        predictor=rules.train_predictor.output.weights,
+    output:
+        residual=f"{OUT}/residuals/predictor_eval/layer-{{layer}}.safetensors",
+        scores=f"{OUT}/metrics/eval_scores/layer-{{layer}}.json",
+    params:
+        config=view("extraction"),
+    log:
+        f"{OUT}/logs/decompose_eval/layer-{{layer}}.log",
+    conda:
+        "../../envs/pndecomp.yaml"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    script:
+        "../scripts/decompose_eval.py"
+
+
+# One LM pass over the probe windows serves every layer: whole probe windows are never stored,
+# only h_T, ĥ_T and r_T.
+rule probe_features:
+    input:
+        model=model_input(),
+        windows=rules.make_windows.output.probe,
+        **per_layer(f"{OUT}/predictors/layer-{{layer}}/predictor.safetensors"),
+    output:
+        **per_layer(f"{OUT}/probe_features/layer-{{layer}}.safetensors"),
+    params:
+        config=view("layers", "extraction"),
+    log:
+        f"{OUT}/logs/probe_features.log",
+    conda:
+        "../../envs/pndecomp.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    script:
+        "../scripts/probe_features.py"

@@ -1,0 +1,32 @@
+rule fit_probe:
+    input:
+        windows=rules.make_windows.output.probe,
+        features=f"{OUT}/probe_features/layer-{{layer}}.safetensors",
+    output:
+        f"{OUT}/probes/{{task}}/layer-{{layer}}.parquet",
+    params:
+        config=view("probes"),
+    log:
+        f"{OUT}/logs/fit_probe/{{task}}/layer-{{layer}}.log",
+    conda:
+        "../../envs/pndecomp.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    script:
+        "../scripts/fit_probe.py"
+
+
+rule probe_table:
+    input:
+        **per_layer(f"{OUT}/probes/{{task}}/layer-{{layer}}.parquet"),
+    output:
+        f"{OUT}/probes/{{task}}.tsv",
+    log:
+        f"{OUT}/logs/probe_table/{{task}}.log",
+    conda:
+        "../../envs/pndecomp.yaml"
+    threads: 1
+    script:
+        "../scripts/collect_tables.py"

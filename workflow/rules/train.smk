@@ -1,0 +1,22 @@
+rule train_predictor:
+    input:
+        model=model_input(),
+        train=f"{OUT}/activations/predictor_train/layer-{{layer}}.safetensors",
+        eval=f"{OUT}/activations/predictor_eval/layer-{{layer}}.safetensors",
+    output:
+        weights=f"{OUT}/predictors/layer-{{layer}}/predictor.safetensors",
+        curve=f"{OUT}/predictors/layer-{{layer}}/curve.parquet",
+    params:
+        config=view("predictor", "train"),
+        # Not an output: Snakemake deletes the outputs of an interrupted job, and this must survive.
+        resume=f"{OUT}/predictors/layer-{{layer}}/.resume.pt",
+    log:
+        f"{OUT}/logs/train_predictor/layer-{{layer}}.log",
+    conda:
+        "../../envs/pndecomp.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=600,
+    script:
+        "../scripts/train_predictor.py"
