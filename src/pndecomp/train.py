@@ -116,8 +116,8 @@ def train_predictor(
         done = step + 1
         if done % cfg.eval_every == 0 or done == cfg.steps:
             scores = evaluate(predictor, eval_hidden, cfg.eval_batch_size, device)
-            curve.append({"step": done, "lr": lr, "train_loss": float(loss), **{f"eval_{k}": v for k, v in scores.items()}})
-            log.info("step %d  train loss %.5g  eval mse %.5g  r2 %.4f", done, float(loss), scores["mse"], scores["r2"])
+            curve.append({"step": done, "lr": lr, "train_loss": loss.item(), **{f"eval_{k}": v for k, v in scores.items()}})
+            log.info("step %d  train loss %.5g  eval mse %.5g  r2 %.4f", done, loss.item(), scores["mse"], scores["r2"])
         if resume_path is not None and (done % cfg.checkpoint_every == 0) and done < cfg.steps:
             with atomic_path(resume_path) as tmp:
                 torch.save({"model": predictor.state_dict(), "optimizer": optimizer.state_dict(), "step": done,

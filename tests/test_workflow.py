@@ -1,0 +1,94 @@
+"""The whole workflow through the snakemake CLI on the tiny model and corpus, in a temp directory."""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tiny import write_config
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--cores", "2"]
+FIGURES = [f"fig{i}.{ext}" for i in range(1, 7) for ext in ("png", "pdf")]
+
+pytestmark = pytest.mark.slow
+
+
+def snakemake(workdir: Path, *args: str) -> str:
+    result = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), *args], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def jobs_run(log: str) -> dict[str, int]:
+    """Rule -> number of jobs, from the 'Job stats' table Snakemake prints."""
+    counts, in_table = {}, False
+    for line in log.splitlines():
+        if line.startswith("job ") and "count" in line:
+            in_table = True
+            continue
+        if in_table:
+            parts = line.split()
+            if len(parts) == 2 and parts[1].isdigit():
+                if parts[0] != "total":
+                    counts[parts[0]] = int(parts[1])
+            elif parts and not set(line.strip()) <= {"-", " "}:
+                in_table = False
+    return counts
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_model_dir, tiny_corpus):
+    workdir = tmp_path_factory.mktemp("workflow")
+    write_config(workdir / "config.yaml", tiny_model_dir, tiny_corpus)
+    log = snakemake(workdir)
+    return workdir, log
+
+
+def test_full_run_makes_every_figure_and_table(tiny_run):
+    workdir, _ = tiny_run
+    out = workdir / "results" / "tiny"
+    for name in FIGURES:
+        assert (out / "figures" / name).stat().st_size > 1000, name
+    summary = pd.read_csv(out / "metrics" / "layer_summary.tsv", sep="\t", dtype={"layer": str})
+    assert list(summary["layer"]) == ["0", "2", "3"]
+    for task in ("domain", "next_token_type_8"):
+        table = pd.read_csv(out / "probes" / f"{task}.tsv", sep="\t", dtype={"layer": str})
+        assert len(table) == 3 * 4
+        assert table["test_macro_f1"].between(0, 1).all()
+    per_position = pd.read_parquet(out / "metrics" / "per_position" / "layer-2.parquet")
+    assert list(per_position["position"]) == list(range(2, 25))
+
+
+def test_second_dry_run_has_nothing_to_do(tiny_run):
+    workdir, _ = tiny_run
+    assert "Nothing to be done" in snakemake(workdir, "-n")
+
+
+def test_one_deleted_figure_rebuilds_alone(tiny_run):
+    workdir, _ = tiny_run
+    figure = workdir / "results" / "tiny" / "figures" / "fig3.png"
+    figure.unlink()
+    log = snakemake(workdir, str(figure.relative_to(workdir)))
+    assert figure.exists()
+    assert jobs_run(log) == {"fig3_position_mse": 1}
+
+
+def test_predictor_change_reruns_training_and_downstream_not_extraction(tiny_run):
+    workdir, _ = tiny_run
+    changed = workdir / "changed"
+    changed.mkdir()
+    shutil.copytree(workdir / "results", changed / "results")
+    shutil.copytree(workdir / ".snakemake", changed / ".snakemake")
+    config = (workdir / "config.yaml").read_text().replace("d_head: 8", "d_head: 4")
+    assert config != (workdir / "config.yaml").read_text()
+    (changed / "config.yaml").write_text(config)
+    jobs = jobs_run(snakemake(changed, "-n"))
+    assert jobs["train_predictor"] == 3
+    for downstream in ("decompose_eval", "per_position_metrics", "probe_features", "fit_probe", "fig1_mse_curve",
+                       "fig6_token_type_probe"):
+        assert downstream in jobs, downstream
+    for upstream in ("make_windows", "extract_train_activations", "extract_eval_activations"):
+        assert upstream not in jobs, upstream
