@@ -352,6 +352,29 @@ def test_near_duplicate_texts_share_a_group_and_others_do_not():
     assert groups[3] == "d"  # half one, half the other: near neither
 
 
+def candidate_for(path: Path, domain: str):
+    source = corpus_module._SourceFile(path, f"stdlib/{path.name}", "stdlib==3")
+    return corpus_module._Candidate(domain, source)
+
+
+def test_docstrings_keep_prose_and_comments_are_only_real_comments(tmp_path):
+    prose = " ".join(["This module explains how the garden is watered in summer and in winter."] * 4)
+    module = tmp_path / "garden.py"
+    module.write_text(
+        f'#!/usr/bin/env python\n# How to water.\n"""{prose}"""\n'
+        'x = "# in a string"  # A real comment.\nimport os  # noqa: F401\n'
+    )
+    assert corpus_module._module_docstring(candidate_for(module, "docstrings")) == prose
+    assert corpus_module._comments(candidate_for(module, "code_comments")) == "How to water.\nA real comment."
+
+    table = tmp_path / "table.py"
+    table.write_text('"""\n' + "| a | b |\n|---|---|\n| 1 | 2 |\n" * 20 + '"""\nx = 1\n')
+    assert corpus_module._module_docstring(candidate_for(table, "docstrings")) is None  # not prose
+    late = tmp_path / "late.py"
+    late.write_text(f'x = 1\n"""{prose}"""\n')  # a string after code is no docstring
+    assert corpus_module._module_docstring(candidate_for(late, "docstrings")) is None
+
+
 def make_fake_purelib(root: Path) -> Path:
     """A site-packages with two MIT-licensed dists, one unrelated licence and ATen-like headers."""
     purelib = root / "site-packages"
@@ -384,36 +407,54 @@ def make_fake_purelib(root: Path) -> Path:
     return purelib
 
 
-def test_embedded_near_duplicate_licences_share_a_group_and_aten_ops_are_capped(tmp_path):
-    purelib = make_fake_purelib(tmp_path)
-    out = tmp_path / "out"
-    summary = build_embedded_corpus(
-        out / "c.jsonl", out / "m.tsv", max_files_per_domain=10, venv_purelib=purelib
-    )
-    records = [json.loads(line) for line in (out / "c.jsonl").read_text().splitlines()]
-    group = {r["meta"]["doc_id"]: r["meta"]["group"] for r in records}
-    alpha = "license_texts/site-packages/alpha-1.0.dist-info/licenses/LICENSE"
-    beta = "license_texts/site-packages/beta-2.1.dist-info/licenses/LICENSE"
-    gamma = "license_texts/site-packages/gamma-0.3.dist-info/licenses/LICENSE"
-    assert group[alpha] == group[beta] == alpha
-    epsilon = "license_texts/site-packages/epsilon-0.1.dist-info/licenses/LICENSE"
-    kept = [doc_id for doc_id in (gamma, epsilon) if doc_id in group]
-    assert len(kept) == 1 and group[kept[0]] == kept[0]  # one copy kept, near nothing else
-
-    headers = [r["meta"]["doc_id"] for r in records if r["meta"]["pile_set_name"] == "c_cpp_headers"]
-    assert sum("/ATen/ops/" in h for h in headers) == 1  # 10 % of 10
-    assert sum("/other" in h for h in headers) == 9
-    assert summary["c_cpp_headers"] == len(headers)
-
-    # When the other headers cannot fill the domain, the share still holds: 12 others, 1 ATen op.
-    build_embedded_corpus(out / "c20.jsonl", out / "m20.tsv", max_files_per_domain=20, venv_purelib=purelib)
-    records20 = [json.loads(line) for line in (out / "c20.jsonl").read_text().splitlines()]
-    headers20 = [r["meta"]["doc_id"] for r in records20 if r["meta"]["pile_set_name"] == "c_cpp_headers"]
-    assert (sum("/ATen/ops/" in h for h in headers20), len(headers20)) == (1, 13)
-
-    with open(out / "m.tsv", newline="") as f:
+def build_from_fake_purelib(root: Path, cap: int) -> tuple[list[dict], dict[str, str]]:
+    """(corpus records, {relative_path: package}) of a build from make_fake_purelib + the stdlib."""
+    purelib = make_fake_purelib(root)
+    build_embedded_corpus(root / "c.jsonl", root / "m.tsv", max_files_per_domain=cap, venv_purelib=purelib)
+    records = [json.loads(line) for line in (root / "c.jsonl").read_text().splitlines()]
+    with open(root / "m.tsv", newline="") as f:
         packages = {row["relative_path"]: row["package"] for row in csv.DictReader(f, delimiter="\t")}
-    assert packages[alpha.removeprefix("license_texts/")] == "alpha==1.0"
+    return records, packages
+
+
+@pytest.fixture(scope="module")
+def fake_build(tmp_path_factory):
+    return build_from_fake_purelib(tmp_path_factory.mktemp("fake"), cap=10)
+
+
+LICENCE = "license_texts/site-packages/{}.dist-info/licenses/LICENSE"
+
+
+def test_embedded_near_duplicate_licences_share_a_group(fake_build):
+    records, _ = fake_build
+    group = {r["meta"]["doc_id"]: r["meta"]["group"] for r in records}
+    alpha, beta = LICENCE.format("alpha-1.0"), LICENCE.format("beta-2.1")
+    assert group[alpha] == group[beta] == alpha
+
+
+def test_embedded_exact_duplicates_keep_one_copy(fake_build):
+    records, _ = fake_build
+    group = {r["meta"]["doc_id"]: r["meta"]["group"] for r in records}
+    copies = (LICENCE.format("gamma-0.3"), LICENCE.format("epsilon-0.1"))
+    kept = [doc_id for doc_id in copies if doc_id in group]
+    assert len(kept) == 1 and group[kept[0]] == kept[0]  # one copy, near nothing else
+
+
+def headers_of(records: list[dict]) -> list[str]:
+    return [r["meta"]["doc_id"] for r in records if r["meta"]["pile_set_name"] == "c_cpp_headers"]
+
+
+def test_embedded_aten_ops_headers_are_capped_to_a_tenth(fake_build, tmp_path):
+    headers = headers_of(fake_build[0])
+    assert (sum("/ATen/ops/" in h for h in headers), len(headers)) == (1, 10)  # 9 others + 1
+    # When the other headers cannot fill the domain the share still holds: 12 others + 1.
+    headers = headers_of(build_from_fake_purelib(tmp_path, cap=20)[0])
+    assert (sum("/ATen/ops/" in h for h in headers), len(headers)) == (1, 13)
+
+
+def test_embedded_manifest_names_the_owning_distribution(fake_build):
+    _, packages = fake_build
+    assert packages[LICENCE.format("alpha-1.0").removeprefix("license_texts/")] == "alpha==1.0"
     assert packages["site-packages/beta-2.1.dist-info/METADATA"] == "beta==2.1"
     assert all(p.startswith("stdlib==") for rel, p in packages.items() if rel.startswith("stdlib/"))
 

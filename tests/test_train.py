@@ -85,3 +85,10 @@ def test_resume_ignores_a_checkpoint_of_another_config(tmp_path):
     _, curve = train_predictor(PREDICTOR, other, lambda s: hidden[batch_indices(32, 8, 0, s)], hidden[:8],
                                resume_path=resume)
     assert list(curve["step"]) == [5, 10, 15, 20]
+
+
+def test_batches_cover_every_window_once_per_epoch():
+    drawn = torch.cat([batch_indices(10, 4, 3, step) for step in range(5)])  # 20 draws = 2 epochs
+    assert sorted(drawn[:10].tolist()) == list(range(10))
+    assert sorted(drawn[10:].tolist()) == list(range(10))
+    assert not torch.equal(drawn[:10], drawn[10:])

@@ -95,3 +95,13 @@ def test_selection_counts_caps_and_task_membership():
         assert (part["in_domain"] | part["in_next_token_type_8"]).all()
     assert set(probe["split"]) == set(PROBE_SPLITS)
     assert set(SPLITS) >= set(frame["split"])
+
+
+def test_token_type_windows_reuse_domain_windows_first():
+    frame, _ = build_windows(make_documents(600), CharTokenizer(), length=10, per_document=3, prepend_bos=False,
+                             fractions=FRACTIONS, seed=0)
+    caps = {"domain": {s: {"per_class": 10} for s in PROBE_SPLITS},
+            "next_token_type_8": {s: {"total": 12} for s in PROBE_SPLITS}}
+    probe = select_windows(frame, predictor_counts={}, probe_caps=caps, tasks=["domain", "next_token_type_8"])["probe"]
+    assert (probe["in_domain"] | ~probe["in_next_token_type_8"]).all()  # token-type ⊆ domain
+    assert len(probe) == 3 * 3 * 10

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -114,24 +114,50 @@ def extract_activations(config: Mapping, materialized_dir: str | None, windows_p
         storage_dtype=cfg.DTYPES[config["extraction"]["dtype"]], metadata=output_metadata(config))
 
 
-def train_predictor(config: Mapping, materialized_dir: str | None, train_hidden_path: str, eval_hidden_path: str,
-                    out_weights: str, out_curve: str, resume_path: str) -> None:
+def train_predictor(config: Mapping, materialized_dir: str | None, layer: str, train_data_path: str,
+                    eval_hidden_path: str, out_weights: str, out_curve: str, resume_path: str) -> None:
+    """Train one layer's predictor from cached hidden states (``train.data: cache``, reading the
+    layer's activations) or from hidden states the frozen LM computes on the fly for every batch
+    (``stream``, reading the predictor_train windows)."""
     lm_config = lm.load_config(model_source(config, materialized_dir))
     predictor_cfg = cfg.predictor_config(config, lm_config)
     train_cfg = cfg.train_config(config)
     device = cfg.resolve_device(config["device"])
-    train_hidden = read_hidden(train_hidden_path)
     eval_hidden = read_hidden(eval_hidden_path, limit=config["train"]["eval_windows"])
+    if config["train"]["data"] == "stream":
+        next_batch = _streamed_batches(config, materialized_dir, layer_key(layer), train_data_path, train_cfg)
+    else:
+        train_hidden = read_hidden(train_data_path)
 
-    def next_batch(step: int) -> torch.Tensor:
-        return train_hidden[batch_indices(len(train_hidden), train_cfg.batch_size, train_cfg.seed, step)]
+        def next_batch(step: int) -> torch.Tensor:
+            return train_hidden[batch_indices(len(train_hidden), train_cfg.batch_size, train_cfg.seed, step)]
 
+    stat = Path(train_data_path).stat()
     model, curve = train_loop(predictor_cfg, train_cfg, next_batch, eval_hidden, device=device,
-                              resume_path=Path(resume_path), data_id=str(io.load_metadata(train_hidden_path)))
-    metadata = output_metadata(config, layer=io.load_metadata(train_hidden_path)["layer"], train=config["train"])
+                              resume_path=Path(resume_path),
+                              data_id=f"{config['train']['data']}:{layer}:{stat.st_size}:{stat.st_mtime_ns}")
+    metadata = output_metadata(config, layer=layer_key(layer), train=config["train"])
     predictor.save_predictor(model, out_weights, metadata)
     io.write_parquet(curve, out_curve, metadata)
     Path(resume_path).unlink(missing_ok=True)
+
+
+def _streamed_batches(config: Mapping, materialized_dir: str | None, layer: lm.Layer, windows_path: str,
+                      train_cfg) -> Callable[[int], torch.Tensor]:
+    """next_batch(step) for stream mode: the LM runs up to ``layer`` only (early exit, no LM head)."""
+    model, device = load_frozen_lm(config, materialized_dir)
+    capture = lm.ResidualCapture(model, [layer])
+    tokens = torch.from_numpy(extract.window_tokens(windows_path))
+    if device.type == "cuda":
+        tokens = tokens.pin_memory()  # lets the host-to-device copy overlap compute
+    storage_dtype = cfg.DTYPES[config["extraction"]["dtype"]]
+
+    def next_batch(step: int) -> torch.Tensor:
+        ids = tokens[batch_indices(len(tokens), train_cfg.batch_size, train_cfg.seed, step)]
+        # Rounded through the storage dtype, like the cached states and the eval set.
+        return capture.run(ids.to(device, non_blocking=True))[layer].to(storage_dtype)
+
+    return next_batch
 
 
 def decompose_eval(config: Mapping, eval_hidden_path: str, predictor_path: str, out_residual: str,

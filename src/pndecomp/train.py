@@ -5,6 +5,7 @@ draws exactly the batches the uninterrupted run would have drawn.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -47,9 +48,24 @@ def get_lr(step: int, cfg: TrainConfig) -> float:
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))) * (cfg.lr - min_lr)
 
 
+@functools.lru_cache(maxsize=2)
+def _epoch_permutation(n_windows: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.randperm(n_windows, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
 def batch_indices(n_windows: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    return torch.randint(n_windows, (batch_size,), generator=generator)
+    """The windows of training step ``step``: consecutive slices of seeded per-epoch permutations.
+
+    A pure function of (seed, step), so a resumed run draws exactly the batches an uninterrupted one
+    would, and every window is used once per epoch before any is repeated.
+    """
+    positions = torch.arange(step * batch_size, (step + 1) * batch_size)
+    epochs, offsets = positions // n_windows, positions % n_windows
+    indices = torch.empty(batch_size, dtype=torch.long)
+    for epoch in epochs.unique().tolist():
+        in_epoch = epochs == epoch
+        indices[in_epoch] = _epoch_permutation(n_windows, seed, epoch)[offsets[in_epoch]]
+    return indices
 
 
 @torch.no_grad()
@@ -107,7 +123,10 @@ def train_predictor(
         lr = get_lr(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss = prediction_loss(predictor, next_batch(step).to(device))
+        # On CUDA the matmuls run in bf16 under autocast; the weights and AdamW state stay fp32.
+        with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
+                            enabled=torch.device(device).type == "cuda"):
+            loss = prediction_loss(predictor, next_batch(step).to(device, non_blocking=True))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:

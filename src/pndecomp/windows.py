@@ -85,7 +85,9 @@ def select_windows(candidates: pd.DataFrame, *, predictor_counts: Mapping[str, i
 
     Predictor splits keep their first ``predictor_counts[split]`` windows in hash order. The probe
     splits keep the union of what the probe tasks select (each window carries both labels), with a
-    boolean column per task telling which windows belong to it.
+    boolean column per task telling which windows belong to it. Tasks are served in order, each
+    preferring windows already kept (see the README: with both tasks, the next-token-type windows
+    come from the domain windows when there are enough of them).
     """
     selected = {}
     for split, count in predictor_counts.items():
@@ -97,7 +99,11 @@ def select_windows(candidates: pd.DataFrame, *, predictor_counts: Mapping[str, i
         membership = {}
         for task in tasks:
             caps = probe_caps[task][split]
-            index = select_for_task(part, label_column=TASK_LABEL_COLUMNS[task], order_column="order_key",
+            # Later tasks draw first from windows an earlier task already keeps (in their hash
+            # order), so the tasks share LM passes instead of adding windows.
+            kept = np.logical_or.reduce(list(membership.values())) if membership else np.zeros(len(part), bool)
+            ranked = part.assign(_rank=np.where(kept, 0.0, 1.0) + part["order_key"])
+            index = select_for_task(ranked, label_column=TASK_LABEL_COLUMNS[task], order_column="_rank",
                                     per_class_cap=caps.get("per_class"), total_cap=caps.get("total"))
             membership[task] = part.index.isin(index)
         keep = np.logical_or.reduce(list(membership.values())) if membership else np.zeros(len(part), bool)

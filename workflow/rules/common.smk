@@ -39,6 +39,13 @@ def model_input():
     return [MODEL_DIR] if MATERIALIZE_MODEL else []
 
 
+def train_data():
+    """Cache mode trains on the layer's extracted activations; stream mode on the windows themselves."""
+    if config["train"]["data"] == "stream":
+        return f"{OUT}/windows/predictor_train.parquet"
+    return f"{OUT}/activations/predictor_train/layer-{{layer}}.safetensors"
+
+
 def view(*keys):
     """The config a rule's script reads (see pndecomp.config.config_view); a param, so changes rerun it."""
     return pnconfig.config_view(config, *keys)

@@ -1,13 +1,13 @@
 rule train_predictor:
     input:
         model=model_input(),
-        train=f"{OUT}/activations/predictor_train/layer-{{layer}}.safetensors",
+        train=train_data(),
         eval=f"{OUT}/activations/predictor_eval/layer-{{layer}}.safetensors",
     output:
         weights=f"{OUT}/predictors/layer-{{layer}}/predictor.safetensors",
         curve=f"{OUT}/predictors/layer-{{layer}}/curve.parquet",
     params:
-        config=view("predictor", "train"),
+        config=view("predictor", "train", "extraction.dtype"),
         # Not an output: Snakemake deletes the outputs of an interrupted job, and this must survive.
         resume=f"{OUT}/predictors/layer-{{layer}}/.resume.pt",
     log:

