@@ -6,8 +6,8 @@ any expensive work.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 
@@ -43,15 +43,14 @@ def model_dtype(config: Mapping, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
-def predictor_config(config: Mapping, lm_config) -> PredictorConfig:
+def predictor_config(config: Mapping, shape: lm.ModelShape) -> PredictorConfig:
     """Paper rule: n_heads × d_head = width_multiplier (4) × the LM's own attention width."""
     section = config["predictor"]
     d_head = section["d_head"]
     n_heads = section["n_heads"]
     if n_heads is None:
-        width = section["width_multiplier"] * lm.attention_width(lm_config)
-        n_heads = max(1, round(width / d_head))
-    return PredictorConfig(d_model=int(lm_config.hidden_size), n_heads=int(n_heads), d_head=int(d_head),
+        n_heads = max(1, round(section["width_multiplier"] * shape.attention_width / d_head))
+    return PredictorConfig(d_model=shape.d_model, n_heads=int(n_heads), d_head=int(d_head),
                            rotary=section["rotary"], input_norm=section["input_norm"])
 
 
@@ -86,11 +85,17 @@ def corpus_for_reading(config: Mapping, embedded_jsonl: str | None) -> dict:
     return corpus
 
 
-def check(config: Mapping, lm_config=None) -> None:
-    """Semantic checks; ``lm_config`` (from :func:`pndecomp.lm.load_config`) enables the model ones."""
+def check(config: Mapping, shape: lm.ModelShape | None = None) -> None:
+    """Semantic checks; ``shape`` (from :func:`pndecomp.lm.read_model_shape`) enables the model ones."""
     corpus = config["corpus"]
     if corpus["source"] == "files" and not corpus["files"]["paths"]:
         raise ConfigError("corpus.files.paths is empty: list at least one .jsonl, .jsonl.zst or .parquet file")
+    if corpus["source"] == "files":
+        from .corpus import iter_documents
+
+        # Checks the paths now (missing file, unknown extension, clashing names: CorpusError) and
+        # returns a lazy reader that is dropped unread, so these fail before any job starts.
+        iter_documents(corpus)
     if corpus["source"] == "hf" and not corpus["hf"]["name"]:
         raise ConfigError("corpus.hf.name is not set: give a dataset id for corpus.source 'hf'")
     if DOMAIN_TASK in config["probes"]["tasks"] and corpus["source"] != "embedded":
@@ -105,26 +110,40 @@ def check(config: Mapping, lm_config=None) -> None:
     if train["eval_windows"] > config["windows"]["predictor_eval"]:
         raise ConfigError(f"train.eval_windows is {train['eval_windows']}, more than windows.predictor_eval "
                           f"({config['windows']['predictor_eval']}): the curve's eval subset is taken from them")
-    fractions = config["windows"]["split_fractions"]
-    for split, value in fractions.items():
+    for split, value in config["windows"]["split_fractions"].items():
         if value <= 0:
             raise ConfigError(f"windows.split_fractions.{split} is {value}: every split needs a positive share")
-    if lm_config is None:
-        return
-    n_blocks = lm.n_blocks(lm_config)
-    for layer in config["layers"]:
-        if layer != "embed" and not 0 <= int(layer) < n_blocks:
-            raise ConfigError(f"layers: {layer} is out of range for {config['model']['id']!r}, which has "
-                              f"{n_blocks} blocks: valid are 0..{n_blocks - 1} and 'embed'")
-    context = lm.context_length(lm_config)
-    if context is not None and config["windows"]["length"] > context:
-        raise ConfigError(f"windows.length is {config['windows']['length']}, longer than the model's context "
-                          f"({context} tokens)")
-    predictor = predictor_config(config, lm_config)
-    if predictor.rotary and predictor.d_head % 2:
-        raise ConfigError(f"predictor.d_head is {predictor.d_head}: rotary embeddings need an even head size")
-    if not math.isfinite(predictor.n_heads * predictor.d_head) or predictor.n_heads * predictor.d_head <= 0:
-        raise ConfigError(f"predictor: n_heads × d_head = {predictor.n_heads} × {predictor.d_head} must be positive")
+    if config["predictor"]["rotary"] and config["predictor"]["d_head"] % 2:
+        raise ConfigError(f"predictor.d_head is {config['predictor']['d_head']}: rotary embeddings need an even "
+                          "head size")
+    if shape is not None:
+        check_model(config["model"]["id"], config["layers"], config["windows"]["length"], shape)
+
+
+def check_model(model_id: str, layers, window_length: int, shape: lm.ModelShape) -> None:
+    """Layers within the model's blocks and windows within its context."""
+    for layer in layers:
+        if layer != "embed" and not 0 <= int(layer) < shape.n_blocks:
+            raise ConfigError(f"layers: {layer} is out of range for {model_id!r}, which has "
+                              f"{shape.n_blocks} blocks: valid are 0..{shape.n_blocks - 1} and 'embed'")
+    if shape.context_length is not None and window_length > shape.context_length:
+        raise ConfigError(f"windows.length is {window_length}, longer than the context of {model_id!r} "
+                          f"({shape.context_length} tokens)")
+
+
+def model_shape(config: Mapping, materialized_dir: str | None = None) -> tuple[lm.ModelShape | None, str]:
+    """The model's shape for :func:`check`, or (None, why) when only the hub could tell.
+
+    A materialized copy is read when it exists: its config.json is faster to read than a GGUF header.
+    """
+    if materialized_dir and (Path(materialized_dir) / "config.json").is_file():
+        return lm.read_model_shape(lm.ModelSource(str(materialized_dir))), ""
+    source = lm.resolve_source(config["model"])
+    try:
+        return lm.read_model_shape(source), ""
+    except OSError as error:  # a hub id not in the local cache
+        return None, (f"model {source.path!r} is not in the local hub cache ({type(error).__name__}); the layer "
+                      "and context checks run when a rule loads it")
 
 
 IDENTITY_KEYS = ("experiment", "seed", "model", "device")

@@ -69,6 +69,8 @@ def resolve_source(model: Mapping) -> ModelSource:
         if not gguf.is_file():
             raise FileNotFoundError(f"model.id: GGUF file {model_id!r} does not exist")
         return ModelSource(str(gguf.parent), gguf.name, None, trust)
+    if model_id.startswith(("/", "./", "../", "~")) and not Path(model_id).expanduser().exists():
+        raise FileNotFoundError(f"model.id: local model directory {model_id!r} does not exist")
     return ModelSource(model_id, None, model.get("revision"), trust)
 
 
@@ -104,7 +106,9 @@ def load_model(source: ModelSource, device: str | torch.device = "cpu", dtype: t
     """The frozen LM: ``eval()``, gradients off. GGUF weights are dequantized on load."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype, **source.kwargs())
+    # Weights only from safetensors (or GGUF): a pickled pytorch_model.bin is refused, not unpickled.
+    safetensors_only = {} if source.gguf_file else {"use_safetensors": True}
+    model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype, **safetensors_only, **source.kwargs())
     model.eval().requires_grad_(False)
     return model.to(device)
 
@@ -133,6 +137,49 @@ def materialize(source: ModelSource, out_dir: str | Path) -> None:
     tmp.rename(out_dir)
 
 
+@dataclass(frozen=True)
+class ModelShape:
+    """What config validation needs to know of a model, read without loading weights."""
+
+    n_blocks: int
+    context_length: int | None
+    d_model: int
+    attention_width: int
+
+
+def shape_from_config(config) -> ModelShape:
+    return ModelShape(n_blocks(config), context_length(config), int(config.hidden_size), attention_width(config))
+
+
+def read_model_shape(source: ModelSource) -> ModelShape:
+    """The model's shape from its config.json or GGUF header alone, in well under a second.
+
+    Used when Snakemake builds the DAG, so it avoids importing transformers where it can.
+    """
+    if source.gguf_file:
+        import gguf
+
+        fields = gguf.GGUFReader(str(Path(source.path) / source.gguf_file)).fields
+        arch = fields["general.architecture"].contents()
+
+        def value(key):
+            field = fields.get(f"{arch}.{key}")
+            return int(field.contents()) if field is not None else None
+
+        d_model = value("embedding_length")
+        return ModelShape(value("block_count"), value("context_length"), d_model, d_model)
+    config_json = Path(source.path) / "config.json"
+    if config_json.is_file():
+        import json
+        from types import SimpleNamespace
+
+        return shape_from_config(SimpleNamespace(**json.loads(config_json.read_text())))
+    from transformers import AutoConfig
+
+    # Only the local hub cache: building the DAG must not wait on the network.
+    return shape_from_config(AutoConfig.from_pretrained(source.path, local_files_only=True, **source.kwargs()))
+
+
 def n_blocks(config) -> int:
     for attr in ("num_hidden_layers", "n_layer", "num_layers"):
         if hasattr(config, attr):
@@ -150,7 +197,7 @@ def context_length(config) -> int | None:
 def attention_width(config) -> int:
     """n_heads × d_head of one attention layer of the LM (the predictor's default is 4× this)."""
     n_heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head")
-    d_head = getattr(config, "head_dim", None) or config.hidden_size // n_heads
+    d_head = getattr(config, "head_dim", None) or int(config.hidden_size) // int(n_heads)
     return int(n_heads * d_head)
 
 

@@ -44,9 +44,12 @@ def output_metadata(config: Mapping, **extra) -> dict:
                          model=_fingerprint(model["id"], model.get("revision")), **extra)
 
 
-def load_frozen_lm(config: Mapping, materialized_dir: str | None):
+def load_frozen_lm(config: Mapping, materialized_dir: str | None, layers, window_length: int):
+    """The LM on the configured device, after checking the layers and window length against it
+    (the DAG-time check cannot when the model's config is only on the hub)."""
     device = cfg.resolve_device(config["device"])
     model = lm.load_model(model_source(config, materialized_dir), device, cfg.model_dtype(config, device))
+    cfg.check_model(config["model"]["id"], layers, window_length, lm.shape_from_config(model.config))
     return model, device
 
 
@@ -95,7 +98,7 @@ def make_windows(config: Mapping, materialized_dir: str | None, corpus_jsonl: st
         probe_caps=cfg.probe_caps(config), tasks=tasks)
     summary = windows.summarize(selected, counts, tasks)
     log.info("windows: %s", summary)
-    windows.check_selection(selected, config)
+    windows.check_selection(selected, config, counts)
     metadata = output_metadata(config)
     for name in ("predictor_train", "predictor_eval", "probe"):
         io.write_parquet(selected[name], outputs[name], metadata)
@@ -105,10 +108,11 @@ def make_windows(config: Mapping, materialized_dir: str | None, corpus_jsonl: st
 def extract_activations(config: Mapping, materialized_dir: str | None, windows_path: str,
                         out_paths: Mapping[str, str], surprisal_path: str | None) -> None:
     """Hidden states of every configured layer (one pass), plus surprisal for the eval split."""
-    model, device = load_frozen_lm(config, materialized_dir)
     layers = [layer_key(name) for name in out_paths]
+    tokens = extract.window_tokens(windows_path)
+    model, device = load_frozen_lm(config, materialized_dir, layers, tokens.shape[1])
     extract.extract_hidden_states(
-        model, extract.window_tokens(windows_path), layers,
+        model, tokens, layers,
         {layer_key(name): path for name, path in out_paths.items()},
         surprisal_path=surprisal_path, batch_size=config["extraction"]["batch_size"], device=device,
         storage_dtype=cfg.DTYPES[config["extraction"]["dtype"]], metadata=output_metadata(config))
@@ -119,8 +123,7 @@ def train_predictor(config: Mapping, materialized_dir: str | None, layer: str, t
     """Train one layer's predictor from cached hidden states (``train.data: cache``, reading the
     layer's activations) or from hidden states the frozen LM computes on the fly for every batch
     (``stream``, reading the predictor_train windows)."""
-    lm_config = lm.load_config(model_source(config, materialized_dir))
-    predictor_cfg = cfg.predictor_config(config, lm_config)
+    predictor_cfg = cfg.predictor_config(config, lm.read_model_shape(model_source(config, materialized_dir)))
     train_cfg = cfg.train_config(config)
     device = cfg.resolve_device(config["device"])
     eval_hidden = read_hidden(eval_hidden_path, limit=config["train"]["eval_windows"])
@@ -145,9 +148,9 @@ def train_predictor(config: Mapping, materialized_dir: str | None, layer: str, t
 def _streamed_batches(config: Mapping, materialized_dir: str | None, layer: lm.Layer, windows_path: str,
                       train_cfg) -> Callable[[int], torch.Tensor]:
     """next_batch(step) for stream mode: the LM runs up to ``layer`` only (early exit, no LM head)."""
-    model, device = load_frozen_lm(config, materialized_dir)
-    capture = lm.ResidualCapture(model, [layer])
     tokens = torch.from_numpy(extract.window_tokens(windows_path))
+    model, device = load_frozen_lm(config, materialized_dir, [layer], tokens.shape[1])
+    capture = lm.ResidualCapture(model, [layer])
     if device.type == "cuda":
         tokens = tokens.pin_memory()  # lets the host-to-device copy overlap compute
     storage_dtype = cfg.DTYPES[config["extraction"]["dtype"]]
@@ -197,10 +200,12 @@ def per_position_metrics(config: Mapping, residual_path: str, surprisal_path: st
 
 def probe_features(config: Mapping, materialized_dir: str | None, probe_windows_path: str,
                    predictor_paths: Mapping[str, str], out_paths: Mapping[str, str]) -> None:
-    model, device = load_frozen_lm(config, materialized_dir)
+    tokens = extract.window_tokens(probe_windows_path)
+    model, device = load_frozen_lm(config, materialized_dir, [layer_key(name) for name in predictor_paths],
+                                   tokens.shape[1])
     predictors = {layer_key(name): predictor.load_predictor(path, device) for name, path in predictor_paths.items()}
     extract.extract_probe_features(
-        model, extract.window_tokens(probe_windows_path), predictors,
+        model, tokens, predictors,
         {layer_key(name): path for name, path in out_paths.items()}, batch_size=config["extraction"]["batch_size"],
         device=device, storage_dtype=cfg.DTYPES[config["extraction"]["dtype"]], metadata=output_metadata(config))
 

@@ -131,14 +131,20 @@ class NotEnoughWindows(ValueError):
     """The corpus cannot supply the windows the config asks for; the message lists what it has."""
 
 
-def check_selection(selected: Mapping[str, pd.DataFrame], config: Mapping) -> None:
-    """Fail before any LM work when a split is too small for the stages that read it."""
+def check_selection(selected: Mapping[str, pd.DataFrame], config: Mapping,
+                    counts: Mapping[str, int] | None = None) -> None:
+    """Fail before any LM work when a split is too small for the stages that read it.
+
+    ``counts`` (from :func:`build_windows`) adds how many documents were too short to the message.
+    """
     length = config["windows"]["length"]
     eval_needed = 2  # Var and Spearman need two windows; train.eval_windows is checked against the config
     available = {split: len(selected[split]) for split in ("predictor_train", "predictor_eval")}
     if available["predictor_train"] < 1 or available["predictor_eval"] < eval_needed:
+        short = (f" ({counts.get('skipped_short', 0)} of {counts.get('documents', 0)} documents are shorter than "
+                 f"windows.length = {length} tokens)" if counts is not None else "")
         raise NotEnoughWindows(
-            f"the corpus yields {available} windows of {length} tokens for the predictor splits; "
+            f"the corpus yields {available} windows of {length} tokens for the predictor splits{short}; "
             f"windows.predictor_eval needs at least {eval_needed} and predictor_train at "
             "least 1: add documents, lower windows.length, raise windows.per_document or the split fractions")
     for split, requested in available.items():

@@ -1,4 +1,5 @@
 
+from snakemake.logging import logger
 from snakemake.utils import validate
 
 
@@ -6,8 +7,6 @@ from pndecomp import config as pnconfig
 
 
 validate(config, "../schemas/config.schema.yaml")
-pnconfig.check(config)
-
 
 OUT = f"results/{config['experiment']}"
 LAYERS = pnconfig.layer_names(config)
@@ -15,6 +14,12 @@ TASKS = config["probes"]["tasks"]
 # GGUF weights (the embedded default among them) are dequantized once into a model directory.
 MATERIALIZE_MODEL = config["model"]["id"] == "embedded" or config["model"]["id"].endswith(".gguf")
 MODEL_DIR = f"{OUT}/model"
+
+# Every semantic check runs here, before any job starts.
+MODEL_SHAPE, MODEL_SHAPE_NOTE = pnconfig.model_shape(config, MODEL_DIR if MATERIALIZE_MODEL else None)
+if MODEL_SHAPE_NOTE:
+    logger.warning(MODEL_SHAPE_NOTE)
+pnconfig.check(config, MODEL_SHAPE)
 
 
 wildcard_constraints:

@@ -14,7 +14,8 @@ rule train_predictor:
         f"{OUT}/logs/train_predictor/layer-{{layer}}.log",
     conda:
         "../../envs/pndecomp.yaml"
-    threads: 2
+    # One thread: a small predictor gains little from more, so layers train side by side instead.
+    threads: 1
     resources:
         mem_mb=8000,
         runtime=600,
