@@ -182,7 +182,8 @@ def decompose_eval(config: Mapping, eval_hidden_path: str, predictor_path: str, 
             target = batch[:, 1:].float()
             scores.update(target.cpu().numpy(), (target - residual).cpu().numpy())
             writer.write(residual)
-    io.write_json({"layer": meta["layer"], "n_windows": int(hidden.shape[0]), **scores.result()}, out_scores)
+    io.write_json({"layer": meta["layer"], "n_windows": int(hidden.shape[0]), **scores.result(),
+                   "metadata": output_metadata(config, layer=meta["layer"])}, out_scores)
 
 
 def per_position_metrics(config: Mapping, residual_path: str, surprisal_path: str, out_path: str) -> None:
@@ -248,7 +249,7 @@ def collect_tables(paths: Mapping[str, str], out_path: str) -> None:
 
 def layer_summary(score_paths: Mapping[str, str], out_path: str) -> None:
     """Final eval MSE, Var and R² of every layer over all eval windows, as one TSV."""
-    rows = [{"layer": layer, **{k: v for k, v in io.read_json(path).items() if k != "layer"}}
+    rows = [{"layer": layer, **{k: v for k, v in io.read_json(path).items() if k not in ("layer", "metadata")}}
             for layer, path in score_paths.items()]
     with io.atomic_path(out_path) as tmp:
         pd.DataFrame(rows).to_csv(tmp, sep="\t", index=False, float_format="%.6g")
