@@ -37,3 +37,24 @@ def test_atomic_path_keeps_old_file_on_failure(tmp_path):
             1 / 0
     assert path.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+def test_saved_tensors_load_back_and_are_byte_identical_across_processes(tmp_path):
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch; from pndecomp.io import save_tensors\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "save_tensors({'w': torch.randn(3, 4, generator=g), 'b': torch.arange(5, dtype=torch.int64),\n"
+        "              'h': torch.randn(2, 2, generator=g).to(torch.bfloat16)}, sys.argv[1],\n"
+        "             {'seed': 0, 'layer': 7, 'model': {'id': 'x'}, 'experiment': 'e', 'zeta': [1, 2]})\n"
+    )
+    paths = [tmp_path / "a.safetensors", tmp_path / "b.safetensors"]
+    for path, hash_seed in zip(paths, ("1", "2")):
+        subprocess.run([sys.executable, "-c", script, str(path)], check=True, env={"PYTHONHASHSEED": hash_seed})
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    loaded = load_file(str(paths[0]))
+    assert loaded["b"].tolist() == [0, 1, 2, 3, 4] and loaded["h"].dtype == torch.bfloat16
+    assert load_metadata(paths[0])["layer"] == 7
+    assert oct(paths[0].stat().st_mode & 0o777) != oct(0o600)

@@ -15,6 +15,7 @@ import seaborn as sns  # noqa: E402
 from .io import atomic_path  # noqa: E402
 
 REPRESENTATION_LABELS = {"h": "h", "hhat": "ĥ", "r": "r", "hhat_r": "[ĥ, r]"}
+R2_FLOOR = -0.5
 TASK_TITLES = {"domain": "Domain probe (test macro-F1)", "next_token_type_8": "Next-token-type probe (test macro-F1)"}
 
 
@@ -25,6 +26,10 @@ def _save(fig, png: str | os.PathLike, pdf: str | os.PathLike) -> None:
             fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight",
                         metadata={"CreationDate": None} if fmt == "pdf" else {"Software": None})
     plt.close(fig)
+
+
+def _legend_outside(ax) -> None:
+    sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1.0), title="layer", frameon=False)
 
 
 def _stack(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
@@ -40,9 +45,15 @@ def learning_curves(curves: Mapping[str, pd.DataFrame], metric: str, png, pdf) -
     sns.set_theme(style="whitegrid")
     fig, ax = plt.subplots(figsize=(6, 4))
     sns.lineplot(data=_stack(curves), x="step", y=metric, hue="layer", marker="o", markersize=3, ax=ax)
+    ylabel = labels[metric]
     if metric == "eval_mse":
-        ax.set_yscale("log")
-    ax.set(xlabel="training step", ylabel=labels[metric], title=f"{labels[metric]} during predictor training")
+        ax.set_yscale("log")  # layers differ by orders of magnitude in scale
+    elif ax.get_ylim()[0] < R2_FLOOR:
+        # The first evaluations of an untrained predictor can be far below 0 and flatten the rest.
+        ax.set_ylim(bottom=R2_FLOOR)
+        ylabel += f" (axis cut at {R2_FLOOR})"
+    ax.set(xlabel="training step", ylabel=ylabel, title=f"{labels[metric]} during predictor training")
+    _legend_outside(ax)
     _save(fig, png, pdf)
 
 
@@ -56,7 +67,10 @@ def per_position(tables: Mapping[str, pd.DataFrame], column: str, hide_first: in
     sns.lineplot(data=frame, x="position", y=column, hue="layer", linewidth=1, ax=ax)
     if column == "spearman_rho":
         ax.axhline(0.0, color="grey", linewidth=0.8)
+    else:
+        ax.set_yscale("log")  # layers differ by orders of magnitude in scale
     ax.set(xlabel=f"token position (> {hide_first})", ylabel=labels[column], title=f"{labels[column]} by position")
+    _legend_outside(ax)
     _save(fig, png, pdf)
 
 

@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import save_file
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 TRACKED_PACKAGES = ("torch", "transformers", "numpy", "scikit-learn", "pandas", "pndecomp")
 
@@ -40,6 +42,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files 0600; outputs get the usual mode
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -80,11 +83,38 @@ def provenance(**extra: object) -> dict:
     return {"packages": versions, "python": platform.python_version(), **extra}
 
 
+def _header_bytes(entries: list[tuple[str, torch.dtype, tuple[int, ...]]], metadata: Mapping | None) -> bytes:
+    """A safetensors header for tensors laid out in the given order, keys sorted for stable bytes.
+
+    (The safetensors library writes metadata in a per-process random order, so equal files would
+    differ byte for byte between runs.)
+    """
+    header, offset = {}, 0
+    for name, dtype, shape in entries:
+        n_bytes = int(np.prod(shape, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + n_bytes]}
+        offset += n_bytes
+    if metadata:
+        header["__metadata__"] = {k: json.dumps(v, sort_keys=True, default=str) for k, v in metadata.items()}
+    encoded = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the data must start 8-byte aligned
+    return struct.pack("<Q", len(encoded)) + encoded
+
+
+def _raw_bytes(tensor: torch.Tensor, dtype: torch.dtype) -> bytes:
+    array = tensor.detach().to("cpu", dtype).contiguous()
+    # bf16 has no numpy dtype: take its bytes through an int16 view.
+    return (array.view(torch.int16) if dtype == torch.bfloat16 else array).numpy().tobytes()
+
+
 def save_tensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping | None = None) -> None:
-    """safetensors file; metadata values are JSON-encoded (safetensors metadata is str -> str)."""
-    meta = {key: json.dumps(value, sort_keys=True, default=str) for key, value in (metadata or {}).items()}
-    with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+    """A safetensors file with JSON-encoded metadata values, byte-identical for equal input."""
+    names = sorted(tensors)
+    entries = [(name, tensors[name].dtype, tuple(tensors[name].shape)) for name in names]
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(_header_bytes(entries, metadata))
+        for name in names:
+            handle.write(_raw_bytes(tensors[name], tensors[name].dtype))
 
 
 def load_metadata(path: str | os.PathLike) -> dict:
@@ -108,28 +138,17 @@ class StreamingTensorWriter:
         self.shape = tuple(int(s) for s in shape)
         self.dtype = dtype
         self.rows_written = 0
-        self._row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
-        header = {name: {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(self.shape),
-                         "data_offsets": [0, self._row_bytes * self.shape[0]]}}
-        if metadata:
-            header["__metadata__"] = {k: json.dumps(v, sort_keys=True, default=str) for k, v in metadata.items()}
-        header_bytes = json.dumps(header, separators=(",", ":")).encode()
-        header_bytes += b" " * (-len(header_bytes) % 8)  # the data must start 8-byte aligned
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         self._file = open(self._tmp, "wb")
-        self._file.write(struct.pack("<Q", len(header_bytes)))
-        self._file.write(header_bytes)
+        self._file.write(_header_bytes([(name, dtype, self.shape)], metadata))
 
     def write(self, batch: torch.Tensor) -> None:
         if tuple(batch.shape[1:]) != self.shape[1:]:
             raise ValueError(f"batch shape {tuple(batch.shape)} does not match {self.shape} after the first axis")
         if self.rows_written + batch.shape[0] > self.shape[0]:
             raise ValueError(f"{self.path}: more than {self.shape[0]} rows written")
-        array = batch.detach().to("cpu", self.dtype).contiguous()
-        # bf16 has no numpy dtype: write its bytes through an int16 view.
-        raw = array.view(torch.int16) if self.dtype == torch.bfloat16 else array
-        self._file.write(raw.numpy().tobytes())
+        self._file.write(_raw_bytes(batch, self.dtype))
         self.rows_written += batch.shape[0]
 
     def close(self) -> None:
