@@ -147,9 +147,10 @@ def check_selection(selected: Mapping[str, pd.DataFrame], config: Mapping,
             f"the corpus yields {available} windows of {length} tokens for the predictor splits{short}; "
             f"windows.predictor_eval needs at least {eval_needed} and predictor_train at "
             "least 1: add documents, lower windows.length, raise windows.per_document or the split fractions")
-    for split, requested in available.items():
-        if requested < config["windows"][split]:
-            log.warning("windows.%s asks for %d windows; the corpus yields %d", split, config["windows"][split], requested)
+    for split, n_available in available.items():
+        if n_available < config["windows"][split]:
+            log.warning("windows.%s asks for %d windows; the corpus yields %d", split, config["windows"][split],
+                        n_available)
     probe = selected["probe"]
     for task in config["probes"]["tasks"]:
         column = TASK_LABEL_COLUMNS[task]
@@ -160,6 +161,20 @@ def check_selection(selected: Mapping[str, pd.DataFrame], config: Mapping,
                 f"probe task {task!r} needs at least 2 classes in probe_train and windows in probe_val and "
                 f"probe_test; per-class window counts are {per_split}: add documents or raise "
                 "windows.split_fractions of the probe splits")
+        _warn_below_caps(task, per_split, config["probes"])
+
+
+def _warn_below_caps(task: str, per_split: Mapping[str, Mapping[str, int]], probes: Mapping) -> None:
+    """Caps are upper bounds; say where the corpus falls short of them, since F1 gets noisier."""
+    for split, classes in per_split.items():
+        if task == DOMAIN_TASK:
+            short = {label: n for label, n in classes.items() if n < probes["domain_caps"][split]}
+            if short:
+                log.warning("probe task %s, %s: classes below the cap of %d windows: %s", task, split,
+                            probes["domain_caps"][split], short)
+        elif sum(classes.values()) < probes["token_type_caps"][split]:
+            log.warning("probe task %s, %s: %d windows, below the cap of %d", task, split, sum(classes.values()),
+                        probes["token_type_caps"][split])
 
 
 def tokens_array(frame: pd.DataFrame) -> np.ndarray:
