@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from snakemake_log import job_stats
 from tiny import write_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,23 +21,6 @@ def snakemake(workdir: Path, *args: str) -> str:
     result = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), *args], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout + result.stderr
-
-
-def jobs_run(log: str) -> dict[str, int]:
-    """Rule -> number of jobs, from the 'Job stats' table Snakemake prints."""
-    counts, in_table = {}, False
-    for line in log.splitlines():
-        if line.startswith("job ") and "count" in line:
-            in_table = True
-            continue
-        if in_table:
-            parts = line.split()
-            if len(parts) == 2 and parts[1].isdigit():
-                if parts[0] != "total":
-                    counts[parts[0]] = int(parts[1])
-            elif parts and not set(line.strip()) <= {"-", " "}:
-                in_table = False
-    return counts
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +57,7 @@ def test_one_deleted_figure_rebuilds_alone(tiny_run):
     figure.unlink()
     log = snakemake(workdir, str(figure.relative_to(workdir)))
     assert figure.exists()
-    assert jobs_run(log) == {"fig3_position_mse": 1}
+    assert job_stats(log) == {"fig3_position_mse": 1}
 
 
 def test_predictor_change_reruns_training_and_downstream_not_extraction(tiny_run):
@@ -85,7 +69,7 @@ def test_predictor_change_reruns_training_and_downstream_not_extraction(tiny_run
     config = (workdir / "config.yaml").read_text().replace("d_head: 8", "d_head: 4")
     assert config != (workdir / "config.yaml").read_text()
     (changed / "config.yaml").write_text(config)
-    jobs = jobs_run(snakemake(changed, "-n"))
+    jobs = job_stats(snakemake(changed, "-n"))
     assert jobs["train_predictor"] == 3
     for downstream in ("decompose_eval", "per_position_metrics", "probe_features", "fit_probe", "fig1_mse_curve",
                        "fig6_token_type_probe"):

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Start a single-node SLURM test cluster on this machine (Debian 12, root,
-# no systemd): munged + slurmctld + slurmd, one node "localhost" with 2 CPUs,
-# 4000 MB and one fake GPU (gres gpu backed by /dev/null), partition "debug",
-# no accounting (no slurmdbd).
+# no systemd): munged + slurmctld + slurmd, one node "localhost" with 4 CPUs,
+# 8000 MB and four fake GPUs (gres gpu backed by /dev/null, /dev/zero, ...),
+# partition "debug", no accounting (no slurmdbd). The node is declared with
+# 4 CPUs and 4 GPUs whatever the host has (SlurmdParameters=config_overrides),
+# so up to four small test jobs overlap their start-up time.
 #
 # Idempotent: installs packages only when slurmctld is missing, rewrites the
 # config files every time (same content), and starts only the daemons whose
@@ -99,10 +101,11 @@ DebugFlags=Gres
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 ReturnToService=2
-# Finished jobs stay visible to squeue this long; the snakemake profile uses
-# slurm-status-command: squeue, which needs MinJobAge >= 3 x
-# slurm-init-seconds-before-status-checks.
-MinJobAge=300
+# Finished jobs stay visible to squeue/scontrol this long: the snakemake
+# profile uses slurm-status-command: squeue, which needs MinJobAge >= 3 x
+# slurm-init-seconds-before-status-checks, and tests/test_slurm.py reads every
+# job of a run (state, comment, TresPerJob) with scontrol after the run.
+MinJobAge=3600
 GresTypes=gpu
 StateSaveLocation=$CTLD_STATE
 SlurmdSpoolDir=$SLURMD_SPOOL
@@ -113,12 +116,17 @@ SlurmdLogFile=$LOG_DIR/slurmd.log
 SlurmctldPort=6817
 SlurmdPort=6818
 SchedulerType=sched/backfill
-NodeName=localhost NodeAddr=127.0.0.1 NodeHostname=localhost CPUs=2 RealMemory=4000 Gres=gpu:1 State=UNKNOWN
+NodeName=localhost NodeAddr=127.0.0.1 NodeHostname=localhost CPUs=4 RealMemory=8000 Gres=gpu:4 State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 EOF
 cat >"$SLURM_ETC/gres.conf" <<'EOF'
-# Fake GPU for the test cluster: jobs asking --gpus=1 get CUDA_VISIBLE_DEVICES=0.
+# Fake GPUs for the test cluster: a job asking --gpus=1 gets one of them
+# (CUDA_VISIBLE_DEVICES=0..3) and TresPerJob=gres:gpu:1. One distinct device
+# file per GPU: a Count without File is reported as 0 GPUs and drains the node.
 Name=gpu File=/dev/null
+Name=gpu File=/dev/zero
+Name=gpu File=/dev/full
+Name=gpu File=/dev/urandom
 EOF
 
 # ---------------------------------------------------------------- dirs

@@ -1,0 +1,230 @@
+"""The tiny workflow on the local SLURM test cluster, through the test profile tests/slurm/profile.
+
+Start the cluster first (root): ``bash tests/slurm/start_cluster.sh``; stop it with
+``bash tests/slurm/stop_cluster.sh``. Without a reachable slurmctld the cluster test is skipped.
+
+The cluster test runs the tiny workflow twice at once, on SLURM and locally (``--cores 2``), and
+checks that every non-local job became exactly one SLURM job, that the GPU stages asked SLURM for
+a GPU, and that both runs wrote the same numbers. The SLURM run spends much of its time waiting
+for status checks; the local run, at the lowest CPU priority, uses that time instead of running
+after it.
+"""
+from __future__ import annotations
+
+import collections
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from snakemake_log import job_stats
+from tiny import write_config
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_PROFILE = REPO / "tests" / "slurm" / "profile"
+CLUSTER_PROFILE = REPO / "profiles" / "slurm"
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
+NICE = ["nice", "-n", "19"] if shutil.which("nice") else []
+
+# Declared `localrules` in workflow/rules/common.smk: they run in the Snakemake process.
+LOCAL_RULES = {"all", "probe_table", "layer_summary", "fig1_mse_curve", "fig2_r2_curve", "fig3_position_mse",
+               "fig4_position_spearman", "fig5_domain_probe", "fig6_token_type_probe"}
+# The stages the profiles give `gpu: 1` (-> sbatch --gpus=1).
+GPU_RULES = {"extract_train_activations", "extract_eval_activations", "train_predictor", "decompose_eval",
+             "probe_features"}
+# What both runs must agree on.
+METRIC_FILES = ["metrics/layer_summary.tsv", "probes/*.tsv", "metrics/per_position/*.parquet",
+                "predictors/layer-*/curve.parquet"]
+RUN_TIMEOUT_S = 1800
+
+
+# ------------------------------------------------------------------ helpers
+
+def slurm_unavailable() -> str | None:
+    """Why the cluster test cannot run here, or None."""
+    if shutil.which("sbatch") is None or shutil.which("scontrol") is None:
+        return "no SLURM client (sbatch/scontrol not on PATH); start the test cluster with tests/slurm/start_cluster.sh"
+    try:
+        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        return "`scontrol ping` timed out: no slurmctld reachable"
+    if "is UP" not in ping.stdout:
+        said = ((ping.stdout + ping.stderr).strip().splitlines() or ["no answer"])[0]
+        return f"no slurmctld reachable (scontrol ping: {said}); start it with tests/slurm/start_cluster.sh"
+    sinfo = subprocess.run(["sinfo", "-h", "-p", "debug", "-o", "%G"], capture_output=True, text=True, timeout=30)
+    if "gpu" not in sinfo.stdout:
+        return "SLURM is up but has no partition 'debug' with gres gpu: not the cluster of tests/slurm/start_cluster.sh"
+    return None
+
+
+def run_logged(args: list[str], log: Path, timings: dict, key: str) -> int:
+    """Run a command with stdout+stderr to ``log``; record its wall time in ``timings[key]``.
+
+    On timeout Snakemake gets SIGINT (it then cancels its SLURM jobs) and, if that does not end it,
+    SIGKILL."""
+    start = time.monotonic()
+    with open(log, "w") as handle:
+        process = subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT, text=True)
+        try:
+            rc = process.wait(timeout=RUN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            rc = -1
+    timings[key] = time.monotonic() - start
+    return rc
+
+
+def executed_jobs(log: str) -> dict[int, tuple[str, bool]]:
+    """Snakemake job id -> (rule, local?), from the 'rule X:' / 'localrule X:' blocks of a log."""
+    jobs = {}
+    for match in re.finditer(r"^(local)?rule (\w+):\n((?:[ \t]+.*\n)*)", log, re.MULTILINE):
+        jobid = re.search(r"^\s+jobid: (\d+)$", match.group(3), re.MULTILINE)
+        assert jobid, match.group(0)
+        jobs[int(jobid.group(1))] = (match.group(2), match.group(1) == "local")
+    return jobs
+
+
+def slurm_submissions(log: str) -> dict[int, list[str]]:
+    """Snakemake job id -> the SLURM job ids it was submitted as."""
+    submitted = collections.defaultdict(list)
+    for jobid, slurm_id in re.findall(r"^Job (\d+) has been submitted with SLURM jobid (\d+)", log, re.MULTILINE):
+        submitted[int(jobid)].append(slurm_id)
+    return dict(submitted)
+
+
+def scontrol_job(slurm_id: str) -> dict[str, str]:
+    """SLURM's own record of a job: state, comment (rule_<rule>[_wildcards_...]), TresPerJob."""
+    out = subprocess.run(["scontrol", "show", "job", "-o", slurm_id], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, (f"scontrol does not know job {slurm_id} any more ({out.stderr.strip()}); "
+                                 "MinJobAge of the test cluster is too low")
+    return dict(field.split("=", 1) for field in out.stdout.split() if "=" in field)
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, sep="\t")
+
+
+def metric_files(out: Path) -> list[str]:
+    return sorted(str(path.relative_to(out)) for pattern in METRIC_FILES for path in out.glob(pattern))
+
+
+def workflow_rules() -> set[str]:
+    texts = [(REPO / "Snakefile").read_text(), *(p.read_text() for p in (REPO / "workflow" / "rules").glob("*.smk"))]
+    return {name for text in texts for name in re.findall(r"^(?:rule|checkpoint) (\w+):", text, re.MULTILINE)}
+
+
+# ------------------------------------------------------------------ tests
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """Skip (before the tiny model is built) unless the test cluster answers."""
+    reason = slurm_unavailable()
+    if reason:
+        pytest.skip(reason)
+
+
+def test_slurm_profiles_cover_every_submitted_rule_alike():
+    """No cluster needed: both profiles give resources to exactly the non-local rules, GPUs to the same stages."""
+    rules = workflow_rules()
+    assert LOCAL_RULES <= rules
+    for profile in (CLUSTER_PROFILE, TEST_PROFILE):
+        settings = yaml.safe_load((profile / "config.yaml").read_text())
+        assert settings["executor"] == "slurm"
+        assert "slurm-array-jobs" not in settings, "array jobs are unsafe with plugin 2.8.0 (docs/slurm.md)"
+        resources = settings["set-resources"]
+        assert set(resources) == rules - LOCAL_RULES, profile
+        assert {rule for rule, values in resources.items() if values.get("gpu")} == GPU_RULES, profile
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_tiny_workflow_on_slurm_equals_local_run(slurm_cluster, tiny_model_dir, tiny_corpus, tmp_path, capsys):
+    runs = {}
+    for name in ("slurm", "local"):
+        runs[name] = tmp_path / name
+        runs[name].mkdir()
+        write_config(runs[name] / "config.yaml", tiny_model_dir, tiny_corpus)
+    commands = {
+        # The documented command; --retries 0: a failing job should fail the test at once, not thrice.
+        "slurm": [*SNAKEMAKE, "--directory", str(runs["slurm"]), "--profile", str(TEST_PROFILE), "--retries", "0"],
+        # At the lowest CPU priority: it then runs on what the SLURM run leaves idle while it waits for
+        # status checks, and does not slow the SLURM jobs down.
+        "local": [*NICE, *SNAKEMAKE, "--directory", str(runs["local"]), "--cores", "2"],
+    }
+    timings, rcs = {}, {}
+
+    def run(name):
+        rcs[name] = run_logged(commands[name], tmp_path / f"{name}.log", timings, name)
+
+    local = threading.Thread(target=run, args=("local",))
+    local.start()
+    run("slurm")
+    local.join()
+    logs = {name: (tmp_path / f"{name}.log").read_text() for name in runs}
+    submitted = slurm_submissions(logs["slurm"])
+    n_slurm_jobs = sum(len(ids) for ids in submitted.values())
+    with capsys.disabled():
+        print(f"\n[test_slurm] SLURM run: {n_slurm_jobs} SLURM jobs, {timings['slurm']:.0f} s wall; "
+              f"local run (--cores 2, at the same time): {timings['local']:.0f} s wall")
+
+    # 1. both runs succeed
+    for name in runs:
+        assert rcs[name] == 0, f"{name} run failed (rc {rcs[name]}):\n{logs[name][-6000:]}"
+
+    # 2. every non-local job ran as exactly one SLURM job, no local job did
+    stats = job_stats(logs["slurm"])
+    jobs = executed_jobs(logs["slurm"])
+    assert collections.Counter(rule for rule, _ in jobs.values()) == stats
+    assert {rule for rule, local in jobs.values() if local} == LOCAL_RULES
+    assert not {rule for rule, local in jobs.values() if not local} & LOCAL_RULES
+    for jobid, (rule, local) in jobs.items():
+        if local:
+            assert jobid not in submitted, f"local rule {rule} (job {jobid}) was submitted to SLURM"
+        else:
+            assert len(submitted.get(jobid, [])) == 1, f"{rule} (job {jobid}): SLURM job ids {submitted.get(jobid)}"
+    assert set(submitted) <= set(jobs)
+    assert n_slurm_jobs == sum(count for rule, count in stats.items() if rule not in LOCAL_RULES)
+
+    # ... and SLURM agrees: the run's jobs (all named by its run id) are exactly those, all completed.
+    run_id = re.search(r"^SLURM run ID: (\S+)", logs["slurm"], re.MULTILINE).group(1)
+    listed = subprocess.run(["squeue", "-h", "-t", "all", "-n", run_id, "-o", "%i"],
+                            capture_output=True, text=True, timeout=30).stdout.split()
+    slurm_ids = {slurm_id for ids in submitted.values() for slurm_id in ids}
+    assert set(listed) == slurm_ids
+
+    # 3. the GPU stages asked SLURM for a GPU, the others did not
+    for jobid, ids in submitted.items():
+        rule = jobs[jobid][0]
+        record = scontrol_job(ids[0])
+        assert record["JobState"] == "COMPLETED" and record["ExitCode"] == "0:0", record
+        assert record["Partition"] == "debug"
+        comment = record.get("Comment", "")
+        assert comment == f"rule_{rule}" or comment.startswith(f"rule_{rule}_wildcards_"), (rule, comment)
+        tres = record.get("TresPerJob", "")
+        if rule in GPU_RULES:
+            assert re.fullmatch(r"gres[:/]gpu(:\w+)?:1", tres), (rule, ids[0], tres)
+        else:
+            assert "gpu" not in tres, (rule, ids[0], tres)
+    assert {jobs[jobid][0] for jobid in submitted} >= GPU_RULES
+
+    # 4. the same numbers as the local run
+    outs = {name: runs[name] / "results" / "tiny" for name in runs}
+    files = metric_files(outs["local"])
+    assert len(files) == 1 + 2 + 3 + 3, files  # summary, 2 probe tables, 3 layers x (per-position, curve)
+    assert metric_files(outs["slurm"]) == files
+    for name in files:
+        pd.testing.assert_frame_equal(read_table(outs["slurm"] / name), read_table(outs["local"] / name),
+                                      check_exact=True, obj=name)
