@@ -260,9 +260,14 @@ class ResidualCapture:
 
 
 def surprisal(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """s_{t+1} = -log p(x_{t+1} | x_{≤t}) in nats for t+1 = 2..T: [batch, T-1] float32."""
-    log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    return -log_probs.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    """s_{t+1} = -log p(x_{t+1} | x_{≤t}) in nats for t+1 = 2..T: [batch, T-1] float32.
+
+    One window at a time: a float32 log-softmax of the whole batch's logits would hold two copies of
+    [batch, T, vocab] (~760 MB for SmolLM2 at 16 × 128; ~6.6 GB at the paper's 64 × 256).
+    """
+    return torch.stack([
+        -torch.log_softmax(window_logits[:-1].float(), dim=-1).gather(-1, window_ids[1:, None]).squeeze(-1)
+        for window_logits, window_ids in zip(logits, input_ids)])
 
 
 def parse_layer(value: object) -> Layer:
