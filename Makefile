@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SNAKEMAKE := $(VENV)/bin/snakemake
 
-.PHONY: install run test lint dag clean
+.PHONY: install install-slurm run test lint dag clean
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	python3 -m venv $(VENV)
@@ -16,6 +16,13 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# For submitting to SLURM (profiles/slurm) and for the `slurm` tests.
+$(VENV)/.installed-slurm: $(VENV)/.installed requirements-slurm.lock
+	$(PY) -m pip install -q -r requirements-slurm.lock
+	touch $@
+
+install-slurm: $(VENV)/.installed-slurm
 
 run: install
 	$(SNAKEMAKE) --cores all all

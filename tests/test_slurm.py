@@ -12,6 +12,7 @@ after it.
 from __future__ import annotations
 
 import collections
+import importlib.util
 import re
 import shutil
 import signal
@@ -50,6 +51,8 @@ RUN_TIMEOUT_S = 1800
 
 def slurm_unavailable() -> str | None:
     """Why the cluster test cannot run here, or None."""
+    if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
+        return "the SLURM executor plugin is not installed: run `make install-slurm`"
     if shutil.which("sbatch") is None or shutil.which("scontrol") is None:
         return "no SLURM client (sbatch/scontrol not on PATH); start the test cluster with tests/slurm/start_cluster.sh"
     try:
