@@ -35,6 +35,7 @@ Targets: no-op <= 10 s, one figure <= 30 s.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import resource
 import shutil
@@ -74,14 +75,15 @@ def snakemake(args, targets: list[str], *extra: str, timeout: float, label: str 
 
 
 def scontrol_seconds() -> float | None:
-    """How long ``scontrol show config`` takes, or None without SLURM's client tools.
+    """How long ``scontrol show config`` takes, or None without SLURM's client tools or without the
+    SLURM executor plugin (``make install-slurm``), which is what runs it.
 
     snakemake-executor-plugin-slurm (2.8.0) runs it, with a 10 s timeout, while Snakemake collects
     its executor plugins, i.e. at every start-up even for local runs. Where the client tools are
     installed but no controller answers, each Snakemake start waits for it.
     """
     scontrol = shutil.which("scontrol")
-    if scontrol is None:
+    if scontrol is None or importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
         return None
     start = time.perf_counter()
     try:
