@@ -19,6 +19,7 @@ from tqdm import tqdm
 from .io import StreamingTensorWriter, save_tensors
 from .lm import LAYER_CONVENTION, Layer, ResidualCapture, surprisal
 from .predictor import CausalPredictor
+from .windows import tokens_array
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,5 @@ def extract_probe_features(model, tokens: np.ndarray, predictors: Mapping[Layer,
 
 
 def window_tokens(windows_path: str) -> np.ndarray:
-    from .windows import tokens_array
-
+    """The token ids of a windows Parquet file: [n_windows, T] int64."""
     return tokens_array(pd.read_parquet(windows_path, columns=["tokens"]))

@@ -85,10 +85,6 @@ def make_windows(config: Mapping, materialized_dir: str | None, corpus_jsonl: st
     tokenizer = lm.load_tokenizer(model_source(config, materialized_dir))
     section = config["windows"]
     documents = corpus.iter_documents(cfg.corpus_for_reading(config, corpus_jsonl))
-    if config["corpus"]["max_documents"]:
-        import itertools
-
-        documents = itertools.islice(documents, config["corpus"]["max_documents"])
     candidates, counts = windows.build_windows(
         documents, tokenizer, length=section["length"], per_document=section["per_document"],
         prepend_bos=section["prepend_bos"], fractions=section["split_fractions"], seed=config["seed"])

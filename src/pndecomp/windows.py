@@ -15,7 +15,7 @@ import pandas as pd
 
 from .corpus import Document
 from .probes import select_for_task
-from .splits import PROBE_SPLITS, SPLITS, split_of, unit_hash
+from .splits import PROBE_SPLITS, split_of, unit_hash
 from .tokentypes import token_type
 
 log = logging.getLogger(__name__)
@@ -183,5 +183,3 @@ def tokens_array(frame: pd.DataFrame) -> np.ndarray:
         return np.zeros((0, 0), dtype=np.int64)
     return np.stack([np.asarray(t, dtype=np.int64) for t in frame["tokens"]])
 
-
-__all__ = ["SPLITS", "build_windows", "select_windows", "summarize", "tokens_array", "window_starts"]
