@@ -72,6 +72,12 @@ def write_parquet(frame: pd.DataFrame, path: str | os.PathLike, metadata: Mappin
         pq.write_table(table, tmp)
 
 
+def write_tsv(frame: pd.DataFrame, path: str | os.PathLike) -> None:
+    """A human-readable table: tab-separated, 6 significant digits."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+
+
 def provenance(**extra: object) -> dict:
     """Package versions and platform, plus whatever the caller adds (seed, model file hash, ...)."""
     versions = {}

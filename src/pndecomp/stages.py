@@ -60,8 +60,13 @@ def read_hidden(path: str, limit: int | None = None) -> torch.Tensor:
         return tensor[:limit] if limit is not None else tensor[:]
 
 
-def layer_key(name: str) -> lm.Layer:
-    return lm.parse_layer(name)
+def hidden_batches(path: str, batch_size: int):
+    """hidden [batch, T, d_model] slices of a file, read one batch at a time (memory: one batch)."""
+    with safe_open(path, framework="pt") as handle:
+        tensor = handle.get_slice("hidden")
+        n_windows = tensor.get_shape()[0]
+        for start in range(0, n_windows, batch_size):
+            yield tensor[start:start + batch_size]
 
 
 # ---------------------------------------------------------------- stages
@@ -104,12 +109,12 @@ def make_windows(config: Mapping, materialized_dir: str | None, corpus_jsonl: st
 def extract_activations(config: Mapping, materialized_dir: str | None, windows_path: str,
                         out_paths: Mapping[str, str], surprisal_path: str | None) -> None:
     """Hidden states of every configured layer (one pass), plus surprisal for the eval split."""
-    layers = [layer_key(name) for name in out_paths]
+    layers = [lm.parse_layer(name) for name in out_paths]
     tokens = extract.window_tokens(windows_path)
     model, device = load_frozen_lm(config, materialized_dir, layers, tokens.shape[1])
     extract.extract_hidden_states(
         model, tokens, layers,
-        {layer_key(name): path for name, path in out_paths.items()},
+        {lm.parse_layer(name): path for name, path in out_paths.items()},
         surprisal_path=surprisal_path, batch_size=config["extraction"]["batch_size"], device=device,
         storage_dtype=cfg.DTYPES[config["extraction"]["dtype"]], metadata=output_metadata(config))
 
@@ -124,7 +129,7 @@ def train_predictor(config: Mapping, materialized_dir: str | None, layer: str, t
     device = cfg.resolve_device(config["device"])
     eval_hidden = read_hidden(eval_hidden_path, limit=config["train"]["eval_windows"])
     if config["train"]["data"] == "stream":
-        next_batch = _streamed_batches(config, materialized_dir, layer_key(layer), train_data_path, train_cfg)
+        next_batch = _streamed_batches(config, materialized_dir, lm.parse_layer(layer), train_data_path, train_cfg)
     else:
         train_hidden = read_hidden(train_data_path)
 
@@ -135,7 +140,7 @@ def train_predictor(config: Mapping, materialized_dir: str | None, layer: str, t
     model, curve = train_loop(predictor_cfg, train_cfg, next_batch, eval_hidden, device=device,
                               resume_path=Path(resume_path),
                               data_id=f"{config['train']['data']}:{layer}:{stat.st_size}:{stat.st_mtime_ns}")
-    metadata = output_metadata(config, layer=layer_key(layer), train=config["train"])
+    metadata = output_metadata(config, layer=lm.parse_layer(layer), train=config["train"])
     predictor.save_predictor(model, out_weights, metadata)
     io.write_parquet(curve, out_curve, metadata)
     Path(resume_path).unlink(missing_ok=True)
@@ -164,22 +169,22 @@ def decompose_eval(config: Mapping, eval_hidden_path: str, predictor_path: str, 
     """r = h − ĥ for positions 2..T of every eval window, and MSE/Var/R² over all of them."""
     device = cfg.resolve_device(config["device"])
     model = predictor.load_predictor(predictor_path, device)
-    hidden = read_hidden(eval_hidden_path)
     meta = io.load_metadata(eval_hidden_path)
-    storage = cfg.DTYPES[config["extraction"]["dtype"]]
+    with safe_open(eval_hidden_path, framework="pt") as handle:
+        n_windows, length, d_model = handle.get_slice("hidden").get_shape()
     scores = metrics.RegressionAccumulator()
-    batch_size = config["extraction"]["batch_size"]
-    with io.StreamingTensorWriter(out_residual, "residual", (hidden.shape[0], hidden.shape[1] - 1, hidden.shape[2]),
-                                  storage, {**output_metadata(config), "layer": meta["layer"],
-                                            "positions": "2..T"}) as writer:
-        for start in range(0, hidden.shape[0], batch_size):
-            batch = hidden[start:start + batch_size].to(device)
+    metadata = output_metadata(config, layer=meta["layer"])
+    with io.StreamingTensorWriter(out_residual, "residual", (n_windows, length - 1, d_model),
+                                  cfg.DTYPES[config["extraction"]["dtype"]],
+                                  {**metadata, "positions": "2..T"}) as writer:
+        for batch in hidden_batches(eval_hidden_path, config["extraction"]["batch_size"]):
+            batch = batch.to(device)
             residual = predictor.residuals(model, batch)
             target = batch[:, 1:].float()
             scores.update(target.cpu().numpy(), (target - residual).cpu().numpy())
             writer.write(residual)
-    io.write_json({"layer": meta["layer"], "n_windows": int(hidden.shape[0]), **scores.result(),
-                   "metadata": output_metadata(config, layer=meta["layer"])}, out_scores)
+    io.write_json({"layer": meta["layer"], "n_windows": int(n_windows), **scores.result(), "metadata": metadata},
+                  out_scores)
 
 
 def per_position_metrics(config: Mapping, residual_path: str, surprisal_path: str, out_path: str) -> None:
@@ -198,12 +203,12 @@ def per_position_metrics(config: Mapping, residual_path: str, surprisal_path: st
 def probe_features(config: Mapping, materialized_dir: str | None, probe_windows_path: str,
                    predictor_paths: Mapping[str, str], out_paths: Mapping[str, str]) -> None:
     tokens = extract.window_tokens(probe_windows_path)
-    model, device = load_frozen_lm(config, materialized_dir, [layer_key(name) for name in predictor_paths],
+    model, device = load_frozen_lm(config, materialized_dir, [lm.parse_layer(name) for name in predictor_paths],
                                    tokens.shape[1])
-    predictors = {layer_key(name): predictor.load_predictor(path, device) for name, path in predictor_paths.items()}
+    predictors = {lm.parse_layer(name): predictor.load_predictor(path, device) for name, path in predictor_paths.items()}
     extract.extract_probe_features(
         model, tokens, predictors,
-        {layer_key(name): path for name, path in out_paths.items()}, batch_size=config["extraction"]["batch_size"],
+        {lm.parse_layer(name): path for name, path in out_paths.items()}, batch_size=config["extraction"]["batch_size"],
         device=device, storage_dtype=cfg.DTYPES[config["extraction"]["dtype"]], metadata=output_metadata(config))
 
 
@@ -238,14 +243,11 @@ def collect_tables(paths: Mapping[str, str], out_path: str) -> None:
         frame = pd.read_parquet(path)
         frames.append(frame.drop(columns=["layer"], errors="ignore").assign(layer=layer))
     table = pd.concat(frames, ignore_index=True)
-    table = table[["layer", *[c for c in table.columns if c != "layer"]]]
-    with io.atomic_path(out_path) as tmp:
-        table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+    io.write_tsv(table[["layer", *[c for c in table.columns if c != "layer"]]], out_path)
 
 
 def layer_summary(score_paths: Mapping[str, str], out_path: str) -> None:
     """Final eval MSE, Var and R² of every layer over all eval windows, as one TSV."""
     rows = [{"layer": layer, **{k: v for k, v in io.read_json(path).items() if k not in ("layer", "metadata")}}
             for layer, path in score_paths.items()]
-    with io.atomic_path(out_path) as tmp:
-        pd.DataFrame(rows).to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+    io.write_tsv(pd.DataFrame(rows), out_path)
