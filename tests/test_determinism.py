@@ -84,7 +84,7 @@ def test_tensor_files_hold_identical_tensors_and_headers(two_runs):
 
 def metadata_of(path: Path) -> dict:
     if path.suffix == ".safetensors":
-        from pndecomp.io import load_metadata
+        from pndecomp.storage import load_metadata
 
         return load_metadata(path)
     if path.suffix == ".parquet":

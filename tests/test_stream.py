@@ -4,7 +4,7 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from pndecomp import io, stages
+from pndecomp import stages, storage
 from pndecomp.predictor import load_predictor
 from conftest import REPO
 from tiny import write_config
@@ -48,7 +48,7 @@ def test_stream_mode_learns_and_writes_what_cache_mode_writes(prepared):
     stream_model, cache_model = load_predictor(streamed["weights"]), load_predictor(cached["weights"])
     assert stream_model.config == cache_model.config
     assert stream_model.state_dict().keys() == cache_model.state_dict().keys()
-    stream_meta, cache_meta = io.load_metadata(streamed["weights"]), io.load_metadata(cached["weights"])
+    stream_meta, cache_meta = storage.load_metadata(streamed["weights"]), storage.load_metadata(cached["weights"])
     assert stream_meta.keys() == cache_meta.keys() and stream_meta["train"]["data"] == "stream"
 
 

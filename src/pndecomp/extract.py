@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .io import StreamingTensorWriter, save_tensors
+from .storage import StreamingTensorWriter, save_tensors
 from .lm import LAYER_CONVENTION, Layer, ResidualCapture, surprisal
 from .predictor import CausalPredictor
 from .windows import tokens_array

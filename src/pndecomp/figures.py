@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from .io import atomic_path  # noqa: E402
+from .storage import atomic_path  # noqa: E402
 
 REPRESENTATION_LABELS = {"h": "h", "hhat": "ĥ", "r": "r", "hhat_r": "[ĥ, r]"}
 R2_FLOOR = -0.5

@@ -77,7 +77,7 @@ def _param_dtype(module: nn.Module) -> torch.dtype:
 
 def save_predictor(predictor: CausalPredictor, path, metadata: dict | None = None) -> None:
     """Weights as safetensors; the architecture travels in the file's metadata."""
-    from .io import save_tensors
+    from .storage import save_tensors
 
     save_tensors(predictor.state_dict(), path, {"predictor_config": predictor.config.to_dict(), **(metadata or {})})
 
@@ -85,7 +85,7 @@ def save_predictor(predictor: CausalPredictor, path, metadata: dict | None = Non
 def load_predictor(path, device: str | torch.device = "cpu") -> CausalPredictor:
     from safetensors.torch import load_file
 
-    from .io import load_metadata
+    from .storage import load_metadata
 
     predictor = CausalPredictor(PredictorConfig(**load_metadata(path)["predictor_config"]))
     predictor.load_state_dict(load_file(str(path)))

@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from . import config as cfg
-from . import corpus, extract, io, lm, metrics, predictor, probes, windows
+from . import corpus, extract, lm, metrics, predictor, probes, storage, windows
 from .train import batch_indices, train_predictor as train_loop
 
 log = logging.getLogger(__name__)
@@ -33,15 +33,15 @@ def model_source(config: Mapping, materialized_dir: str | None = None) -> lm.Mod
 
 
 @functools.lru_cache(maxsize=None)
-def _fingerprint(model_id: str, revision: str | None) -> dict:
+def _weights_fingerprint(model_id: str, revision: str | None) -> dict:
     return lm.model_fingerprint(lm.resolve_source({"id": model_id, "revision": revision}))
 
 
 def output_metadata(config: Mapping, **extra) -> dict:
     """Seed, experiment, package versions and the model's identity: stored with every output."""
     model = config["model"]
-    return io.provenance(experiment=config["experiment"], seed=config["seed"],
-                         model=_fingerprint(model["id"], model.get("revision")), **extra)
+    return storage.provenance(experiment=config["experiment"], seed=config["seed"],
+                         model=_weights_fingerprint(model["id"], model.get("revision")), **extra)
 
 
 def load_frozen_lm(config: Mapping, materialized_dir: str | None, layers, window_length: int):
@@ -102,8 +102,8 @@ def make_windows(config: Mapping, materialized_dir: str | None, corpus_jsonl: st
     windows.check_selection(selected, config, counts)
     metadata = output_metadata(config)
     for name in ("predictor_train", "predictor_eval", "probe"):
-        io.write_parquet(selected[name], outputs[name], metadata)
-    io.write_json({**summary, "metadata": metadata}, outputs["summary"])
+        storage.write_parquet(selected[name], outputs[name], metadata)
+    storage.write_json({**summary, "metadata": metadata}, outputs["summary"])
 
 
 def extract_activations(config: Mapping, materialized_dir: str | None, windows_path: str,
@@ -142,7 +142,7 @@ def train_predictor(config: Mapping, materialized_dir: str | None, layer: str, t
                               data_id=f"{config['train']['data']}:{layer}:{stat.st_size}:{stat.st_mtime_ns}")
     metadata = output_metadata(config, layer=lm.parse_layer(layer), train=config["train"])
     predictor.save_predictor(model, out_weights, metadata)
-    io.write_parquet(curve, out_curve, metadata)
+    storage.write_parquet(curve, out_curve, metadata)
     Path(resume_path).unlink(missing_ok=True)
 
 
@@ -169,12 +169,12 @@ def decompose_eval(config: Mapping, eval_hidden_path: str, predictor_path: str, 
     """r = h − ĥ for positions 2..T of every eval window, and MSE/Var/R² over all of them."""
     device = cfg.resolve_device(config["device"])
     model = predictor.load_predictor(predictor_path, device)
-    meta = io.load_metadata(eval_hidden_path)
+    meta = storage.load_metadata(eval_hidden_path)
     with safe_open(eval_hidden_path, framework="pt") as handle:
         n_windows, length, d_model = handle.get_slice("hidden").get_shape()
     scores = metrics.RegressionAccumulator()
     metadata = output_metadata(config, layer=meta["layer"])
-    with io.StreamingTensorWriter(out_residual, "residual", (n_windows, length - 1, d_model),
+    with storage.StreamingTensorWriter(out_residual, "residual", (n_windows, length - 1, d_model),
                                   cfg.DTYPES[config["extraction"]["dtype"]],
                                   {**metadata, "positions": "2..T"}) as writer:
         for batch in hidden_batches(eval_hidden_path, config["extraction"]["batch_size"]):
@@ -183,7 +183,7 @@ def decompose_eval(config: Mapping, eval_hidden_path: str, predictor_path: str, 
             target = batch[:, 1:].float()
             scores.update(target.cpu().numpy(), (target - residual).cpu().numpy())
             writer.write(residual)
-    io.write_json({"layer": meta["layer"], "n_windows": int(n_windows), **scores.result(), "metadata": metadata},
+    storage.write_json({"layer": meta["layer"], "n_windows": int(n_windows), **scores.result(), "metadata": metadata},
                   out_scores)
 
 
@@ -197,7 +197,7 @@ def per_position_metrics(config: Mapping, residual_path: str, surprisal_path: st
         "spearman_rho": metrics.spearman_per_position(np.linalg.norm(residual, axis=-1), surprisal_values),
         "n_windows": residual.shape[0],
     })
-    io.write_parquet(frame, out_path, {**output_metadata(config), "layer": io.load_metadata(residual_path)["layer"]})
+    storage.write_parquet(frame, out_path, {**output_metadata(config), "layer": storage.load_metadata(residual_path)["layer"]})
 
 
 def probe_features(config: Mapping, materialized_dir: str | None, probe_windows_path: str,
@@ -232,8 +232,8 @@ def fit_probe(config: Mapping, task: str, probe_windows_path: str, features_path
                                   max_iter=config["probes"]["max_iter"])
         rows.append({"task": task, "representation": name, **result})
         log.info("%s %s: test macro-F1 %.4f", task, name, result["test_macro_f1"])
-    layer = io.load_metadata(features_path)["layer"]
-    io.write_parquet(pd.DataFrame(rows).assign(layer=str(layer)), out_path, output_metadata(config, layer=layer))
+    layer = storage.load_metadata(features_path)["layer"]
+    storage.write_parquet(pd.DataFrame(rows).assign(layer=str(layer)), out_path, output_metadata(config, layer=layer))
 
 
 def collect_tables(paths: Mapping[str, str], out_path: str) -> None:
@@ -243,11 +243,11 @@ def collect_tables(paths: Mapping[str, str], out_path: str) -> None:
         frame = pd.read_parquet(path)
         frames.append(frame.drop(columns=["layer"], errors="ignore").assign(layer=layer))
     table = pd.concat(frames, ignore_index=True)
-    io.write_tsv(table[["layer", *[c for c in table.columns if c != "layer"]]], out_path)
+    storage.write_tsv(table[["layer", *[c for c in table.columns if c != "layer"]]], out_path)
 
 
 def layer_summary(score_paths: Mapping[str, str], out_path: str) -> None:
     """Final eval MSE, Var and R² of every layer over all eval windows, as one TSV."""
-    rows = [{"layer": layer, **{k: v for k, v in io.read_json(path).items() if k not in ("layer", "metadata")}}
+    rows = [{"layer": layer, **{k: v for k, v in storage.read_json(path).items() if k not in ("layer", "metadata")}}
             for layer, path in score_paths.items()]
-    io.write_tsv(pd.DataFrame(rows), out_path)
+    storage.write_tsv(pd.DataFrame(rows), out_path)

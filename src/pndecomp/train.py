@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .io import atomic_path
+from .storage import atomic_path
 from .metrics import RegressionAccumulator
 from .predictor import CausalPredictor, PredictorConfig, prediction_loss
 
@@ -81,7 +81,7 @@ def evaluate(predictor: torch.nn.Module, hidden: torch.Tensor, batch_size: int, 
     return scores.result()
 
 
-def _fingerprint(predictor_cfg: PredictorConfig, cfg: TrainConfig, data_id: str) -> str:
+def _run_fingerprint(predictor_cfg: PredictorConfig, cfg: TrainConfig, data_id: str) -> str:
     text = json.dumps({"predictor": asdict(predictor_cfg), "train": asdict(cfg), "data": data_id}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -105,7 +105,7 @@ def train_predictor(
     torch.manual_seed(cfg.seed)
     predictor = CausalPredictor(predictor_cfg).to(device)
     optimizer = torch.optim.AdamW(predictor.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    fingerprint = _fingerprint(predictor_cfg, cfg, data_id)
+    fingerprint = _run_fingerprint(predictor_cfg, cfg, data_id)
     first_step, curve = 0, []
     if resume_path is not None and Path(resume_path).exists():
         # weights_only: a checkpoint can hold tensors and plain values, never code.

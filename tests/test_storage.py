@@ -2,7 +2,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pndecomp.io import StreamingTensorWriter, atomic_path, load_metadata
+from pndecomp.storage import StreamingTensorWriter, atomic_path, load_metadata
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
@@ -44,7 +44,7 @@ def test_saved_tensors_load_back_and_are_byte_identical_across_processes(tmp_pat
     import sys
 
     script = (
-        "import sys, torch; from pndecomp.io import save_tensors\n"
+        "import sys, torch; from pndecomp.storage import save_tensors\n"
         "g = torch.Generator().manual_seed(0)\n"
         "save_tensors({'w': torch.randn(3, 4, generator=g), 'b': torch.arange(5, dtype=torch.int64),\n"
         "              'h': torch.randn(2, 2, generator=g).to(torch.bfloat16)}, sys.argv[1],\n"
