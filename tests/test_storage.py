@@ -1,8 +1,17 @@
+import os
+
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from pndecomp import embedded_corpus
 from pndecomp.storage import StreamingTensorWriter, atomic_path, load_metadata
+
+
+def usual_mode(base: int) -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return base & ~umask
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
@@ -34,9 +43,62 @@ def test_atomic_path_keeps_old_file_on_failure(tmp_path):
     with pytest.raises(ZeroDivisionError):
         with atomic_path(path) as tmp:
             tmp.write_text("half")
-            1 / 0
+            raise ZeroDivisionError
     assert path.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+def write_model_dir(directory, weights: str) -> None:
+    (directory / "config.json").write_text("{}")
+    (directory / "sub").mkdir()
+    (directory / "sub" / "weights.bin").write_text(weights)
+
+
+def test_atomic_directory_appears_complete_and_replaces_the_old_one(tmp_path):
+    target = tmp_path / "model"
+    with atomic_path(target, directory=True) as tmp:
+        assert tmp.is_dir() and tmp.parent == tmp_path and list(tmp.iterdir()) == []
+        write_model_dir(tmp, "first")
+        assert not target.exists()  # nothing under the final name until the block ends
+    assert (target / "sub" / "weights.bin").read_text() == "first"
+    assert target.stat().st_mode & 0o777 == usual_mode(0o777)
+    (target / "stale.txt").write_text("from the old directory")
+    with atomic_path(target, directory=True) as tmp:
+        write_model_dir(tmp, "second")
+    assert sorted(p.name for p in target.iterdir()) == ["config.json", "sub"]
+    assert (target / "sub" / "weights.bin").read_text() == "second"
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporary or old directory left
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_atomic_directory_failure_leaves_no_temp_and_the_target_as_it_was(tmp_path, existing):
+    target = tmp_path / "model"
+    if existing:
+        target.mkdir()
+        (target / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError, match="interrupted"), atomic_path(target, directory=True) as tmp:
+        write_model_dir(tmp, "half")
+        raise RuntimeError("interrupted")
+    assert [p.name for p in tmp_path.iterdir()] == (["model"] if existing else [])
+    if existing:
+        assert [p.name for p in target.iterdir()] == ["old.txt"]
+
+
+def test_embedded_corpus_files_get_the_usual_mode(tmp_path):
+    docs = [embedded_corpus._EmbeddedDoc("docstrings", "stdlib/x.py", "stdlib==3", "text " * 50, "g")]
+    embedded_corpus._write_jsonl(tmp_path / "documents.jsonl", docs)
+    embedded_corpus._write_manifest(tmp_path / "manifest.tsv", docs, None)
+    for name in ("documents.jsonl", "manifest.tsv"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == usual_mode(0o666), name  # 0644 under umask 022
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["documents.jsonl", "manifest.tsv"]
+    assert (tmp_path / "manifest.tsv").read_text().startswith("\t".join(embedded_corpus.MANIFEST_COLUMNS) + "\n")
+
+
+def test_streamed_file_gets_the_usual_mode(tmp_path):
+    path = tmp_path / "x.safetensors"
+    with StreamingTensorWriter(path, "hidden", (2, 3), torch.float32) as writer:
+        writer.write(torch.zeros(2, 3))
+    assert path.stat().st_mode & 0o777 == usual_mode(0o666)
 
 
 def test_saved_tensors_load_back_and_are_byte_identical_across_processes(tmp_path):

@@ -10,6 +10,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import shutil
 import struct
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -34,19 +35,50 @@ _SAFETENSORS_DTYPES = {
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds."""
+def atomic_path(path: str | os.PathLike, *, directory: bool = False) -> Iterator[Path]:
+    """Yield a fresh temporary path beside ``path``; move it to ``path`` only if the block succeeds.
+
+    The temporary is an empty file, or with ``directory=True`` an empty directory, which on success
+    replaces whatever directory is at ``path``. Either gets the usual mode (0666 or 0777 & ~umask,
+    not mkstemp's 0600). If the block raises, the temporary is removed and ``path`` is untouched.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    names = {"prefix": f".{path.name}.", "suffix": ".tmp", "dir": path.parent}
+    if directory:
+        tmp = Path(tempfile.mkdtemp(**names))
+    else:
+        fd, tmp_name = tempfile.mkstemp(**names)
+        os.close(fd)
+        tmp = Path(tmp_name)
     try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files 0600; outputs get the usual mode
-        os.replace(tmp, path)
+        yield tmp
+        os.chmod(tmp, (0o777 if directory else 0o666) & ~_UMASK)
+        if directory:
+            _replace_directory(tmp, path)
+        else:
+            os.replace(tmp, path)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+
+def _replace_directory(new: Path, path: Path) -> None:
+    """Rename directory ``new`` to ``path``; an existing directory there is moved aside, then deleted."""
+    if not path.is_dir() or path.is_symlink():
+        os.replace(new, path)  # nothing there, or a file: os.replace raises for a file
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+    os.replace(path, old)  # a directory may replace an empty directory
+    try:
+        os.replace(new, path)
+    except BaseException:
+        os.replace(old, path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_json(obj: object, path: str | os.PathLike) -> None:
@@ -98,7 +130,8 @@ def _header_bytes(entries: list[tuple[str, torch.dtype, tuple[int, ...]]], metad
     header, offset = {}, 0
     for name, dtype, shape in entries:
         n_bytes = int(np.prod(shape, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
-        header[name] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + n_bytes]}
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(shape),
+                        "data_offsets": [offset, offset + n_bytes]}
         offset += n_bytes
     if metadata:
         header["__metadata__"] = {k: json.dumps(v, sort_keys=True, default=str) for k, v in metadata.items()}
@@ -130,6 +163,10 @@ def load_metadata(path: str | os.PathLike) -> dict:
         return {key: json.loads(value) for key, value in (handle.metadata() or {}).items()}
 
 
+class _Aborted(Exception):
+    """Raised into a StreamingTensorWriter's atomic_path to discard its file."""
+
+
 class StreamingTensorWriter:
     """Write one safetensors tensor of known shape batch by batch along its first axis.
 
@@ -144,10 +181,10 @@ class StreamingTensorWriter:
         self.shape = tuple(int(s) for s in shape)
         self.dtype = dtype
         self.rows_written = 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        self._file = open(self._tmp, "wb")
-        self._file.write(_header_bytes([(name, dtype, self.shape)], metadata))
+        with contextlib.ExitStack() as stack:  # unwound (the file removed) if the header fails
+            self._file = stack.enter_context(open(stack.enter_context(atomic_path(self.path)), "wb"))
+            self._file.write(_header_bytes([(name, dtype, self.shape)], metadata))
+            self._stack = stack.pop_all()
 
     def write(self, batch: torch.Tensor) -> None:
         if tuple(batch.shape[1:]) != self.shape[1:]:
@@ -162,13 +199,12 @@ class StreamingTensorWriter:
         if self.rows_written != self.shape[0]:
             self.abort()
             raise RuntimeError(f"{self.path}: {self.rows_written} of {self.shape[0]} rows written")
-        self._file.close()
-        os.replace(self._tmp, self.path)
+        self._stack.close()  # closes the file, then atomic_path renames it into place
 
     def abort(self) -> None:
-        self._file.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._tmp)
+        """Close and delete the unfinished file: atomic_path sees an exception, so it does not rename."""
+        with contextlib.suppress(_Aborted), self._stack:
+            raise _Aborted
 
     def __enter__(self) -> StreamingTensorWriter:
         return self
