@@ -10,7 +10,7 @@ next_batch, eval_hidden)``, with ``next_batch`` wrapped in a timer:
 * ``cache``  -- ``next_batch(step) = hidden[batch_indices(n, batch, seed, step)]`` on an in-memory
   fp16 tensor [n_cache, T, d_model], exactly the closure ``stages.train_predictor`` builds
   (random values: the cost of a step does not depend on them).
-* ``stream`` -- the LM up to the trained layer per batch: for SmolLM2, ``stages._streamed_batches``
+* ``stream`` -- the LM up to the trained layer per batch: for SmolLM2, ``stages.streamed_batches``
   itself (the materialized model and the windows of results/embedded-smollm2, when present);
   otherwise, and for the Pythia-dims model, the same code built from ``lm.ResidualCapture``
   (``capture.run(tokens[batch_indices(...)])[layer].to(float16)``) on random token windows.
@@ -64,7 +64,7 @@ def cache_batches(hidden: torch.Tensor, cfg: TrainConfig):
 
 
 def stream_equivalent(model, tokens: torch.Tensor, layer: int, cfg: TrainConfig, device):
-    """stages._streamed_batches without the config plumbing (model and tokens passed in)."""
+    """stages.streamed_batches without the config plumbing (model and tokens passed in)."""
     capture = lm.ResidualCapture(model, [layer])
 
     def next_batch(step: int) -> torch.Tensor:
@@ -101,8 +101,8 @@ def build_shape(name: str, args, device):
         if (materialized / "config.json").is_file() and windows.is_file() and not args.quick:
             config = {"device": str(device), "model": {"id": "embedded", "dtype": "bfloat16"},
                       "extraction": {"dtype": "float16"}}
-            stream = stages._streamed_batches(config, str(materialized), layer, str(windows), cfgs["stream"])
-            note = f"stream = stages._streamed_batches on {windows.relative_to(C.REPO)}"
+            stream = stages.streamed_batches(config, str(materialized), layer, str(windows), cfgs["stream"])
+            note = f"stream = stages.streamed_batches on {windows.relative_to(C.REPO)}"
         else:
             model, how = C.load_smollm2(torch.bfloat16, device)
             tokens = torch.randint(0, model.config.vocab_size, (256, length))

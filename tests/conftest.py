@@ -1,7 +1,6 @@
 from pathlib import Path
 
 import pytest
-
 from tiny import write_corpus, write_model
 
 REPO = Path(__file__).resolve().parents[1]

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from tiny import write_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,7 +160,12 @@ CASES = {
     "predictor-eval-one": Bad({"windows.predictor_eval": 1},
                               ("['windows']['predictor_eval']", "1 is less than the minimum of 2")),
     "unknown-task": Bad({"probes.tasks": ["domain", "sentiment"]},
-                        ("['probes']['tasks']", "'sentiment' is not one of ['domain', 'next_token_type_8']")),
+                        ("probes.tasks", "'sentiment'", "'domain', 'in_code_comment', 'next_token_type_8'",
+                         "src/pndecomp/tasks.py")),
+    "caps-for-unlisted-task": Bad({"probes.caps.sentiment": {"probe_train": 1, "probe_val": 1, "probe_test": 1}},
+                                  ("probes.caps.sentiment", "not in probes.tasks")),
+    "unknown-predictor": Bad({"predictor.kind": "lstm"}, ("predictor.kind", "'lstm'", "'attn1'",
+                                                          "src/pndecomp/predictor.py")),
     "layer-name": Bad({"layers": [0, "last"]}, ("['layers'][1]", "'last'", "'embed'")),
     "no-layers": Bad({"layers": []}, ("['layers']", "[] should be non-empty")),
     "d-head-zero": Bad({"predictor.d_head": 0}, ("['predictor']['d_head']", "0 is less than the minimum of 1")),

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from tiny import write_config
 
 REPO = Path(__file__).resolve().parents[1]

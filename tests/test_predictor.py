@@ -1,7 +1,14 @@
 import pytest
 import torch
 
-from pndecomp.predictor import CausalPredictor, PredictorConfig, load_predictor, prediction_loss, residuals, save_predictor
+from pndecomp.predictor import (
+    CausalPredictor,
+    PredictorConfig,
+    load_predictor,
+    prediction_loss,
+    residuals,
+    save_predictor,
+)
 
 
 @pytest.mark.parametrize("rotary,input_norm", [(False, False), (True, True)])

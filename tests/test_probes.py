@@ -2,10 +2,13 @@
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.utils.class_weight import compute_class_weight
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
 
-from pndecomp.probes import class_weights, f1_scores, fit_probe, make_probe, select_for_task
+from pndecomp.probes import f1_scores, make_probe
+from pndecomp.probes import fit_and_score as fit_probe
 from pndecomp.splits import unit_hash
+from pndecomp.windows import select_for_task
 
 # --- select_for_task ---------------------------------------------------------------------
 
@@ -64,7 +67,7 @@ def test_select_nan_labels_and_larger_frame():
     assert (counts <= 15).all() and counts["x"] == 15 and counts["y"] == 15
     assert frame.loc[chosen, "order"].is_monotonic_increasing
     # The chosen rows of each class are its lowest-order ones.
-    for label, group in frame.dropna(subset=["label"]).groupby("label"):
+    for _, group in frame.dropna(subset=["label"]).groupby("label"):
         assert set(chosen) & set(group.index) == set(group.nsmallest(15, "order").index)
     # A smaller total cap is a prefix of a larger one.
     short = _select(frame, total_cap=20)
@@ -81,17 +84,18 @@ def test_select_rejects_bad_input():
 # --- class weights and F1 -----------------------------------------------------------------
 
 
-def test_class_weights_by_hand():
-    # n = 6, 3 classes: w_c = 6 / (3 · count_c)
-    weights = class_weights(["a", "a", "a", "b", "b", "c"])
-    assert weights == pytest.approx({"a": 6 / 9, "b": 1.0, "c": 2.0})
-
-
-def test_class_weights_match_sklearn_balanced():
-    y = np.random.default_rng(1).choice([3, 7, 9, 11], size=101, p=[0.5, 0.3, 0.15, 0.05])
-    classes = np.unique(y)
-    expected = compute_class_weight("balanced", classes=classes, y=y)
-    assert class_weights(y) == pytest.approx(dict(zip(classes.tolist(), expected)))
+def test_probe_weights_classes_as_by_hand():
+    """Class-balanced: w_c = n / (n_classes · count_c), the same fit as those weights given by hand."""
+    rng = np.random.default_rng(1)
+    y = rng.choice(["a", "b", "c"], size=60, p=[0.6, 0.3, 0.1])
+    X = rng.normal(size=(60, 4)) + (y == "c")[:, None]
+    classes, counts = np.unique(y, return_counts=True)
+    by_hand = {c: len(y) / (len(classes) * n) for c, n in zip(classes, counts)}
+    expected = LogisticRegression(C=1.0, class_weight=by_hand, max_iter=1000).fit(StandardScaler().fit_transform(X), y)
+    unweighted = LogisticRegression(C=1.0, max_iter=1000).fit(StandardScaler().fit_transform(X), y)
+    probe = make_probe(1.0).fit(X, y).named_steps["logreg"]
+    np.testing.assert_allclose(probe.coef_, expected.coef_, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(probe.coef_, unweighted.coef_, atol=1e-3)
 
 
 def test_macro_and_micro_f1_by_hand_on_imbalanced_case():
@@ -153,7 +157,7 @@ def test_fit_probe_picks_C_on_val():
     X_val = rng.normal(size=(n, d))
     grid = (0.0001, 1.0, 1000.0)
     predictions = {
-        C: make_probe(C, class_weights(y_train)).fit(X_train, y_train).predict(X_val) for C in grid
+        C: make_probe(C).fit(X_train, y_train).predict(X_val) for C in grid
     }
     y_val = predictions[1.0]
     assert not np.array_equal(predictions[0.0001], y_val)  # the construction does separate Cs
@@ -167,7 +171,7 @@ def test_probe_standardises_with_train_statistics():
     rng = np.random.default_rng(5)
     X_train, y_train = _blobs(rng, 30)
     X_train = X_train * [1, 10, 100, 0.1, 1] + 50  # uneven scales and a large offset
-    probe = make_probe(1.0, class_weights(y_train)).fit(X_train, y_train)
+    probe = make_probe(1.0).fit(X_train, y_train)
     np.testing.assert_allclose(probe.named_steps["scale"].mean_, X_train.mean(axis=0))
     np.testing.assert_allclose(probe.named_steps["scale"].scale_, X_train.std(axis=0))
 

@@ -26,7 +26,6 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
-
 from tiny import write_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -25,7 +25,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from snakemake_log import job_stats
 from tiny import write_config
 
@@ -36,8 +35,7 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snake
 NICE = ["nice", "-n", "19"] if shutil.which("nice") else []
 
 # Declared `localrules` in workflow/rules/common.smk: they run in the Snakemake process.
-LOCAL_RULES = {"all", "probe_table", "layer_summary", "fig1_mse_curve", "fig2_r2_curve", "fig3_position_mse",
-               "fig4_position_spearman", "fig5_domain_probe", "fig6_token_type_probe"}
+LOCAL_RULES = {"all", "probe_table", "layer_summary", "draw_learning_curve", "draw_per_position", "draw_probe_heatmap"}
 # The stages the profiles give `gpu: 1` (-> sbatch --gpus=1).
 GPU_RULES = {"extract_train_activations", "extract_eval_activations", "train_predictor", "decompose_eval",
              "probe_features"}

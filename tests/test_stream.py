@@ -2,12 +2,12 @@
 import pandas as pd
 import pytest
 import yaml
+from conftest import REPO
 from snakemake.utils import validate
+from tiny import write_config
 
 from pndecomp import stages, storage
 from pndecomp.predictor import load_predictor
-from conftest import REPO
-from tiny import write_config
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_stream_batches_equal_the_cached_hidden_states(prepared):
     root, config, windows, activations = prepared
     from pndecomp.train import batch_indices
 
-    next_batch = stages._streamed_batches(config, None, 2, windows["predictor_train"],
+    next_batch = stages.streamed_batches(config, None, 2, windows["predictor_train"],
                                           stages.cfg.train_config(config))
     cached = stages.read_hidden(activations["predictor_train"])
     for step in (0, 3):

@@ -4,8 +4,10 @@ import pytest
 
 from pndecomp.corpus import Document
 from pndecomp.splits import PROBE_SPLITS, SPLITS, split_of
+from pndecomp.tasks import TASKS
 from pndecomp.windows import build_windows, select_windows, window_starts
 
+PAPER_TASKS = [TASKS["domain"], TASKS["next_token_type_8"]]
 FRACTIONS = {"predictor_train": 0.4, "predictor_eval": 0.1, "probe_train": 0.3, "probe_val": 0.1, "probe_test": 0.1}
 
 
@@ -56,7 +58,7 @@ def make_documents(n=200):
 def test_windows_from_one_document_and_one_split():
     docs = make_documents()
     frame, counts = build_windows(docs, CharTokenizer(), length=20, per_document=2, prepend_bos=False,
-                                  fractions=FRACTIONS, seed=0)
+                                  fractions=FRACTIONS, seed=0, tasks=PAPER_TASKS)
     by_id = {d.doc_id: d for d in docs}
     assert counts["documents"] == 200
     assert counts["skipped_short"] == sum(len(d.text) < 20 for d in docs)
@@ -73,7 +75,7 @@ def test_windows_from_one_document_and_one_split():
 
 def test_prepend_bos():
     frame, _ = build_windows([Document("d", "x" * 30, None, "d")], CharTokenizer(), length=10, per_document=1,
-                             prepend_bos=True, fractions=FRACTIONS, seed=0)
+                             prepend_bos=True, fractions=FRACTIONS, seed=0, tasks=PAPER_TASKS)
     tokens = np.concatenate([[1], [ord("x")] * 30])
     start = frame.iloc[0]["start"]
     assert list(frame.iloc[0]["tokens"]) == list(tokens[start:start + 10])
@@ -81,11 +83,10 @@ def test_prepend_bos():
 
 def test_selection_counts_caps_and_task_membership():
     frame, _ = build_windows(make_documents(600), CharTokenizer(), length=10, per_document=3, prepend_bos=False,
-                             fractions=FRACTIONS, seed=0)
-    caps = {"domain": {s: {"per_class": 5} for s in PROBE_SPLITS},
-            "next_token_type_8": {s: {"total": 7} for s in PROBE_SPLITS}}
+                             fractions=FRACTIONS, seed=0, tasks=PAPER_TASKS)
+    caps = {"domain": {s: 5 for s in PROBE_SPLITS}, "next_token_type_8": {s: 7 for s in PROBE_SPLITS}}
     selected = select_windows(frame, predictor_counts={"predictor_train": 30, "predictor_eval": 10},
-                              probe_caps=caps, tasks=["domain", "next_token_type_8"])
+                              probe_caps=caps, tasks=PAPER_TASKS)
     assert len(selected["predictor_train"]) == 30 and set(selected["predictor_train"]["split"]) == {"predictor_train"}
     probe = selected["probe"]
     for split in PROBE_SPLITS:
@@ -99,9 +100,8 @@ def test_selection_counts_caps_and_task_membership():
 
 def test_token_type_windows_reuse_domain_windows_first():
     frame, _ = build_windows(make_documents(600), CharTokenizer(), length=10, per_document=3, prepend_bos=False,
-                             fractions=FRACTIONS, seed=0)
-    caps = {"domain": {s: {"per_class": 10} for s in PROBE_SPLITS},
-            "next_token_type_8": {s: {"total": 12} for s in PROBE_SPLITS}}
-    probe = select_windows(frame, predictor_counts={}, probe_caps=caps, tasks=["domain", "next_token_type_8"])["probe"]
+                             fractions=FRACTIONS, seed=0, tasks=PAPER_TASKS)
+    caps = {"domain": {s: 10 for s in PROBE_SPLITS}, "next_token_type_8": {s: 12 for s in PROBE_SPLITS}}
+    probe = select_windows(frame, predictor_counts={}, probe_caps=caps, tasks=PAPER_TASKS)["probe"]
     assert (probe["in_domain"] | ~probe["in_next_token_type_8"]).all()  # token-type ⊆ domain
     assert len(probe) == 3 * 3 * 10

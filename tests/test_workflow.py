@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from snakemake_log import job_stats
 from tiny import write_config
 
@@ -57,22 +56,44 @@ def test_one_deleted_figure_rebuilds_alone(tiny_run):
     figure.unlink()
     log = snakemake(workdir, str(figure.relative_to(workdir)))
     assert figure.exists()
-    assert job_stats(log) == {"fig3_position_mse": 1}
+    assert job_stats(log) == {"draw_per_position": 1}
+
+
+def changed_copy(workdir: Path, old: str, new: str) -> Path:
+    """A copy of a finished run whose config has ``old`` replaced by ``new``."""
+    changed = workdir / f"changed-{new.replace(' ', '').replace(':', '-')}"
+    changed.mkdir()
+    shutil.copytree(workdir / "results", changed / "results")
+    shutil.copytree(workdir / ".snakemake", changed / ".snakemake")
+    config = (workdir / "config.yaml").read_text()
+    assert old in config
+    (changed / "config.yaml").write_text(config.replace(old, new))
+    return changed
 
 
 def test_predictor_change_reruns_training_and_downstream_not_extraction(tiny_run):
     workdir, _ = tiny_run
-    changed = workdir / "changed"
-    changed.mkdir()
-    shutil.copytree(workdir / "results", changed / "results")
-    shutil.copytree(workdir / ".snakemake", changed / ".snakemake")
-    config = (workdir / "config.yaml").read_text().replace("d_head: 8", "d_head: 4")
-    assert config != (workdir / "config.yaml").read_text()
-    (changed / "config.yaml").write_text(config)
-    jobs = job_stats(snakemake(changed, "-n"))
+    jobs = job_stats(snakemake(changed_copy(workdir, "d_head: 8", "d_head: 4"), "-n"))
     assert jobs["train_predictor"] == 3
-    for downstream in ("decompose_eval", "per_position_metrics", "probe_features", "fit_probe", "fig1_mse_curve",
-                       "fig6_token_type_probe"):
+    for downstream in ("decompose_eval", "per_position_metrics", "probe_features", "fit_probe", "draw_learning_curve",
+                       "draw_probe_heatmap"):
         assert downstream in jobs, downstream
     for upstream in ("make_windows", "extract_train_activations", "extract_eval_activations"):
         assert upstream not in jobs, upstream
+
+
+def test_figure_setting_reruns_only_its_figures(tiny_run):
+    """metrics.hide_first_positions is read by figures 3 and 4 alone: nothing else reruns."""
+    workdir, _ = tiny_run
+    jobs = job_stats(snakemake(changed_copy(workdir, "hide_first_positions: 4", "hide_first_positions: 6"), "-n"))
+    assert jobs == {"draw_per_position": 2, "all": 1}
+
+
+def test_report_holds_every_figure_and_table(tiny_run):
+    """`snakemake --report` builds one HTML page with figures 1-6 and the layer and probe tables."""
+    workdir, _ = tiny_run
+    snakemake(workdir, "--report", "report.html")
+    html = (workdir / "report.html").read_text()
+    for name in [*[f"fig{i}.png" for i in range(1, 7)], "layer_summary.tsv", "domain.tsv", "next_token_type_8.tsv"]:
+        assert name in html, name
+    assert "Domain probe: test macro-F1" in html  # a caption from the task registry, rendered

@@ -71,8 +71,8 @@ def write_config(path: Path, model_dir: Path, corpus: Path, **overrides) -> Path
         "train": {"steps": 20, "batch_size": 8, "warmup_steps": 2, "eval_every": 5, "eval_windows": 8,
                   "checkpoint_every": 10, "lr": 1e-3},
         "metrics": {"hide_first_positions": 4},
-        "probes": {"domain_caps": {"probe_train": 20, "probe_val": 8, "probe_test": 8},
-                   "token_type_caps": {"probe_train": 60, "probe_val": 20, "probe_test": 20},
+        "probes": {"caps": {"domain": {"probe_train": 20, "probe_val": 8, "probe_test": 8},
+                            "next_token_type_8": {"probe_train": 60, "probe_val": 20, "probe_test": 20}},
                    "c_grid": [0.1, 1.0], "max_iter": 200},
     }
     for dotted, value in overrides.items():

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import torch
 
-from . import lm
-from .predictor import PredictorConfig
+from . import lm, tasks
+from .predictor import PREDICTORS, predictor_kind
 from .train import TrainConfig
-from .windows import DOMAIN_TASK, TOKEN_TYPE_TASK
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -43,15 +42,10 @@ def model_dtype(config: Mapping, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
-def predictor_config(config: Mapping, shape: lm.ModelShape) -> PredictorConfig:
-    """Paper rule: n_heads × d_head = width_multiplier (4) × the LM's own attention width."""
+def predictor_config(config: Mapping, shape: lm.ModelShape):
+    """The settings dataclass of the configured predictor kind, for this LM's widths."""
     section = config["predictor"]
-    d_head = section["d_head"]
-    n_heads = section["n_heads"]
-    if n_heads is None:
-        n_heads = max(1, round(section["width_multiplier"] * shape.attention_width / d_head))
-    return PredictorConfig(d_model=shape.d_model, n_heads=int(n_heads), d_head=int(d_head),
-                           rotary=section["rotary"], input_norm=section["input_norm"])
+    return predictor_kind(section["kind"]).from_config(section, shape.d_model, shape.attention_width)
 
 
 def train_config(config: Mapping) -> TrainConfig:
@@ -63,12 +57,11 @@ def train_config(config: Mapping) -> TrainConfig:
         checkpoint_every=section["checkpoint_every"], seed=config["seed"])
 
 
-def probe_caps(config: Mapping) -> dict:
-    """{task: {split: {"per_class": n} or {"total": n}}} for :func:`pndecomp.windows.select_windows`."""
-    probes = config["probes"]
-    caps = {DOMAIN_TASK: {split: {"per_class": n} for split, n in probes["domain_caps"].items()},
-            TOKEN_TYPE_TASK: {split: {"total": n} for split, n in probes["token_type_caps"].items()}}
-    return {task: caps[task] for task in probes["tasks"]}
+def probe_caps(config: Mapping) -> dict[str, dict[str, int]]:
+    """{task: {probe split: windows}} for every configured task: its ``probes.caps`` entry, else the
+    task's defaults. Per class or in all, as the task's ``cap_kind`` says."""
+    caps = config["probes"]["caps"]
+    return {name: dict(caps.get(name) or tasks.get(name).default_caps) for name in config["probes"]["tasks"]}
 
 
 def corpus_for_reading(config: Mapping, embedded_jsonl: str | None) -> dict:
@@ -98,11 +91,7 @@ def check(config: Mapping, shape: lm.ModelShape | None = None) -> None:
         iter_documents(corpus)
     if corpus["source"] == "hf" and not corpus["hf"]["name"]:
         raise ConfigError("corpus.hf.name is not set: give a dataset id for corpus.source 'hf'")
-    if DOMAIN_TASK in config["probes"]["tasks"] and corpus["source"] != "embedded":
-        label_field = corpus[corpus["source"]]["label_field"]
-        if not label_field:
-            raise ConfigError(f"probes.tasks includes {DOMAIN_TASK!r} but corpus.{corpus['source']}.label_field "
-                              "is null: set the label field (e.g. meta.pile_set_name) or drop the task")
+    check_probes(config["probes"], corpus)
     train = config["train"]
     if train["warmup_steps"] > train["steps"]:
         raise ConfigError(f"train.warmup_steps is {train['warmup_steps']}, more than train.steps "
@@ -113,11 +102,31 @@ def check(config: Mapping, shape: lm.ModelShape | None = None) -> None:
     for split, value in config["windows"]["split_fractions"].items():
         if value <= 0:
             raise ConfigError(f"windows.split_fractions.{split} is {value}: every split needs a positive share")
+    if config["predictor"]["kind"] not in PREDICTORS:
+        raise ConfigError(f"predictor.kind: unknown predictor {config['predictor']['kind']!r}; known are "
+                          f"{sorted(PREDICTORS)} (add one in src/pndecomp/predictor.py)")
     if config["predictor"]["rotary"] and config["predictor"]["d_head"] % 2:
         raise ConfigError(f"predictor.d_head is {config['predictor']['d_head']}: rotary embeddings need an even "
                           "head size")
     if shape is not None:
         check_model(config["model"]["id"], config["layers"], config["windows"]["length"], shape)
+
+
+def check_probes(probes: Mapping, corpus: Mapping) -> None:
+    """Every task registered, caps only for configured tasks, a label field for tasks that read it."""
+    for name in probes["tasks"]:
+        if name not in tasks.TASKS:
+            raise ConfigError(f"probes.tasks: unknown task {name!r}; known tasks are {sorted(tasks.TASKS)} "
+                              "(add one in src/pndecomp/tasks.py)")
+    for name in probes["caps"]:
+        if name not in probes["tasks"]:
+            raise ConfigError(f"probes.caps.{name}: {name!r} is not in probes.tasks {list(probes['tasks'])}: "
+                              "give caps only for configured tasks")
+    for name in probes["tasks"]:
+        if tasks.get(name).needs_document_label and corpus["source"] != "embedded":
+            if not corpus[corpus["source"]]["label_field"]:
+                raise ConfigError(f"probes.tasks includes {name!r} but corpus.{corpus['source']}.label_field "
+                                  "is null: set the label field (e.g. meta.pile_set_name) or drop the task")
 
 
 def check_model(model_id: str, layers, window_length: int, shape: lm.ModelShape) -> None:
@@ -141,21 +150,20 @@ def model_shape(config: Mapping, materialized_dir: str | None = None) -> tuple[l
     source = lm.resolve_source(config["model"])
     try:
         return lm.read_model_shape(source), ""
+    except lm.adapters.UnknownModelType as error:
+        raise ConfigError(f"model.id: {config['model']['id']!r}: {error}") from error
     except OSError as error:  # a hub id not in the local cache
         return None, (f"model {source.path!r} is not in the local hub cache ({type(error).__name__}); the layer "
                       "and context checks run when a rule loads it")
 
 
-IDENTITY_KEYS = ("experiment", "seed", "model", "device")
-
-
 def config_view(config: Mapping, *keys: str) -> dict:
-    """The part of the config one rule reads: the identity keys plus the named (dotted) keys.
+    """The part of the config one rule reads: the named keys, dotted for a key inside a section.
 
     Rules pass this as a param, so Snakemake reruns a rule exactly when something it reads changes,
     and a script that reads beyond its view fails loudly in tests instead of missing a rerun.
     """
-    view = {key: config[key] for key in IDENTITY_KEYS}
+    view: dict = {}
     for key in keys:
         section, _, sub = key.partition(".")
         if sub:

@@ -16,9 +16,8 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .storage import StreamingTensorWriter, save_tensors
 from .lm import LAYER_CONVENTION, Layer, ResidualCapture, surprisal
-from .predictor import CausalPredictor
+from .storage import StreamingTensorWriter, save_tensors
 from .windows import tokens_array
 
 log = logging.getLogger(__name__)
@@ -73,7 +72,7 @@ def extract_hidden_states(model, tokens: np.ndarray, layers: Sequence[Layer], ou
 
 
 @torch.no_grad()
-def extract_probe_features(model, tokens: np.ndarray, predictors: Mapping[Layer, CausalPredictor],
+def extract_probe_features(model, tokens: np.ndarray, predictors: Mapping[Layer, torch.nn.Module],
                            out_paths: Mapping[Layer, str], *, batch_size: int, device: torch.device,
                            storage_dtype: torch.dtype, metadata: Mapping) -> None:
     """h_T, ĥ_T = f(h_{≤T-1}) and r_T = h_T − ĥ_T per layer, each [n_windows, d_model] float32.

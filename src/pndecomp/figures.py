@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import matplotlib
 
@@ -12,11 +13,31 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from . import tasks  # noqa: E402
+from .representations import REPRESENTATIONS  # noqa: E402
 from .storage import atomic_path  # noqa: E402
 
-REPRESENTATION_LABELS = {"h": "h", "hhat": "ĥ", "r": "r", "hhat_r": "[ĥ, r]"}
 R2_FLOOR = -0.5
-TASK_TITLES = {"domain": "Domain probe (test macro-F1)", "next_token_type_8": "Next-token-type probe (test macro-F1)"}
+
+
+@dataclass(frozen=True)
+class Figure:
+    kind: str  # the drawing function, and the Snakemake rule draw_<kind>
+    column: str  # the data column it plots
+    caption: str  # in the report
+
+
+# Figures 1-4, by file stem; the probe heatmaps (figures 5, 6, ...) are one per task (pndecomp.tasks).
+FIGURES: dict[str, Figure] = {
+    "fig1": Figure("learning_curve", "eval_mse", "Eval MSE of each layer's predictor against training step "
+                   "(figure 1 of the paper), on the fixed eval subset."),
+    "fig2": Figure("learning_curve", "eval_r2", "Eval R² = 1 − MSE/Var of each layer's predictor against "
+                   "training step (figure 2)."),
+    "fig3": Figure("per_position", "mse", "Per-position MSE over all eval windows; the first positions are "
+                   "hidden (metrics.hide_first_positions) but kept in the data (figure 3)."),
+    "fig4": Figure("per_position", "spearman_rho", "Spearman ρ between the novel component's norm ‖r‖ and the "
+                   "LM's surprisal, per position across eval windows (figure 4)."),
+}
 
 
 def _save(fig, png: str | os.PathLike, pdf: str | os.PathLike) -> None:
@@ -75,13 +96,13 @@ def per_position(tables: Mapping[str, pd.DataFrame], column: str, hide_first: in
 
 
 def probe_heatmap(table: pd.DataFrame, task: str, png, pdf) -> None:
-    """Figures 5 and 6: test macro-F1, rows = layers, columns = h, ĥ, r, [ĥ, r], annotated."""
+    """Figures 5, 6, ...: one task's test macro-F1, rows = layers, columns = representations, annotated."""
     layers = list(dict.fromkeys(table["layer"].astype(str)))
     grid = (table.assign(layer=table["layer"].astype(str))
             .pivot(index="layer", columns="representation", values="test_macro_f1")
-            .reindex(index=layers, columns=list(REPRESENTATION_LABELS)))
-    grid.columns = [REPRESENTATION_LABELS[c] for c in grid.columns]
-    fig, ax = plt.subplots(figsize=(5, 0.5 * len(layers) + 1.5))
+            .reindex(index=layers, columns=list(REPRESENTATIONS)))
+    grid.columns = [REPRESENTATIONS[c].label for c in grid.columns]
+    fig, ax = plt.subplots(figsize=(0.9 * len(REPRESENTATIONS) + 1.4, 0.5 * len(layers) + 1.5))
     sns.heatmap(grid, annot=True, fmt=".3f", cmap="viridis", vmin=0, vmax=1, cbar_kws={"label": "macro-F1"}, ax=ax)
-    ax.set(xlabel="representation", ylabel="layer", title=TASK_TITLES.get(task, task))
+    ax.set(xlabel="representation", ylabel="layer", title=tasks.get(task).title)
     _save(fig, png, pdf)

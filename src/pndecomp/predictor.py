@@ -5,6 +5,7 @@ state at position t+1.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 
 import torch
@@ -20,9 +21,6 @@ class PredictorConfig:
     rotary: bool = False      # rotary position embedding on queries and keys (off in the paper)
     input_norm: bool = False  # LayerNorm on the input hidden states (off in the paper)
     rotary_base: float = 10000.0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _rotate(x: torch.Tensor, base: float) -> torch.Tensor:
@@ -75,18 +73,62 @@ def _param_dtype(module: nn.Module) -> torch.dtype:
     return next(module.parameters()).dtype
 
 
-def save_predictor(predictor: CausalPredictor, path, metadata: dict | None = None) -> None:
-    """Weights as safetensors; the architecture travels in the file's metadata."""
+def _attention_config(section: Mapping, d_model: int, attention_width: int) -> PredictorConfig:
+    """Paper rule: n_heads × d_head = width_multiplier (4) × the LM's own attention width."""
+    d_head, n_heads = section["d_head"], section["n_heads"]
+    if n_heads is None:
+        n_heads = max(1, round(section["width_multiplier"] * attention_width / d_head))
+    return PredictorConfig(d_model=d_model, n_heads=int(n_heads), d_head=int(d_head), rotary=section["rotary"],
+                           input_norm=section["input_norm"])
+
+
+@dataclass(frozen=True)
+class PredictorKind:
+    """A predictor architecture: its module, its settings dataclass, and how the config section
+    (``predictor``) and the LM's widths make those settings."""
+
+    module: type[nn.Module]
+    settings: type
+    from_config: Callable[[Mapping, int, int], object]  # (predictor section, d_model, LM attention width)
+
+
+# The single place to add a predictor architecture (``predictor.kind`` in the config).
+PREDICTORS: dict[str, PredictorKind] = {
+    "attn1": PredictorKind(CausalPredictor, PredictorConfig, _attention_config),
+}
+
+
+def predictor_kind(name: str) -> PredictorKind:
+    if name not in PREDICTORS:
+        raise ValueError(f"predictor.kind: unknown predictor {name!r}; known are {sorted(PREDICTORS)} "
+                         "(add one in src/pndecomp/predictor.py)")
+    return PREDICTORS[name]
+
+
+def kind_name(predictor: nn.Module) -> str:
+    return next(name for name, kind in PREDICTORS.items() if isinstance(predictor, kind.module))
+
+
+def build_predictor(settings) -> nn.Module:
+    """The untrained predictor of the kind whose settings dataclass ``settings`` is."""
+    return next(kind.module(settings) for kind in PREDICTORS.values() if type(settings) is kind.settings)
+
+
+def save_predictor(predictor: nn.Module, path, metadata: dict | None = None) -> None:
+    """Weights as safetensors; the architecture (kind and settings) travels in the file's metadata."""
     from .storage import save_tensors
 
-    save_tensors(predictor.state_dict(), path, {"predictor_config": predictor.config.to_dict(), **(metadata or {})})
+    save_tensors(predictor.state_dict(), path, {"predictor_kind": kind_name(predictor),
+                                                "predictor_config": asdict(predictor.config), **(metadata or {})})
 
 
-def load_predictor(path, device: str | torch.device = "cpu") -> CausalPredictor:
+def load_predictor(path, device: str | torch.device = "cpu") -> nn.Module:
     from safetensors.torch import load_file
 
     from .storage import load_metadata
 
-    predictor = CausalPredictor(PredictorConfig(**load_metadata(path)["predictor_config"]))
+    metadata = load_metadata(path)
+    kind = predictor_kind(metadata.get("predictor_kind", "attn1"))
+    predictor = kind.module(kind.settings(**metadata["predictor_config"]))
     predictor.load_state_dict(load_file(str(path)))
     return predictor.to(device).eval().requires_grad_(False)

@@ -14,60 +14,20 @@ labels equals accuracy.
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-REPRESENTATIONS = ("h", "hhat", "r", "hhat_r")  # hhat_r = concatenation [hhat, r]
-
-
-def select_for_task(
-    frame: pd.DataFrame,
-    *,
-    label_column: str,
-    order_column: str,
-    per_class_cap: int | None = None,
-    total_cap: int | None = None,
-) -> pd.Index:
-    """The rows of ``frame`` (one split's probe windows) that a probe task uses.
-
-    Rows are taken in ascending ``order_column`` (a stable hash in [0, 1), ties broken by
-    index), skipping null labels, keeping at most ``per_class_cap`` per label and then at
-    most ``total_cap`` overall. ``None`` means no cap. Returns the selected index in that
-    order, so the result depends only on the rows' contents, not on frame order.
-    """
-    for name, cap in (("per_class_cap", per_class_cap), ("total_cap", total_cap)):
-        if cap is not None and cap < 0:
-            raise ValueError(f"{name} must be >= 0 or None, got {cap}")
-    labelled = frame[frame[label_column].notna()]
-    if labelled[order_column].isna().any():
-        raise ValueError(f"column {order_column!r} has nulls; every row needs an order value")
-    # Stable sorts: index first, then order value, so equal order values keep index order.
-    ordered = labelled.sort_index(kind="mergesort").sort_values(order_column, kind="mergesort")
-    if per_class_cap is not None:
-        rank_in_class = ordered.groupby(label_column, sort=False).cumcount()
-        ordered = ordered[rank_in_class < per_class_cap]
-    if total_cap is not None:
-        ordered = ordered.iloc[:total_cap]
-    return ordered.index
-
-
-def class_weights(y) -> dict:
-    """{class: n_samples / (n_classes · count_c)}, sklearn's "balanced" weights."""
-    classes, counts = np.unique(np.asarray(y), return_counts=True)
-    weights = len(y) / (len(classes) * counts)
-    return {_plain(c): float(w) for c, w in zip(classes, weights)}
-
 
 def _plain(value):
-    """numpy scalar → Python scalar, so weight dicts print and serialise cleanly."""
+    """numpy scalar → Python scalar, so class counts print cleanly."""
     return value.item() if isinstance(value, np.generic) else value
 
 
-def make_probe(C: float, class_weight: dict, *, seed: int = 0, max_iter: int = 1000) -> Pipeline:
-    """Standardise (with the statistics of whatever it is fit on) → L2 logistic regression."""
+def make_probe(C: float, *, seed: int = 0, max_iter: int = 1000) -> Pipeline:
+    """Standardise (with the statistics of whatever it is fit on) → L2 logistic regression with
+    class-balanced weights (n_samples / (n_classes · count_c))."""
     return Pipeline(
         [
             ("scale", StandardScaler()),
@@ -75,7 +35,7 @@ def make_probe(C: float, class_weight: dict, *, seed: int = 0, max_iter: int = 1
                 "logreg",
                 # lbfgs fits one multinomial (softmax) model for > 2 classes.
                 LogisticRegression(
-                    C=C, solver="lbfgs", class_weight=class_weight,
+                    C=C, solver="lbfgs", class_weight="balanced",
                     max_iter=max_iter, random_state=seed,
                 ),
             ),
@@ -95,7 +55,7 @@ def _union_labels(*label_arrays) -> np.ndarray:
     return np.unique(np.concatenate([np.asarray(y) for y in label_arrays]))
 
 
-def fit_probe(
+def fit_and_score(
     X_train, y_train, X_val, y_val, X_test, y_test,
     *,
     c_grid=(0.01, 0.1, 1.0, 10.0),
@@ -110,16 +70,16 @@ def fit_probe(
     # fp16 hidden states would otherwise be standardised and stored in fp16.
     X_train, X_val, X_test = (np.asarray(X, dtype=np.float64) for X in (X_train, X_val, X_test))
     y_train, y_val, y_test = np.asarray(y_train), np.asarray(y_val), np.asarray(y_test)
-    weights = class_weights(y_train)
-    if len(weights) < 2:
-        counts = {_plain(c): int(n) for c, n in zip(*np.unique(y_train, return_counts=True))}
+    classes, class_sizes = np.unique(y_train, return_counts=True)
+    if len(classes) < 2:
+        counts = {_plain(c): int(n) for c, n in zip(classes, class_sizes)}
         raise ValueError(f"a probe needs >= 2 classes in train; train class counts: {counts}")
     val_labels = _union_labels(y_train, y_val)
 
     best_C, best_f1, best_model = None, -np.inf, None
     # Ascending C, and only a strictly better score replaces the best: ties → smaller C.
     for C in sorted(c_grid):
-        model = make_probe(C, weights, seed=seed, max_iter=max_iter).fit(X_train, y_train)
+        model = make_probe(C, seed=seed, max_iter=max_iter).fit(X_train, y_train)
         val_f1, _ = f1_scores(y_val, model.predict(X_val), val_labels)
         if val_f1 > best_f1:
             best_C, best_f1, best_model = C, val_f1, model
@@ -137,5 +97,5 @@ def fit_probe(
         "n_train": int(len(y_train)),
         "n_val": int(len(y_val)),
         "n_test": int(len(y_test)),
-        "n_classes": len(weights),
+        "n_classes": len(classes),
     }

@@ -17,8 +17,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from . import config as cfg
-from . import corpus, extract, lm, metrics, predictor, probes, storage, windows
-from .train import batch_indices, train_predictor as train_loop
+from . import corpus, extract, lm, metrics, predictor, probes, storage, tasks, windows
+from .embedded_corpus import build_embedded_corpus  # the name embedded_corpus is a stage here
+from .representations import REPRESENTATIONS
+from .train import batch_indices
+from .train import train_predictor as train_loop
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,7 @@ def model_source(config: Mapping, materialized_dir: str | None = None) -> lm.Mod
     return lm.resolve_source(config["model"])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _weights_fingerprint(model_id: str, revision: str | None) -> dict:
     return lm.model_fingerprint(lm.resolve_source({"id": model_id, "revision": revision}))
 
@@ -77,7 +80,7 @@ def materialize_model(config: Mapping, out_dir: str) -> None:
 
 def embedded_corpus(config: Mapping, materialized_dir: str | None, out_jsonl: str, out_manifest: str) -> None:
     tokenizer = lm.load_tokenizer(model_source(config, materialized_dir))
-    summary = corpus.build_embedded_corpus(
+    summary = build_embedded_corpus(
         Path(out_jsonl), Path(out_manifest),
         max_files_per_domain=config["corpus"]["embedded"]["max_files_per_domain"],
         count_tokens=lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]))
@@ -89,17 +92,20 @@ def make_windows(config: Mapping, materialized_dir: str | None, corpus_jsonl: st
     """Windows of every split; ``outputs`` maps predictor_train, predictor_eval, probe, summary to paths."""
     tokenizer = lm.load_tokenizer(model_source(config, materialized_dir))
     section = config["windows"]
+    probe_tasks = [tasks.get(name) for name in config["probes"]["tasks"]]
+    probe_caps = cfg.probe_caps(config)
     documents = corpus.iter_documents(cfg.corpus_for_reading(config, corpus_jsonl))
     candidates, counts = windows.build_windows(
         documents, tokenizer, length=section["length"], per_document=section["per_document"],
-        prepend_bos=section["prepend_bos"], fractions=section["split_fractions"], seed=config["seed"])
-    tasks = config["probes"]["tasks"]
-    selected = windows.select_windows(
-        candidates, predictor_counts={split: section[split] for split in ("predictor_train", "predictor_eval")},
-        probe_caps=cfg.probe_caps(config), tasks=tasks)
-    summary = windows.summarize(selected, counts, tasks)
+        prepend_bos=section["prepend_bos"], fractions=section["split_fractions"], seed=config["seed"],
+        tasks=probe_tasks)
+    predictor_counts = {split: section[split] for split in ("predictor_train", "predictor_eval")}
+    selected = windows.select_windows(candidates, predictor_counts=predictor_counts, probe_caps=probe_caps,
+                                      tasks=probe_tasks)
+    summary = windows.summarize(selected, counts, probe_tasks)
     log.info("windows: %s", summary)
-    windows.check_selection(selected, config, counts)
+    windows.check_selection(selected, length=section["length"], requested=predictor_counts, tasks=probe_tasks,
+                            probe_caps=probe_caps, counts=counts)
     metadata = output_metadata(config)
     for name in ("predictor_train", "predictor_eval", "probe"):
         storage.write_parquet(selected[name], outputs[name], metadata)
@@ -129,7 +135,7 @@ def train_predictor(config: Mapping, materialized_dir: str | None, layer: str, t
     device = cfg.resolve_device(config["device"])
     eval_hidden = read_hidden(eval_hidden_path, limit=config["train"]["eval_windows"])
     if config["train"]["data"] == "stream":
-        next_batch = _streamed_batches(config, materialized_dir, lm.parse_layer(layer), train_data_path, train_cfg)
+        next_batch = streamed_batches(config, materialized_dir, lm.parse_layer(layer), train_data_path, train_cfg)
     else:
         train_hidden = read_hidden(train_data_path)
 
@@ -146,7 +152,7 @@ def train_predictor(config: Mapping, materialized_dir: str | None, layer: str, t
     Path(resume_path).unlink(missing_ok=True)
 
 
-def _streamed_batches(config: Mapping, materialized_dir: str | None, layer: lm.Layer, windows_path: str,
+def streamed_batches(config: Mapping, materialized_dir: str | None, layer: lm.Layer, windows_path: str,
                       train_cfg) -> Callable[[int], torch.Tensor]:
     """next_batch(step) for stream mode: the LM runs up to ``layer`` only (early exit, no LM head)."""
     tokens = torch.from_numpy(extract.window_tokens(windows_path))
@@ -197,7 +203,8 @@ def per_position_metrics(config: Mapping, residual_path: str, surprisal_path: st
         "spearman_rho": metrics.spearman_per_position(np.linalg.norm(residual, axis=-1), surprisal_values),
         "n_windows": residual.shape[0],
     })
-    storage.write_parquet(frame, out_path, {**output_metadata(config), "layer": storage.load_metadata(residual_path)["layer"]})
+    layer = storage.load_metadata(residual_path)["layer"]
+    storage.write_parquet(frame, out_path, {**output_metadata(config), "layer": layer})
 
 
 def probe_features(config: Mapping, materialized_dir: str | None, probe_windows_path: str,
@@ -205,39 +212,38 @@ def probe_features(config: Mapping, materialized_dir: str | None, probe_windows_
     tokens = extract.window_tokens(probe_windows_path)
     model, device = load_frozen_lm(config, materialized_dir, [lm.parse_layer(name) for name in predictor_paths],
                                    tokens.shape[1])
-    predictors = {lm.parse_layer(name): predictor.load_predictor(path, device) for name, path in predictor_paths.items()}
+    predictors = {lm.parse_layer(name): predictor.load_predictor(path, device)
+                  for name, path in predictor_paths.items()}
     extract.extract_probe_features(
         model, tokens, predictors,
         {lm.parse_layer(name): path for name, path in out_paths.items()}, batch_size=config["extraction"]["batch_size"],
         device=device, storage_dtype=cfg.DTYPES[config["extraction"]["dtype"]], metadata=output_metadata(config))
 
 
-def fit_probe(config: Mapping, task: str, probe_windows_path: str, features_path: str, out_path: str) -> None:
-    """Test macro/micro-F1 of one task's probe on each representation h, ĥ, r, [ĥ, r] of one layer."""
-    frame = pd.read_parquet(probe_windows_path, columns=["split", windows.TASK_LABEL_COLUMNS[task], f"in_{task}"])
+def fit_probe(config: Mapping, task_name: str, probe_windows_path: str, features_path: str, out_path: str) -> None:
+    """Test macro/micro-F1 of one task's probe on each representation of one layer."""
+    task = tasks.get(task_name)
+    frame = pd.read_parquet(probe_windows_path, columns=["split", task.label_column, f"in_{task.name}"])
     features = load_file(features_path)
-    representations = {"h": features["h"], "hhat": features["hhat"], "r": features["r"],
-                       "hhat_r": torch.cat([features["hhat"], features["r"]], dim=1)}
-    label = windows.TASK_LABEL_COLUMNS[task]
-    member = frame[f"in_{task}"].to_numpy()
+    member = frame[f"in_{task.name}"].to_numpy()
     rows_of = {split: np.flatnonzero(member & (frame["split"] == split).to_numpy()) for split in
                ("probe_train", "probe_val", "probe_test")}
-    labels = frame[label].to_numpy()
+    labels = frame[task.label_column].to_numpy()
     rows = []
-    for name in probes.REPRESENTATIONS:
-        x = representations[name].numpy()
-        result = probes.fit_probe(*(array for split in ("probe_train", "probe_val", "probe_test")
-                                    for array in (x[rows_of[split]], labels[rows_of[split]])),
-                                  c_grid=tuple(config["probes"]["c_grid"]), seed=config["seed"],
-                                  max_iter=config["probes"]["max_iter"])
-        rows.append({"task": task, "representation": name, **result})
-        log.info("%s %s: test macro-F1 %.4f", task, name, result["test_macro_f1"])
+    for name, representation in REPRESENTATIONS.items():
+        x = representation.build(features).numpy()
+        result = probes.fit_and_score(*(array for split in ("probe_train", "probe_val", "probe_test")
+                                        for array in (x[rows_of[split]], labels[rows_of[split]])),
+                                      c_grid=tuple(config["probes"]["c_grid"]), seed=config["seed"],
+                                      max_iter=config["probes"]["max_iter"])
+        rows.append({"task": task.name, "representation": name, **result})
+        log.info("%s %s: test macro-F1 %.4f", task.name, name, result["test_macro_f1"])
     layer = storage.load_metadata(features_path)["layer"]
     storage.write_parquet(pd.DataFrame(rows).assign(layer=str(layer)), out_path, output_metadata(config, layer=layer))
 
 
-def collect_tables(paths: Mapping[str, str], out_path: str) -> None:
-    """Stack per-layer Parquet tables into one TSV (layer column first), in config layer order."""
+def probe_table(paths: Mapping[str, str], out_path: str) -> None:
+    """Stack one task's per-layer probe tables into one TSV (layer column first), in config layer order."""
     frames = []
     for layer, path in paths.items():
         frame = pd.read_parquet(path)

@@ -17,9 +17,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .storage import atomic_path
 from .metrics import RegressionAccumulator
-from .predictor import CausalPredictor, PredictorConfig, prediction_loss
+from .predictor import build_predictor, prediction_loss
+from .storage import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +81,13 @@ def evaluate(predictor: torch.nn.Module, hidden: torch.Tensor, batch_size: int, 
     return scores.result()
 
 
-def _run_fingerprint(predictor_cfg: PredictorConfig, cfg: TrainConfig, data_id: str) -> str:
+def _run_fingerprint(predictor_cfg, cfg: TrainConfig, data_id: str) -> str:
     text = json.dumps({"predictor": asdict(predictor_cfg), "train": asdict(cfg), "data": data_id}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
 def train_predictor(
-    predictor_cfg: PredictorConfig,
+    predictor_cfg,
     cfg: TrainConfig,
     next_batch: Callable[[int], torch.Tensor],
     eval_hidden: torch.Tensor,
@@ -95,7 +95,7 @@ def train_predictor(
     device: str | torch.device = "cpu",
     resume_path: Path | None = None,
     data_id: str = "",
-) -> tuple[CausalPredictor, pd.DataFrame]:
+) -> tuple[torch.nn.Module, pd.DataFrame]:
     """Train f_θ for ``cfg.steps`` steps; ``next_batch(step)`` returns hidden [batch, T, d_model].
 
     Returns the trained predictor and its learning curve (one row per evaluation). With
@@ -103,7 +103,7 @@ def train_predictor(
     state (same configs and data) is resumed from.
     """
     torch.manual_seed(cfg.seed)
-    predictor = CausalPredictor(predictor_cfg).to(device)
+    predictor = build_predictor(predictor_cfg).to(device)
     optimizer = torch.optim.AdamW(predictor.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     fingerprint = _run_fingerprint(predictor_cfg, cfg, data_id)
     first_step, curve = 0, []
@@ -135,7 +135,8 @@ def train_predictor(
         done = step + 1
         if done % cfg.eval_every == 0 or done == cfg.steps:
             scores = evaluate(predictor, eval_hidden, cfg.eval_batch_size, device)
-            curve.append({"step": done, "lr": lr, "train_loss": loss.item(), **{f"eval_{k}": v for k, v in scores.items()}})
+            curve.append({"step": done, "lr": lr, "train_loss": loss.item(),
+                          **{f"eval_{k}": v for k, v in scores.items()}})
             log.info("step %d  train loss %.5g  eval mse %.5g  r2 %.4f", done, loss.item(), scores["mse"], scores["r2"])
         if resume_path is not None and (done % cfg.checkpoint_every == 0) and done < cfg.steps:
             with atomic_path(resume_path) as tmp:

@@ -8,21 +8,16 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from .corpus import Document
-from .probes import select_for_task
 from .splits import PROBE_SPLITS, split_of, unit_hash
-from .tokentypes import token_type
+from .tasks import ProbeTask, ProbeWindow
 
 log = logging.getLogger(__name__)
-
-DOMAIN_TASK = "domain"
-TOKEN_TYPE_TASK = "next_token_type_8"
-TASK_LABEL_COLUMNS = {DOMAIN_TASK: "domain", TOKEN_TYPE_TASK: "next_token_type"}
 
 
 def window_starts(n_tokens: int, length: int, per_document: int, seed: int, doc_id: str) -> list[int]:
@@ -51,11 +46,11 @@ def tokenize(tokenizer, text: str, prepend_bos: bool) -> list[int]:
 
 
 def build_windows(documents: Iterable[Document], tokenizer, *, length: int, per_document: int,
-                  prepend_bos: bool, fractions: Mapping[str, float], seed: int) -> tuple[pd.DataFrame, dict]:
-    """Every candidate window of every long-enough document, with its split and labels."""
+                  prepend_bos: bool, fractions: Mapping[str, float], seed: int,
+                  tasks: Sequence[ProbeTask]) -> tuple[pd.DataFrame, dict]:
+    """Every candidate window of every long-enough document, with its split and each task's label."""
     rows = []
     counts = Counter()
-    type_of_id: dict[int, str] = {}
     for doc in documents:
         counts["documents"] += 1
         ids = tokenize(tokenizer, doc.text, prepend_bos)
@@ -65,27 +60,51 @@ def build_windows(documents: Iterable[Document], tokenizer, *, length: int, per_
         split = split_of(doc.group, fractions, seed)
         for start in window_starts(len(ids), length, per_document, seed, doc.doc_id):
             tokens = np.asarray(ids[start:start + length], dtype=np.int32)
-            last = int(tokens[-1])
-            if last not in type_of_id:
-                type_of_id[last] = token_type(tokenizer.decode([last]))
+            window = ProbeWindow(doc, tokens, tokenizer.decode)
             window_id = f"{doc.doc_id}@{start}"
             rows.append({
                 "window_id": window_id, "doc_id": doc.doc_id, "group": doc.group, "split": split,
-                "start": start, "domain": doc.label, "next_token_type": type_of_id[last],
+                "start": start, **{task.label_column: task.label(window) for task in tasks},
                 "order_key": unit_hash("select", seed, window_id), "tokens": tokens,
             })
-    frame = pd.DataFrame(rows, columns=["window_id", "doc_id", "group", "split", "start", "domain",
-                                        "next_token_type", "order_key", "tokens"])
+    frame = pd.DataFrame(rows, columns=["window_id", "doc_id", "group", "split", "start",
+                                        *[task.label_column for task in tasks], "order_key", "tokens"])
     return frame, dict(counts)
 
 
+def select_for_task(frame: pd.DataFrame, *, label_column: str, order_column: str,
+                    per_class_cap: int | None = None, total_cap: int | None = None) -> pd.Index:
+    """The rows of ``frame`` (one split's probe windows) that a probe task uses.
+
+    Rows are taken in ascending ``order_column`` (a stable hash in [0, 1), ties broken by
+    index), skipping null labels, keeping at most ``per_class_cap`` per label and then at
+    most ``total_cap`` overall. ``None`` means no cap. Returns the selected index in that
+    order, so the result depends only on the rows' contents, not on frame order.
+    """
+    for name, cap in (("per_class_cap", per_class_cap), ("total_cap", total_cap)):
+        if cap is not None and cap < 0:
+            raise ValueError(f"{name} must be >= 0 or None, got {cap}")
+    labelled = frame[frame[label_column].notna()]
+    if labelled[order_column].isna().any():
+        raise ValueError(f"column {order_column!r} has nulls; every row needs an order value")
+    # Stable sorts: index first, then order value, so equal order values keep index order.
+    ordered = labelled.sort_index(kind="mergesort").sort_values(order_column, kind="mergesort")
+    if per_class_cap is not None:
+        rank_in_class = ordered.groupby(label_column, sort=False).cumcount()
+        ordered = ordered[rank_in_class < per_class_cap]
+    if total_cap is not None:
+        ordered = ordered.iloc[:total_cap]
+    return ordered.index
+
+
 def select_windows(candidates: pd.DataFrame, *, predictor_counts: Mapping[str, int],
-                   probe_caps: Mapping[str, Mapping[str, Mapping[str, int]]], tasks: Iterable[str]) -> dict[str, pd.DataFrame]:
+                   probe_caps: Mapping[str, Mapping[str, int]], tasks: Sequence[ProbeTask]) -> dict[str, pd.DataFrame]:
     """The windows each split keeps.
 
     Predictor splits keep their first ``predictor_counts[split]`` windows in hash order. The probe
-    splits keep the union of what the probe tasks select (each window carries both labels), with a
-    boolean column per task telling which windows belong to it. Tasks are served in order, each
+    splits keep the union of what the probe tasks select (each window carries every task's label),
+    with a boolean column per task telling which windows belong to it; ``probe_caps`` is
+    {task: {split: windows}}, per class or in all as the task says. Tasks are served in order, each
     preferring windows already kept (see the README: with both tasks, the next-token-type windows
     come from the domain windows when there are enough of them).
     """
@@ -98,46 +117,48 @@ def select_windows(candidates: pd.DataFrame, *, predictor_counts: Mapping[str, i
         part = candidates[candidates["split"] == split]
         membership = {}
         for task in tasks:
-            caps = probe_caps[task][split]
+            cap = {task.cap_kind: probe_caps[task.name][split]}
             # Later tasks draw first from windows an earlier task already keeps (in their hash
             # order), so the tasks share LM passes instead of adding windows.
             kept = np.logical_or.reduce(list(membership.values())) if membership else np.zeros(len(part), bool)
             ranked = part.assign(_rank=np.where(kept, 0.0, 1.0) + part["order_key"])
-            index = select_for_task(ranked, label_column=TASK_LABEL_COLUMNS[task], order_column="_rank",
-                                    per_class_cap=caps.get("per_class"), total_cap=caps.get("total"))
-            membership[task] = part.index.isin(index)
+            index = select_for_task(ranked, label_column=task.label_column, order_column="_rank",
+                                    per_class_cap=cap.get("per_class"), total_cap=cap.get("total"))
+            membership[task.name] = part.index.isin(index)
         keep = np.logical_or.reduce(list(membership.values())) if membership else np.zeros(len(part), bool)
-        part = part.assign(**{f"in_{task}": flags for task, flags in membership.items()})[keep]
+        part = part.assign(**{f"in_{name}": flags for name, flags in membership.items()})[keep]
         probe_parts.append(part.sort_values(["order_key", "window_id"]))
     selected["probe"] = pd.concat(probe_parts, ignore_index=True)
     return selected
 
 
-def summarize(selected: Mapping[str, pd.DataFrame], counts: Mapping[str, int], tasks: Iterable[str]) -> dict:
-    """Counts a user checks first: documents seen and skipped, windows per split and class."""
-    summary = {"documents": counts.get("documents", 0), "skipped_short_documents": counts.get("skipped_short", 0),
-               "windows": {name: len(frame) for name, frame in selected.items()}, "probe_classes": {}}
-    probe = selected["probe"]
-    for task in tasks:
-        column = TASK_LABEL_COLUMNS[task]
-        member = probe[probe[f"in_{task}"]]
-        summary["probe_classes"][task] = {
-            split: {str(k): int(v) for k, v in member[member["split"] == split][column].value_counts().sort_index().items()}
+def class_counts(probe: pd.DataFrame, task: ProbeTask) -> dict[str, dict[str, int]]:
+    """{probe split: {label: windows}} of the windows a task uses, labels sorted."""
+    member = probe[probe[f"in_{task.name}"]]
+    return {split: {str(k): int(v) for k, v in
+                    member.loc[member["split"] == split, task.label_column].value_counts().sort_index().items()}
             for split in PROBE_SPLITS}
-    return summary
+
+
+def summarize(selected: Mapping[str, pd.DataFrame], counts: Mapping[str, int], tasks: Sequence[ProbeTask]) -> dict:
+    """Counts a user checks first: documents seen and skipped, windows per split and class."""
+    return {"documents": counts.get("documents", 0), "skipped_short_documents": counts.get("skipped_short", 0),
+            "windows": {name: len(frame) for name, frame in selected.items()},
+            "probe_classes": {task.name: class_counts(selected["probe"], task) for task in tasks}}
 
 
 class NotEnoughWindows(ValueError):
     """The corpus cannot supply the windows the config asks for; the message lists what it has."""
 
 
-def check_selection(selected: Mapping[str, pd.DataFrame], config: Mapping,
+def check_selection(selected: Mapping[str, pd.DataFrame], *, length: int, requested: Mapping[str, int],
+                    tasks: Sequence[ProbeTask], probe_caps: Mapping[str, Mapping[str, int]],
                     counts: Mapping[str, int] | None = None) -> None:
     """Fail before any LM work when a split is too small for the stages that read it.
 
-    ``counts`` (from :func:`build_windows`) adds how many documents were too short to the message.
+    ``requested`` is the config's windows per predictor split; ``counts`` (from :func:`build_windows`)
+    adds how many documents were too short to the message.
     """
-    length = config["windows"]["length"]
     eval_needed = 2  # Var and Spearman need two windows; train.eval_windows is checked against the config
     available = {split: len(selected[split]) for split in ("predictor_train", "predictor_eval")}
     if available["predictor_train"] < 1 or available["predictor_eval"] < eval_needed:
@@ -148,33 +169,29 @@ def check_selection(selected: Mapping[str, pd.DataFrame], config: Mapping,
             f"windows.predictor_eval needs at least {eval_needed} and predictor_train at "
             "least 1: add documents, lower windows.length, raise windows.per_document or the split fractions")
     for split, n_available in available.items():
-        if n_available < config["windows"][split]:
-            log.warning("windows.%s asks for %d windows; the corpus yields %d", split, config["windows"][split],
-                        n_available)
-    probe = selected["probe"]
-    for task in config["probes"]["tasks"]:
-        column = TASK_LABEL_COLUMNS[task]
-        member = probe[probe[f"in_{task}"]]
-        per_split = {split: member.loc[member["split"] == split, column].value_counts().to_dict() for split in PROBE_SPLITS}
+        if n_available < requested[split]:
+            log.warning("windows.%s asks for %d windows; the corpus yields %d", split, requested[split], n_available)
+    for task in tasks:
+        per_split = class_counts(selected["probe"], task)
         if len(per_split["probe_train"]) < 2 or not per_split["probe_val"] or not per_split["probe_test"]:
             raise NotEnoughWindows(
-                f"probe task {task!r} needs at least 2 classes in probe_train and windows in probe_val and "
+                f"probe task {task.name!r} needs at least 2 classes in probe_train and windows in probe_val and "
                 f"probe_test; per-class window counts are {per_split}: add documents or raise "
                 "windows.split_fractions of the probe splits")
-        _warn_below_caps(task, per_split, config["probes"])
+        _warn_below_caps(task, per_split, probe_caps[task.name])
 
 
-def _warn_below_caps(task: str, per_split: Mapping[str, Mapping[str, int]], probes: Mapping) -> None:
+def _warn_below_caps(task: ProbeTask, per_split: Mapping[str, Mapping[str, int]], caps: Mapping[str, int]) -> None:
     """Caps are upper bounds; say where the corpus falls short of them, since F1 gets noisier."""
     for split, classes in per_split.items():
-        if task == DOMAIN_TASK:
-            short = {label: n for label, n in classes.items() if n < probes["domain_caps"][split]}
+        if task.cap_kind == "per_class":
+            short = {label: n for label, n in classes.items() if n < caps[split]}
             if short:
-                log.warning("probe task %s, %s: classes below the cap of %d windows: %s", task, split,
-                            probes["domain_caps"][split], short)
-        elif sum(classes.values()) < probes["token_type_caps"][split]:
-            log.warning("probe task %s, %s: %d windows, below the cap of %d", task, split, sum(classes.values()),
-                        probes["token_type_caps"][split])
+                log.warning("probe task %s, %s: classes below the cap of %d windows: %s", task.name, split,
+                            caps[split], short)
+        elif sum(classes.values()) < caps[split]:
+            log.warning("probe task %s, %s: %d windows, below the cap of %d", task.name, split,
+                        sum(classes.values()), caps[split])
 
 
 def tokens_array(frame: pd.DataFrame) -> np.ndarray:

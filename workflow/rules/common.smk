@@ -1,11 +1,14 @@
-
 from snakemake.logging import logger
 from snakemake.utils import validate
 
 
 from pndecomp import config as pnconfig
+from pndecomp import figures as pnfigures
+from pndecomp import tasks as pntasks
+from pndecomp.overrides import coerce_to_schema, load_schema
 
-
+# --config KEY=VALUE hands nested values over as strings; type them by the schema first.
+config.update(coerce_to_schema(config, load_schema(workflow.source_path("../schemas/config.schema.yaml"))))
 validate(config, "../schemas/config.schema.yaml")
 
 OUT = f"results/{config['experiment']}"
@@ -21,6 +24,12 @@ if MODEL_SHAPE_NOTE:
     logger.warning(MODEL_SHAPE_NOTE)
 pnconfig.check(config, MODEL_SHAPE)
 
+# What output_metadata records in every output it writes: rules that write metadata read these.
+PROVENANCE = ("experiment", "seed", "model")
+# File stem of each figure -> what draws it: figures 1-4 from pndecomp.figures, one heatmap per task.
+FIGURES = pnfigures.FIGURES
+HEATMAPS = {pntasks.get(task).figure: task for task in TASKS}
+
 
 wildcard_constraints:
     layer="embed|[0-9]+",
@@ -31,12 +40,9 @@ localrules:
     all,
     probe_table,
     layer_summary,
-    fig1_mse_curve,
-    fig2_r2_curve,
-    fig3_position_mse,
-    fig4_position_spearman,
-    fig5_domain_probe,
-    fig6_token_type_probe,
+    draw_learning_curve,
+    draw_per_position,
+    draw_probe_heatmap,
 
 
 def model_input():
@@ -64,11 +70,15 @@ def per_layer(pattern):
     return {layer: pattern.replace("{layer}", layer) for layer in LAYERS}
 
 
+def figures_of(kind):
+    """The figure stems a drawing rule makes, as a wildcard pattern."""
+    names = [name for name, figure in FIGURES.items() if figure.kind == kind]
+    return "|".join(names)
+
+
 def figure_targets():
-    figures = ["fig1", "fig2", "fig3", "fig4"]
-    figures += ["fig5"] if "domain" in TASKS else []
-    figures += ["fig6"] if "next_token_type_8" in TASKS else []
-    return [f"{OUT}/figures/{name}.{ext}" for name in figures for ext in ("png", "pdf")]
+    names = [*FIGURES, *HEATMAPS]
+    return [f"{OUT}/figures/{name}.{ext}" for name in names for ext in ("png", "pdf")]
 
 
 def all_targets():

@@ -4,8 +4,6 @@ rule embedded_corpus:
     output:
         documents=f"{OUT}/corpus/documents.jsonl",
         manifest=f"{OUT}/corpus/manifest.tsv",
-    params:
-        config=view("corpus"),
     log:
         f"{OUT}/logs/embedded_corpus.log",
     conda:
@@ -14,5 +12,7 @@ rule embedded_corpus:
     resources:
         mem_mb=2000,
         runtime=20,
+    params:
+        config=view("model", "corpus.embedded"),
     script:
         "../scripts/embedded_corpus.py"

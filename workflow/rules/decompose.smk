@@ -5,8 +5,6 @@ rule decompose_eval:
     output:
         residual=f"{OUT}/residuals/predictor_eval/layer-{{layer}}.safetensors",
         scores=f"{OUT}/metrics/eval_scores/layer-{{layer}}.json",
-    params:
-        config=view("extraction"),
     log:
         f"{OUT}/logs/decompose_eval/layer-{{layer}}.log",
     conda:
@@ -15,6 +13,8 @@ rule decompose_eval:
     resources:
         mem_mb=8000,
         runtime=60,
+    params:
+        config=view(*PROVENANCE, "device", "extraction"),
     script:
         "../scripts/decompose_eval.py"
 
@@ -23,13 +23,11 @@ rule decompose_eval:
 # only h_T, ĥ_T and r_T.
 rule probe_features:
     input:
+        **per_layer(f"{OUT}/predictors/layer-{{layer}}/predictor.safetensors"),
         model=model_input(),
         windows=rules.make_windows.output.probe,
-        **per_layer(f"{OUT}/predictors/layer-{{layer}}/predictor.safetensors"),
     output:
         **per_layer(f"{OUT}/probe_features/layer-{{layer}}.safetensors"),
-    params:
-        config=view("layers", "extraction"),
     log:
         f"{OUT}/logs/probe_features.log",
     conda:
@@ -38,5 +36,7 @@ rule probe_features:
     resources:
         mem_mb=8000,
         runtime=240,
+    params:
+        config=view(*PROVENANCE, "device", "layers", "extraction"),
     script:
         "../scripts/probe_features.py"

@@ -8,8 +8,6 @@ rule extract_train_activations:
         windows=rules.make_windows.output.predictor_train,
     output:
         **per_layer(f"{OUT}/activations/predictor_train/layer-{{layer}}.safetensors"),
-    params:
-        config=view("layers", "extraction"),
     log:
         f"{OUT}/logs/extract_train_activations.log",
     conda:
@@ -18,6 +16,8 @@ rule extract_train_activations:
     resources:
         mem_mb=8000,
         runtime=240,
+    params:
+        config=view(*PROVENANCE, "device", "layers", "extraction"),
     script:
         "../scripts/extract_activations.py"
 
@@ -29,8 +29,6 @@ rule extract_eval_activations:
     output:
         **per_layer(f"{OUT}/activations/predictor_eval/layer-{{layer}}.safetensors"),
         surprisal=f"{OUT}/activations/predictor_eval/surprisal.safetensors",
-    params:
-        config=view("layers", "extraction"),
     log:
         f"{OUT}/logs/extract_eval_activations.log",
     conda:
@@ -39,5 +37,7 @@ rule extract_eval_activations:
     resources:
         mem_mb=8000,
         runtime=240,
+    params:
+        config=view(*PROVENANCE, "device", "layers", "extraction"),
     script:
         "../scripts/extract_activations.py"

@@ -1,100 +1,63 @@
 # Each figure is its own target, drawn from small metric files: `snakemake <OUT>/figures/fig3.png`
-# regenerates one in seconds.
+# regenerates one in seconds. One rule per kind of figure; which figures exist, their data column
+# and caption are entries of pndecomp.figures.FIGURES and (heatmaps) pndecomp.tasks.TASKS.
 
 
-rule fig1_mse_curve:
+rule draw_learning_curve:
     input:
         **per_layer(f"{OUT}/predictors/layer-{{layer}}/curve.parquet"),
     output:
-        png=report(f"{OUT}/figures/fig1.png", category="Predictor training", caption="../report/fig1.rst"),
-        pdf=f"{OUT}/figures/fig1.pdf",
-    params:
-        column="eval_mse",
+        png=report(f"{OUT}/figures/{{figure}}.png", category="Predictor training", caption="../report/figure.rst"),
+        pdf=f"{OUT}/figures/{{figure}}.pdf",
     log:
-        f"{OUT}/logs/figures/fig1.log",
+        f"{OUT}/logs/figures/{{figure}}.log",
+    wildcard_constraints:
+        figure=figures_of("learning_curve"),
     conda:
         "../../envs/pndecomp.yaml"
+    params:
+        config=view(),
+        column=lambda wildcards: FIGURES[wildcards.figure].column,
+        caption=lambda wildcards: FIGURES[wildcards.figure].caption,
     script:
         "../scripts/draw_learning_curve.py"
 
 
-rule fig2_r2_curve:
-    input:
-        **per_layer(f"{OUT}/predictors/layer-{{layer}}/curve.parquet"),
-    output:
-        png=report(f"{OUT}/figures/fig2.png", category="Predictor training", caption="../report/fig2.rst"),
-        pdf=f"{OUT}/figures/fig2.pdf",
-    params:
-        column="eval_r2",
-    log:
-        f"{OUT}/logs/figures/fig2.log",
-    conda:
-        "../../envs/pndecomp.yaml"
-    script:
-        "../scripts/draw_learning_curve.py"
-
-
-rule fig3_position_mse:
+rule draw_per_position:
     input:
         **per_layer(f"{OUT}/metrics/per_position/layer-{{layer}}.parquet"),
     output:
-        png=report(f"{OUT}/figures/fig3.png", category="Per position", caption="../report/fig3.rst"),
-        pdf=f"{OUT}/figures/fig3.pdf",
-    params:
-        column="mse",
-        hide_first=config["metrics"]["hide_first_positions"],
+        png=report(f"{OUT}/figures/{{figure}}.png", category="Per position", caption="../report/figure.rst"),
+        pdf=f"{OUT}/figures/{{figure}}.pdf",
     log:
-        f"{OUT}/logs/figures/fig3.log",
+        f"{OUT}/logs/figures/{{figure}}.log",
+    wildcard_constraints:
+        figure=figures_of("per_position"),
     conda:
         "../../envs/pndecomp.yaml"
+    params:
+        config=view("metrics.hide_first_positions"),
+        column=lambda wildcards: FIGURES[wildcards.figure].column,
+        caption=lambda wildcards: FIGURES[wildcards.figure].caption,
     script:
         "../scripts/draw_per_position.py"
 
 
-rule fig4_position_spearman:
+rule draw_probe_heatmap:
     input:
-        **per_layer(f"{OUT}/metrics/per_position/layer-{{layer}}.parquet"),
+        lambda wildcards: f"{OUT}/probes/{HEATMAPS[wildcards.figure]}.tsv",
     output:
-        png=report(f"{OUT}/figures/fig4.png", category="Per position", caption="../report/fig4.rst"),
-        pdf=f"{OUT}/figures/fig4.pdf",
-    params:
-        column="spearman_rho",
-        hide_first=config["metrics"]["hide_first_positions"],
+        png=report(f"{OUT}/figures/{{figure}}.png", category="Linear probes", caption="../report/figure.rst"),
+        pdf=f"{OUT}/figures/{{figure}}.pdf",
     log:
-        f"{OUT}/logs/figures/fig4.log",
+        f"{OUT}/logs/figures/{{figure}}.log",
+    wildcard_constraints:
+        figure="|".join(HEATMAPS) or "none",
     conda:
         "../../envs/pndecomp.yaml"
-    script:
-        "../scripts/draw_per_position.py"
-
-
-rule fig5_domain_probe:
-    input:
-        f"{OUT}/probes/domain.tsv",
-    output:
-        png=report(f"{OUT}/figures/fig5.png", category="Linear probes", caption="../report/fig5.rst"),
-        pdf=f"{OUT}/figures/fig5.pdf",
     params:
-        task="domain",
-    log:
-        f"{OUT}/logs/figures/fig5.log",
-    conda:
-        "../../envs/pndecomp.yaml"
-    script:
-        "../scripts/draw_probe_heatmap.py"
-
-
-rule fig6_token_type_probe:
-    input:
-        f"{OUT}/probes/next_token_type_8.tsv",
-    output:
-        png=report(f"{OUT}/figures/fig6.png", category="Linear probes", caption="../report/fig6.rst"),
-        pdf=f"{OUT}/figures/fig6.pdf",
-    params:
-        task="next_token_type_8",
-    log:
-        f"{OUT}/logs/figures/fig6.log",
-    conda:
-        "../../envs/pndecomp.yaml"
+        config=view(),
+        task=lambda wildcards: HEATMAPS[wildcards.figure],
+        caption=lambda wildcards: pntasks.get(HEATMAPS[wildcards.figure]).caption,
     script:
         "../scripts/draw_probe_heatmap.py"

@@ -4,8 +4,6 @@ rule per_position_metrics:
         surprisal=rules.extract_eval_activations.output.surprisal,
     output:
         f"{OUT}/metrics/per_position/layer-{{layer}}.parquet",
-    params:
-        config=view(),
     log:
         f"{OUT}/logs/per_position_metrics/layer-{{layer}}.log",
     conda:
@@ -14,6 +12,8 @@ rule per_position_metrics:
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        config=view(*PROVENANCE),
     script:
         "../scripts/per_position_metrics.py"
 
@@ -22,7 +22,7 @@ rule layer_summary:
     input:
         **per_layer(f"{OUT}/metrics/eval_scores/layer-{{layer}}.json"),
     output:
-        f"{OUT}/metrics/layer_summary.tsv",
+        report(f"{OUT}/metrics/layer_summary.tsv", category="Tables", caption="../report/layer_summary.rst"),
     log:
         f"{OUT}/logs/layer_summary.log",
     conda:

@@ -1,8 +1,6 @@
 rule materialize_model:
     output:
         directory(MODEL_DIR),
-    params:
-        config=view(),
     log:
         f"{OUT}/logs/materialize_model.log",
     conda:
@@ -11,5 +9,7 @@ rule materialize_model:
     resources:
         mem_mb=4000,
         runtime=20,
+    params:
+        config=view("model"),
     script:
         "../scripts/materialize_model.py"

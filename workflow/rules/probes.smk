@@ -4,8 +4,6 @@ rule fit_probe:
         features=f"{OUT}/probe_features/layer-{{layer}}.safetensors",
     output:
         f"{OUT}/probes/{{task}}/layer-{{layer}}.parquet",
-    params:
-        config=view("probes"),
     log:
         f"{OUT}/logs/fit_probe/{{task}}/layer-{{layer}}.log",
     conda:
@@ -14,6 +12,8 @@ rule fit_probe:
     resources:
         mem_mb=4000,
         runtime=60,
+    params:
+        config=view(*PROVENANCE, "probes.c_grid", "probes.max_iter"),
     script:
         "../scripts/fit_probe.py"
 
@@ -22,11 +22,11 @@ rule probe_table:
     input:
         **per_layer(f"{OUT}/probes/{{task}}/layer-{{layer}}.parquet"),
     output:
-        f"{OUT}/probes/{{task}}.tsv",
+        report(f"{OUT}/probes/{{task}}.tsv", category="Tables", caption="../report/probe_table.rst"),
     log:
         f"{OUT}/logs/probe_table/{{task}}.log",
     conda:
         "../../envs/pndecomp.yaml"
     threads: 1
     script:
-        "../scripts/collect_tables.py"
+        "../scripts/probe_table.py"

@@ -6,10 +6,6 @@ rule train_predictor:
     output:
         weights=f"{OUT}/predictors/layer-{{layer}}/predictor.safetensors",
         curve=f"{OUT}/predictors/layer-{{layer}}/curve.parquet",
-    params:
-        config=view("predictor", "train", "extraction.dtype"),
-        # Not an output: Snakemake deletes the outputs of an interrupted job, and this must survive.
-        resume=f"{OUT}/predictors/layer-{{layer}}/.resume.pt",
     log:
         f"{OUT}/logs/train_predictor/layer-{{layer}}.log",
     conda:
@@ -19,5 +15,9 @@ rule train_predictor:
     resources:
         mem_mb=8000,
         runtime=600,
+    params:
+        config=view(*PROVENANCE, "device", "predictor", "train", "extraction.dtype"),
+        # Not an output: Snakemake deletes the outputs of an interrupted job, and this must survive.
+        resume=f"{OUT}/predictors/layer-{{layer}}/.resume.pt",
     script:
         "../scripts/train_predictor.py"

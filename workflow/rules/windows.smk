@@ -7,8 +7,6 @@ rule make_windows:
         predictor_eval=f"{OUT}/windows/predictor_eval.parquet",
         probe=f"{OUT}/windows/probe.parquet",
         summary=f"{OUT}/windows/summary.json",
-    params:
-        config=view("corpus", "windows", "probes.tasks", "probes.domain_caps", "probes.token_type_caps"),
     log:
         f"{OUT}/logs/make_windows.log",
     conda:
@@ -17,5 +15,7 @@ rule make_windows:
     resources:
         mem_mb=4000,
         runtime=60,
+    params:
+        config=view(*PROVENANCE, "corpus", "windows", "probes.tasks", "probes.caps"),
     script:
         "../scripts/make_windows.py"

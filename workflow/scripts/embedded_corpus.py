@@ -1,5 +1,5 @@
 from pndecomp.script import materialized_model, setup
 from pndecomp.stages import embedded_corpus
 
-config = setup(snakemake)  # noqa: F821 - injected by Snakemake
-embedded_corpus(config, materialized_model(snakemake), snakemake.output.documents, snakemake.output.manifest)  # noqa: F821
+config = setup(snakemake)
+embedded_corpus(config, materialized_model(snakemake), snakemake.output.documents, snakemake.output.manifest)

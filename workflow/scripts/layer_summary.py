@@ -1,5 +1,5 @@
 from pndecomp.script import setup
 from pndecomp.stages import layer_summary
 
-setup(snakemake)  # noqa: F821 - injected by Snakemake
-layer_summary(dict(snakemake.input.items()), snakemake.output[0])  # noqa: F821
+setup(snakemake)
+layer_summary(dict(snakemake.input.items()), snakemake.output[0])

@@ -1,7 +1,7 @@
 from pndecomp.script import materialized_model, setup
 from pndecomp.stages import make_windows
 
-config = setup(snakemake)  # noqa: F821 - injected by Snakemake
-corpus = snakemake.input.corpus  # noqa: F821
-make_windows(config, materialized_model(snakemake), corpus[0] if corpus else None,  # noqa: F821
-             dict(snakemake.output.items()))  # noqa: F821
+config = setup(snakemake)
+corpus = snakemake.input.corpus
+make_windows(config, materialized_model(snakemake), corpus[0] if corpus else None,
+             dict(snakemake.output.items()))

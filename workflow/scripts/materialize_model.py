@@ -1,5 +1,5 @@
 from pndecomp.script import setup
 from pndecomp.stages import materialize_model
 
-config = setup(snakemake)  # noqa: F821 - injected by Snakemake
-materialize_model(config, snakemake.output[0])  # noqa: F821
+config = setup(snakemake)
+materialize_model(config, snakemake.output[0])

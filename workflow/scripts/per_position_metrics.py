@@ -1,5 +1,5 @@
 from pndecomp.script import setup
 from pndecomp.stages import per_position_metrics
 
-config = setup(snakemake)  # noqa: F821 - injected by Snakemake
-per_position_metrics(config, snakemake.input.residual, snakemake.input.surprisal, snakemake.output[0])  # noqa: F821
+config = setup(snakemake)
+per_position_metrics(config, snakemake.input.residual, snakemake.input.surprisal, snakemake.output[0])

@@ -1,5 +1,5 @@
 from pndecomp.script import setup
-from pndecomp.stages import collect_tables
+from pndecomp.stages import probe_table
 
-setup(snakemake)  # noqa: F821 - injected by Snakemake
-collect_tables(dict(snakemake.input.items()), snakemake.output[0])  # noqa: F821
+setup(snakemake)
+probe_table(dict(snakemake.input.items()), snakemake.output[0])
