@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SNAKEMAKE := $(VENV)/bin/snakemake
 
-.PHONY: install install-slurm run test lint dag clean
+.PHONY: install install-slurm install-dev run test lint dag clean
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	python3 -m venv $(VENV)
@@ -24,14 +24,23 @@ $(VENV)/.installed-slurm: $(VENV)/.installed requirements-slurm.lock
 
 install-slurm: $(VENV)/.installed-slurm
 
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.lock
+	$(PY) -m pip install -q -r requirements-dev.lock
+	touch $@
+
+install-dev: $(VENV)/.installed-dev
+
 run: install
 	$(SNAKEMAKE) --cores all all
 
 test: install
 	$(VENV)/bin/pytest -q
 
-lint: install
+# The workflow's own lint, then Python (ruff) and Snakemake formatting (snakefmt); all three in CI.
+lint: install-dev
 	$(SNAKEMAKE) --lint
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/snakefmt --check Snakefile workflow
 
 # The picture of the DAG in the README (needs graphviz's `dot`).
 dag: install
