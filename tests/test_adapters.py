@@ -181,3 +181,16 @@ def test_adapter_for_unknown_lists_the_known_types():
     with pytest.raises(adapters.UnknownModelType, match=r"'mamba'.*gemma3_text.*gpt_neox"):
         adapters.adapter_for("mamba")
     assert issubclass(adapters.UnknownModelType, ValueError)
+
+
+def test_final_layer_matches_hf_last_hidden_state(family):
+    """'final' (a hook on the adapter's final norm) is HF's hidden_states[-1] for every family, with or
+    without logits."""
+    _, model, _ = family
+    ids = torch.randint(3, VOCAB, (2, 7), generator=torch.Generator().manual_seed(2))
+    reference = model(ids, output_hidden_states=True).hidden_states[-1]
+    capture = lm.ResidualCapture(model, [0, "final"])
+    without_logits = capture.run(ids)["final"]
+    with_logits = capture.run(ids, logits=True)[0]["final"]
+    torch.testing.assert_close(without_logits, reference, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(with_logits, without_logits, atol=0, rtol=0)

@@ -303,3 +303,16 @@ def test_hf_load_failure_is_a_corpus_error_naming_the_dataset(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(CorpusError, match=r"corpus\.hf.*'monology/pile-uncopyrighted'.*no network"):
         iter_documents(corpus_config(section="hf", source="hf"))
+
+
+def test_dag_time_check_leaves_missing_files_to_snakemake_but_checks_names(tmp_path):
+    """require_files=False (pndecomp.config.check, at DAG time): a missing file passes (Snakemake reports it as
+    a missing input of make_windows), an unknown extension or clashing names still fail; reading still fails."""
+    missing = [tmp_path / "a" / "val.jsonl.zst", tmp_path / "test.parquet"]
+    documents = iter_documents(corpus_config(missing), require_files=False)
+    with pytest.raises(CorpusError, match=r"val\.jsonl\.zst.*No such file"):
+        next(documents)
+    with pytest.raises(CorpusError, match="unknown extension"):
+        iter_documents(corpus_config([tmp_path / "docs.json"]), require_files=False)
+    with pytest.raises(CorpusError, match=r"val\.jsonl\.zst.*id_field"):
+        iter_documents(corpus_config([*missing, tmp_path / "b" / "val.jsonl.zst"]), require_files=False)

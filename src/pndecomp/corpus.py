@@ -86,12 +86,13 @@ class _SkippableRecord(Exception):
         self.kind = kind
 
 
-def iter_documents(corpus: dict) -> Iterator[Document]:
+def iter_documents(corpus: dict, *, require_files: bool = True) -> Iterator[Document]:
     """The documents of the configured corpus, in source order.
 
     ``corpus`` is the validated ``corpus`` config section. Config and file-level problems (unknown
     source, missing file, unknown extension) raise here, before any document is read; record-level
-    problems raise (or are skipped and counted) as iteration reaches them.
+    problems raise (or are skipped and counted) as iteration reaches them. ``require_files=False``
+    skips the existence check (at DAG time, where Snakemake reports missing input files itself).
     """
     source = corpus.get("source")
     policy = corpus.get("on_bad_record", "error")
@@ -103,7 +104,8 @@ def iter_documents(corpus: dict) -> Iterator[Document]:
     if source == "files":
         section = corpus["files"]
         fields = _Fields.from_config("corpus.files", section)
-        paths = _checked_paths(section.get("paths") or [], ids_from_names=fields.id is None)
+        paths = _checked_paths(section.get("paths") or [], ids_from_names=fields.id is None,
+                               require_files=require_files)
         records = _file_records(paths, fields)
         described = f"files {[str(p) for p in paths]}"
     elif source == "hf":
@@ -211,7 +213,7 @@ def _lookup(record: object, dotted_path: str) -> object:
     return value
 
 
-def _checked_paths(paths: list, ids_from_names: bool) -> list[Path]:
+def _checked_paths(paths: list, ids_from_names: bool, require_files: bool = True) -> list[Path]:
     if not paths:
         raise CorpusError(f"corpus.files.paths is empty; list files ending in {list(FILE_EXTENSIONS)}")
     checked = []
@@ -220,7 +222,7 @@ def _checked_paths(paths: list, ids_from_names: bool) -> list[Path]:
             raise CorpusError(
                 f"corpus.files.paths: {str(path)!r} has an unknown extension; valid: {list(FILE_EXTENSIONS)}"
             )
-        if not path.is_file():
+        if require_files and not path.is_file():
             raise CorpusError(
                 f"corpus.files.paths: {str(path)!r} does not exist (working directory {os.getcwd()})"
             )

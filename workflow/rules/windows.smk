@@ -2,6 +2,7 @@ rule make_windows:
     input:
         model=model_input(),
         corpus=[rules.embedded_corpus.output.documents] if config["corpus"]["source"] == "embedded" else [],
+        corpus_files=corpus_files(),
     output:
         predictor_train=f"{OUT}/windows/predictor_train.parquet",
         predictor_eval=f"{OUT}/windows/predictor_eval.parquet",
