@@ -98,6 +98,33 @@ def fail(what: str, output: str, rc: int) -> None:
     sys.exit(1)
 
 
+# The rules that score with context (baselines, intervals, robust views): their share of the cold run.
+SCORING_RULES = ("score_baselines", "layer_scores", "per_position_metrics", "layer_summary")
+
+
+def rule_seconds(experiment: str) -> dict[str, float]:
+    """Job wall seconds summed per rule, from Snakemake's own records (.snakemake/metadata: one JSON per
+    output file with its job's rule, start and end time; jobs with several outputs counted once)."""
+    import base64
+    import json
+
+    jobs = {}
+    records = C.REPO / ".snakemake" / "metadata"
+    for record in (path for path in records.rglob("*") if path.is_file()):
+        # The record's name is the output path, urlsafe-base64, split into "@"-prefixed folders when long.
+        encoded = "".join(part.removeprefix("@") for part in record.relative_to(records).parts)
+        output = base64.urlsafe_b64decode(encoded).decode(errors="replace")
+        if not output.startswith(f"results/{experiment}/"):
+            continue
+        meta = json.loads(record.read_text())
+        if meta.get("starttime") and meta.get("endtime"):
+            jobs[(meta["rule"], meta.get("job_hash"), meta["starttime"])] = meta["endtime"] - meta["starttime"]
+    totals: dict[str, float] = {}
+    for (rule, _, _), seconds in jobs.items():
+        totals[rule] = totals.get(rule, 0.0) + seconds
+    return dict(sorted(totals.items(), key=lambda item: -item[1]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip-cold", action="store_true", help="measure no-op and figure on an existing results dir")
@@ -167,6 +194,13 @@ def main() -> None:
         if rc:
             fail("cold run", output, rc)
         C.say(f"  cold: {cold:.1f} s ({cold / 60:.1f} min), {CPU['cold'][0]:.0f} CPU s")
+        per_rule = rule_seconds(args.experiment)
+        job_seconds = sum(per_rule.values())
+        C.say("  job seconds per rule (2 jobs may run at once): " + ", ".join(
+            f"{rule} {seconds:.0f}" for rule, seconds in per_rule.items()))
+        scoring = sum(per_rule.get(rule, 0.0) for rule in SCORING_RULES)
+        C.say(f"  scoring with context ({', '.join(SCORING_RULES)}): {scoring:.0f} job s, "
+              f"{100 * scoring / job_seconds:.1f} % of all job seconds")
     else:
         last = out / "figures" / "fig6.png"
         deadline = time.monotonic() + args.wait_for_results

@@ -160,7 +160,8 @@ CASES = {
     "predictor-eval-one": Bad({"windows.predictor_eval": 1},
                               ("['windows']['predictor_eval']", "1 is less than the minimum of 2")),
     "unknown-task": Bad({"probes.tasks": ["domain", "sentiment"]},
-                        ("probes.tasks", "'sentiment'", "'domain', 'in_code_comment', 'next_token_type_8'",
+                        ("probes.tasks", "'sentiment'", "'domain', 'domain_control', 'in_code_comment', "
+                         "'next_token_type_8', 'next_token_type_8_control'",
                          "src/pndecomp/tasks.py")),
     "caps-for-unlisted-task": Bad({"probes.caps.sentiment": {"probe_train": 1, "probe_val": 1, "probe_test": 1}},
                                   ("probes.caps.sentiment", "not in probes.tasks")),
@@ -193,7 +194,8 @@ CASES = {
     "no-corpus-paths": Bad({"corpus.files.paths": []}, ("corpus.files.paths is empty", ".jsonl")),
     "hf-corpus-without-name": Bad({"corpus.source": "hf"}, ("corpus.hf.name", "dataset id")),
     "missing-model-dir": Bad({"model.id": "/no/such/model-dir"}, ("model.id", "/no/such/model-dir", "does not exist")),
-    "missing-corpus-file": Bad({}, ("corpus.files.paths", "no-such-corpus.jsonl", "does not exist"),
+    # a corpus file is an input of make_windows: Snakemake itself reports a missing one
+    "missing-corpus-file": Bad({}, ("Missing input files for rule make_windows", "no-such-corpus.jsonl"),
                                corpus=missing_file),
     "unknown-corpus-extension": Bad({}, ("corpus.files.paths", "corpus.txt", "unknown extension", ".jsonl.zst"),
                                     corpus=unknown_extension),
@@ -227,6 +229,8 @@ CASES = {
                     stage="make_windows", via="call", corpus=not_utf8, error="CorpusError"),
     "not-parquet": Bad({}, ("corpus.parquet", "Parquet"),
                        stage="make_windows", via="call", corpus=not_parquet, error="CorpusError"),
+    "missing-corpus-file-when-read": Bad({}, ("corpus.files.paths", "no-such-corpus.jsonl", "does not exist"),
+                                         stage="make_windows", via="call", corpus=missing_file, error="CorpusError"),
     "probe-task-with-one-class": Bad({}, ("probe task 'domain'", "2 classes", "'probe_train': {'prose': "),
                                      stage="make_windows", via="call", corpus=one_domain_only,
                                      error="NotEnoughWindows"),

@@ -67,7 +67,7 @@ def test_a_registered_task_runs_through_the_workflow(tmp_path, tiny_model_dir):
     jobs = job_stats(result.stdout + result.stderr)
     assert jobs["fit_probe"] == 1 and jobs["draw_probe_heatmap"] == 1
     table = pd.read_csv(tmp_path / targets[0], sep="\t", dtype={"layer": str})
-    assert list(table["representation"]) == ["h", "hhat", "r", "hhat_r"]
+    assert list(table["representation"]) == ["h", "h_mean", "hhat", "r", "hhat_r"]
     assert set(table["task"]) == {"in_code_comment"} and (table["n_classes"] == 2).all()
     assert (tmp_path / targets[1]).stat().st_size > 1000
     test_classes = json.loads((tmp_path / out / "windows/summary.json").read_text())["probe_classes"][

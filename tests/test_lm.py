@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from pndecomp import lm
+from pndecomp import adapters, lm
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +93,67 @@ def test_embedded_smollm2_scores_its_corpus_far_below_chance(tmp_path):
     _, logits = lm.ResidualCapture(model, [0]).run(ids, logits=True)
     mean = lm.surprisal(logits, ids).mean().item()
     assert mean < 0.5 * math.log(len(tokenizer)), mean
+
+
+def test_random_init_keeps_the_shape_and_draws_fresh_seeded_weights(tiny_model_dir):
+    """model.random_init: the same config, dtype and outputs' shape, other weights, the same for the same seed."""
+    import torch
+
+    model = lm.load_model(lm.ModelSource(str(tiny_model_dir)))
+    # (the tiny model itself was drawn with seed 0)
+    first, again, other = (lm.reinitialised(model, seed) for seed in (5, 5, 6))
+    assert first.config.to_dict() == model.config.to_dict() and first.dtype == model.dtype
+    weights = {name: dict(m.named_parameters()) for name, m in
+               {"trained": model, "first": first, "again": again, "other": other}.items()}
+    for name, value in weights["first"].items():
+        torch.testing.assert_close(value, weights["again"][name])
+    assert any(not torch.equal(value, weights["trained"][name]) for name, value in weights["first"].items())
+    assert any(not torch.equal(value, weights["other"][name]) for name, value in weights["first"].items())
+    ids = torch.tensor([[1, 2, 3, 4]])
+    assert first(ids).logits.shape == model(ids).logits.shape
+    assert not first.training and not any(p.requires_grad for p in first.parameters())
+
+
+def _tiny_llama():
+    import transformers
+
+    config = transformers.LlamaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128)
+    torch.manual_seed(0)
+    return transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval().requires_grad_(False)
+
+
+@pytest.mark.parametrize("family", ["gpt_neox", "llama"])
+def test_final_is_hf_last_hidden_state_and_stops_before_the_lm_head(family, tiny):
+    """'final' = the last block's output after the final norm = HF's hidden_states[-1]; without logits the
+    pass runs the final norm and stops before the LM head, and gives the same states as with logits."""
+    model = tiny[0] if family == "gpt_neox" else _tiny_llama()
+    assert model.config.model_type == family and model.dtype == torch.float32
+    ids = torch.randint(0, model.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(3))
+    reference = model(ids, output_hidden_states=True).hidden_states
+    head_calls, norm_calls = [], []
+    handles = [model.get_output_embeddings().register_forward_hook(lambda *args: head_calls.append(1)),
+               adapters.final_norm(model).register_forward_hook(lambda *args: norm_calls.append(1))]
+    try:
+        capture = lm.ResidualCapture(model, [0, "final"])
+        without_logits = capture.run(ids)
+        assert (head_calls, norm_calls) == ([], [1])
+        with_logits, logits = capture.run(ids, logits=True)
+        assert (head_calls, norm_calls) == ([1], [1, 1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    torch.testing.assert_close(without_logits["final"], reference[-1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(without_logits[0], reference[1], atol=1e-5, rtol=1e-5)
+    for layer in (0, "final"):
+        torch.testing.assert_close(with_logits[layer], without_logits[layer], atol=0, rtol=0)
+    torch.testing.assert_close(logits, model(ids).logits)
+    # ... and it differs from the last block's own output (before the norm), which is layer n - 1.
+    last = lm.ResidualCapture(model, [lm.n_blocks(model.config) - 1]).run(ids)
+    assert not torch.allclose(last[lm.n_blocks(model.config) - 1], without_logits["final"])
+
+
+def test_parse_layer_knows_every_layer_kind():
+    assert [lm.parse_layer(value) for value in (0, "7", "embed", "final")] == [0, 7, "embed", "final"]
+    with pytest.raises(ValueError):
+        lm.parse_layer("last")

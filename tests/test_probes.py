@@ -1,11 +1,15 @@
-"""Probe selection, class weights and the probe fit (SPEC §6)."""
+"""Probe selection, class weights, the probe fit, its bootstrap intervals and control tasks (SPEC §6)."""
+import logging
+
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score
 from sklearn.preprocessing import StandardScaler
 
-from pndecomp.probes import f1_scores, make_probe
+from pndecomp import bootstrap
+from pndecomp.probes import f1_scores, make_probe, resampled_macro_f1
 from pndecomp.probes import fit_and_score as fit_probe
 from pndecomp.splits import unit_hash
 from pndecomp.windows import select_for_task
@@ -215,10 +219,270 @@ def test_fit_probe_accepts_float16_features():
     splits = [_blobs(rng, n) for n in (40, 20, 20)]
     as16 = [x.astype(np.float16) if x.dtype.kind == "f" else x for s in splits for x in s]
     as64 = [part.astype(np.float64) if part.dtype.kind == "f" else part for part in as16]
-    assert fit_probe(*as16) == fit_probe(*as64)
+    first, second = fit_probe(*as16), fit_probe(*as64)
+    np.testing.assert_array_equal(first.pop("test_predictions"), second.pop("test_predictions"))
+    assert first == second
 
 
 def test_fit_probe_needs_two_train_classes():
     X = np.zeros((5, 2))
     with pytest.raises(ValueError, match=r"\{'a': 5\}"):
         fit_probe(X, ["a"] * 5, X, ["a"] * 5, X, ["a"] * 5)
+
+
+# --- min_test_per_class -------------------------------------------------------------------
+
+
+def test_small_test_classes_leave_the_macro_average_by_hand(caplog):
+    """Test has a: 6, b: 2, c: 2 windows (c looks like a and is predicted a). With
+    min_test_per_class = 3, b and c (2 < 3 windows each) leave the macro average: it is F1_a alone,
+    with the c rows still false positives of a; micro-F1 keeps every row; train/val are untouched."""
+    rng = np.random.default_rng(7)
+
+    def rows(label, center, n):
+        return center + 0.1 * rng.normal(size=(n, 2)), [label] * n
+
+    def split(*parts):
+        return np.vstack([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    a, b = np.array([-5.0, 0]), np.array([5.0, 0])
+    train = split(rows("a", a, 30), rows("b", b, 10))
+    val = split(rows("a", a, 10), rows("b", b, 10))
+    test = split(rows("a", a, 6), rows("b", b, 2), rows("c", a, 2))
+    everything = fit_probe(*train, *val, *test)
+    with caplog.at_level(logging.WARNING, logger="pndecomp.probes"):
+        result = fit_probe(*train, *val, *test, min_test_per_class=3)
+    # a: TP 6, FP 2 (the c rows), FN 0 → F1 = 12/14; b and c excluded.
+    assert result["test_macro_f1"] == pytest.approx(12 / 14)
+    assert result["n_classes_excluded"] == 2 and result["test_macro_labels"] == ["a"]
+    assert result["test_micro_f1"] == pytest.approx(0.8) == everything["test_micro_f1"]
+    assert result["val_macro_f1"] == everything["val_macro_f1"] and result["C"] == everything["C"]
+    assert everything["n_classes_excluded"] == 0  # the default keeps every class
+    assert "fewer than 3" in caplog.text and "'b': 2" in caplog.text and "'c': 2" in caplog.text
+    # The bound is inclusive: 2 windows are enough for min_test_per_class = 2.
+    assert fit_probe(*train, *val, *test, min_test_per_class=2)["n_classes_excluded"] == 0
+    # A train class absent from test has 0 < 1 test windows.
+    no_b = (test[0][test[1] != "b"], test[1][test[1] != "b"])
+    assert fit_probe(*train, *val, *no_b, min_test_per_class=1)["n_classes_excluded"] == 1
+
+
+def test_every_class_excluded_gives_nan():
+    rng = np.random.default_rng(9)
+    splits = [_blobs(rng, n) for n in (20, 10, 4)]
+    result = fit_probe(*splits[0], *splits[1], *splits[2], min_test_per_class=5)
+    assert np.isnan(result["test_macro_f1"]) and result["n_classes_excluded"] == 3
+    assert result["test_micro_f1"] == 1.0
+
+
+# --- bootstrap intervals of macro-F1 ------------------------------------------------------
+
+
+def test_resampled_macro_f1_equals_sklearn_on_the_resampled_rows():
+    """Per-document confusion counts weighted by the resample counts give exactly the macro-F1 that
+    sklearn computes on the resampled rows themselves (resample_rows), over the same labels."""
+    rng = np.random.default_rng(10)
+    docs = np.repeat([f"d{i}" for i in range(30)], rng.integers(1, 5, size=30))
+    y_true = rng.choice(["a", "b", "c", "d"], size=len(docs), p=[0.5, 0.3, 0.15, 0.05])
+    y_pred = np.where(rng.random(len(docs)) < 0.6, y_true, rng.choice(["a", "b", "c", "d"], size=len(docs)))
+    labels = ["a", "b", "c", "d", "e"]  # "e": never present nor predicted → always left out
+    group, n_docs = bootstrap.groups_of(docs)
+    counts = bootstrap.resample_counts(n_docs, 200, seed=0)
+    fast = resampled_macro_f1(y_true, y_pred, labels, group, counts)
+    direct = []
+    for row in counts:
+        rows = bootstrap.resample_rows(group, row)
+        direct.append(f1_score(y_true[rows], y_pred[rows], labels=labels, average="macro", zero_division=np.nan))
+    np.testing.assert_allclose(fast, direct, rtol=1e-12)
+    # The resample of every document once is the data itself.
+    ones = np.ones((1, n_docs), dtype=int)
+    assert resampled_macro_f1(y_true, y_pred, labels, group, ones)[0] == pytest.approx(
+        f1_scores(y_true, y_pred, labels)[0])
+    low, high = bootstrap.interval(fast)
+    assert (low, high) == pytest.approx(tuple(np.percentile(direct, [2.5, 97.5])))
+    assert low < f1_scores(y_true, y_pred, labels)[0] < high
+    assert np.isnan(resampled_macro_f1(y_true, y_pred, [], group, counts)).all()
+
+
+def _probe_windows(tmp_path, rng, n_docs=60, per_doc=3, d=6, signal=None):
+    """A probe-windows Parquet file and a probe-features file for stages.fit_probe: labels a/b/c by
+    document, features = class centre (when ``signal``) + noise; returns their paths."""
+    import torch
+    from safetensors.torch import save_file
+
+    doc_ids = np.repeat([f"doc{i}" for i in range(n_docs)], per_doc)
+    doc_label = np.array(["a", "b", "c"])[np.arange(n_docs) % 3]
+    labels = np.repeat(doc_label, per_doc)
+    split = np.repeat(np.array(["probe_train", "probe_val", "probe_test", "probe_train", "probe_test"])[
+        np.arange(n_docs) % 5], per_doc)
+    frame = pd.DataFrame({"doc_id": doc_ids, "split": split, "domain": labels, "in_domain": True})
+    windows = tmp_path / "probe.parquet"
+    frame.to_parquet(windows)
+    centres = {c: 2.0 * np.eye(d)[i] for i, c in enumerate("abc")}
+    h = rng.normal(size=(len(frame), d)) + (np.stack([centres[c] for c in labels]) if signal else 0)
+    tensors = {name: torch.tensor(value, dtype=torch.float32) for name, value in {
+        "h": h, "h_mean": rng.normal(size=h.shape), "hhat": h + 0.5 * rng.normal(size=h.shape),
+        "r": rng.normal(size=h.shape)}.items()}
+    features = tmp_path / "features.safetensors"
+    save_file(tensors, str(features))  # the test stubs storage.load_metadata
+    return windows, features
+
+
+def test_fit_probe_stage_intervals_and_paired_differences(tmp_path, monkeypatch):
+    """stages.fit_probe: every representation's interval comes from the same document resamples, and
+    the paired difference ĥ − r is the percentile interval of the per-resample differences, both
+    recomputed here directly with sklearn on resample_rows."""
+    from pndecomp import stages
+
+    rng = np.random.default_rng(11)
+    windows, features = _probe_windows(tmp_path, rng, signal=True)
+    monkeypatch.setattr(stages, "output_metadata", lambda config, **extra: {"seed": config["seed"], **extra})
+    monkeypatch.setattr(stages.storage, "load_metadata", lambda path: {"layer": 3})
+    config = {"seed": 0, "probes": {"c_grid": [0.1, 1.0], "max_iter": 500, "min_test_per_class": 1},
+              "metrics": {"bootstrap": 300}}
+    out, diffs = tmp_path / "scores.parquet", tmp_path / "differences.parquet"
+    stages.fit_probe(config, "domain", str(windows), str(features), str(out), str(diffs))
+    table, differences = pd.read_parquet(out), pd.read_parquet(diffs)
+    assert list(table["representation"]) == ["h", "h_mean", "hhat", "r", "hhat_r"]
+    assert (table["test_macro_f1_lo"] <= table["test_macro_f1"]).all()
+    assert (table["test_macro_f1"] <= table["test_macro_f1_hi"]).all()
+    assert (table["n_test_documents"] == 24).all() and (table["n_classes_excluded"] == 0).all()
+
+    # Direct recomputation: refit the probes (deterministic) and rescore on resample_rows with sklearn.
+    from safetensors.torch import load_file
+
+    from pndecomp.representations import REPRESENTATIONS
+
+    frame = pd.read_parquet(windows)
+    tensors = load_file(str(features))
+    rows = {s: np.flatnonzero(frame["split"] == s) for s in ("probe_train", "probe_val", "probe_test")}
+    y = frame["domain"].to_numpy()
+    group, n_docs = bootstrap.groups_of(frame["doc_id"].to_numpy()[rows["probe_test"]])
+    counts = bootstrap.resample_counts(n_docs, 300, seed=0)
+    samples = {}
+    for name in ("h", "hhat", "r"):
+        x = REPRESENTATIONS[name].build(tensors).numpy()
+        result = fit_probe(x[rows["probe_train"]], y[rows["probe_train"]], x[rows["probe_val"]],
+                           y[rows["probe_val"]], x[rows["probe_test"]], y[rows["probe_test"]],
+                           c_grid=(0.1, 1.0), max_iter=500)
+        y_test, predicted = y[rows["probe_test"]], result["test_predictions"]
+        samples[name] = np.array([f1_score(y_test[r], predicted[r], labels=["a", "b", "c"], average="macro",
+                                           zero_division=np.nan)
+                                  for r in (bootstrap.resample_rows(group, c) for c in counts)])
+        row = table[table["representation"] == name].iloc[0]
+        assert row["test_macro_f1"] == pytest.approx(result["test_macro_f1"])
+        assert (row["test_macro_f1_lo"], row["test_macro_f1_hi"]) == pytest.approx(
+            tuple(np.percentile(samples[name], [2.5, 97.5])))
+    for other in ("r", "h"):
+        pair = differences[(differences["representation_a"] == "hhat") & (differences["representation_b"] == other)]
+        assert len(pair) == 1
+        point = table.set_index("representation")["test_macro_f1"]
+        assert pair["difference"].iloc[0] == pytest.approx(point["hhat"] - point[other])
+        assert (pair["difference_lo"].iloc[0], pair["difference_hi"].iloc[0]) == pytest.approx(
+            tuple(np.percentile(samples["hhat"] - samples[other], [2.5, 97.5])))
+    # ĥ carries the label, r is noise: ĥ − r is clearly positive.
+    assert differences.set_index("representation_b").loc["r", "difference_lo"] > 0
+    assert set(differences["representation_b"]) == {"r", "h", "h_mean"}
+
+    # metrics.bootstrap = 0: the same F1, intervals NaN.
+    config["metrics"]["bootstrap"] = 0
+    stages.fit_probe(config, "domain", str(windows), str(features), str(out), str(diffs))
+    off, off_differences = pd.read_parquet(out), pd.read_parquet(diffs)
+    np.testing.assert_array_equal(off["test_macro_f1"], table["test_macro_f1"])
+    assert off[["test_macro_f1_lo", "test_macro_f1_hi"]].isna().all().all()
+    assert off_differences[["difference_lo", "difference_hi"]].isna().all().all()
+    np.testing.assert_allclose(off_differences["difference"], differences["difference"])
+
+
+# --- probe tables and heatmaps ------------------------------------------------------------
+
+
+def _layer_table(task, f1, lo=None, hi=None):
+    from pndecomp.representations import REPRESENTATIONS
+
+    frame = pd.DataFrame({"task": task, "representation": list(REPRESENTATIONS), "test_macro_f1": f1})
+    if lo is not None:
+        frame = frame.assign(test_macro_f1_lo=lo, test_macro_f1_hi=hi)
+    return frame
+
+
+def test_probe_table_stacks_layers_differences_and_selectivity(tmp_path):
+    from pndecomp import stages
+
+    paths, control_paths, difference_paths = {}, {}, {}
+    for index, layer in enumerate(["embed", "3"]):
+        paths[layer] = tmp_path / f"task-{layer}.parquet"
+        _layer_table("domain", [0.9, 0.8, 0.7, 0.6, 0.95 - index]).assign(layer="ignored").to_parquet(paths[layer])
+        control_paths[layer] = tmp_path / f"control-{layer}.parquet"
+        _layer_table("domain_control", [0.3, 0.35, 0.2, 0.25, 0.3]).to_parquet(control_paths[layer])
+        difference_paths[layer] = tmp_path / f"differences-{layer}.parquet"
+        pd.DataFrame({"task": "domain", "representation_a": "hhat", "representation_b": ["r", "h", "h_mean"],
+                      "difference": [0.1, -0.2, -0.1], "difference_lo": [-0.05, -0.3, -0.2],
+                      "difference_hi": [0.2, -0.1, 0.0]}).to_parquet(difference_paths[layer])
+    out, out_differences = tmp_path / "domain.tsv", tmp_path / "domain_differences.tsv"
+    stages.probe_table(paths, out, difference_paths, out_differences, control_paths)
+    table = pd.read_csv(out, sep="\t", dtype={"layer": str})
+    assert list(table.columns[:3]) == ["layer", "task", "representation"]
+    assert list(table["layer"]) == ["embed"] * 5 + ["3"] * 5
+    assert (table["control_task"] == "domain_control").all()
+    np.testing.assert_allclose(table["selectivity"], table["test_macro_f1"] - table["control_test_macro_f1"])
+    assert table.loc[(table["layer"] == "3") & (table["representation"] == "h"), "selectivity"].item() == \
+        pytest.approx(0.9 - 0.3)
+    differences = pd.read_csv(out_differences, sep="\t", dtype={"layer": str})
+    assert list(differences["layer"]) == ["embed"] * 3 + ["3"] * 3 and differences.columns[0] == "layer"
+    # Without a control: no selectivity columns.
+    stages.probe_table(paths, out, difference_paths, out_differences)
+    assert "selectivity" not in pd.read_csv(out, sep="\t").columns
+
+
+def test_probe_heatmap_annotates_intervals_and_marks_hhat_when_hhat_minus_r_contains_zero(tmp_path):
+    from pndecomp.figures import probe_heatmap, probe_heatmap_cells
+    from pndecomp.representations import REPRESENTATIONS
+
+    f1 = [0.534, 0.6, 0.7, 0.4, 0.8]
+    table = pd.concat([_layer_table("domain", f1, [0.451, 0.5, 0.6, 0.3, 0.7], [0.612, 0.7, 0.8, 0.5, 0.9])
+                       .assign(layer=layer) for layer in ("0", "7")], ignore_index=True)
+    differences = pd.DataFrame({"layer": ["0", "0", "7", "7"], "representation_a": "hhat",
+                                "representation_b": ["r", "h", "r", "h"], "difference": [0.3, 0.1, 0.3, 0.1],
+                                "difference_lo": [-0.01, -0.2, 0.05, -0.2], "difference_hi": [0.4, 0.3, 0.5, 0.3]})
+    values, annotations, marked = probe_heatmap_cells(table, differences)
+    labels = [rep.label for rep in REPRESENTATIONS.values()]
+    assert list(values.columns) == labels and list(values.index) == ["0", "7"]
+    assert annotations.at["0", "h"] == "0.53\n[0.45, 0.61]"
+    hhat = REPRESENTATIONS["hhat"].label
+    # ĥ − r: layer 0's interval contains 0 (marked), layer 7's does not; ĥ − h is not what marks.
+    assert marked.to_numpy().sum() == 1 and marked.at["0", hhat] and not marked.at["7", hhat]
+    assert annotations.at["0", hhat] == "0.70~\n[0.60, 0.80]" and annotations.at["7", hhat] == "0.70\n[0.60, 0.80]"
+    probe_heatmap(table, "domain", tmp_path / "a.png", tmp_path / "a.pdf", differences=differences)
+    assert (tmp_path / "a.png").stat().st_size > 1000
+    # No intervals (metrics.bootstrap: 0): the value alone, nothing marked.
+    bare = table.drop(columns=["test_macro_f1_lo", "test_macro_f1_hi"])
+    no_intervals = differences.assign(difference_lo=np.nan, difference_hi=np.nan)
+    _, annotations, marked = probe_heatmap_cells(bare, no_intervals)
+    assert annotations.at["0", "h"] == "0.53" and not marked.to_numpy().any()
+    probe_heatmap(bare, "domain", tmp_path / "b.png", tmp_path / "b.pdf")
+    assert (tmp_path / "b.png").stat().st_size > 1000
+
+
+def test_h_mean_is_the_mean_of_the_stored_states_before_the_last_position(tmp_path, tiny_model_dir):
+    """extract_probe_features: h_mean = mean over positions 1..T-1 of the states rounded through the
+    storage dtype; h is the last one, r = h − ĥ."""
+    import torch
+    from safetensors.torch import load_file
+
+    from pndecomp import extract, lm
+    from pndecomp.predictor import PredictorConfig, build_predictor
+
+    model = lm.load_model(lm.ModelSource(str(tiny_model_dir)))
+    tokens = np.random.default_rng(0).integers(0, model.config.vocab_size, size=(5, 12))
+    torch.manual_seed(0)
+    predictor = build_predictor(PredictorConfig(d_model=model.config.hidden_size, n_heads=2, d_head=8)).eval()
+    out = tmp_path / "layer-2.safetensors"
+    extract.extract_probe_features(model, tokens, {2: predictor}, {2: str(out)}, batch_size=2,
+                                   device=torch.device("cpu"), storage_dtype=torch.float16, metadata={})
+    features = load_file(str(out))
+    hidden = lm.ResidualCapture(model, [2]).run(torch.from_numpy(tokens))[2].to(torch.float16).float()
+    assert set(features) == {"h", "h_mean", "hhat", "r"}
+    torch.testing.assert_close(features["h"], hidden[:, -1])
+    torch.testing.assert_close(features["h_mean"], hidden[:, :-1].mean(dim=1))
+    assert not torch.allclose(features["h_mean"], hidden.mean(dim=1))  # position T is not in it
+    torch.testing.assert_close(features["r"], features["h"] - features["hhat"])

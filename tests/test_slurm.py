@@ -35,10 +35,11 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snake
 NICE = ["nice", "-n", "19"] if shutil.which("nice") else []
 
 # Declared `localrules` in workflow/rules/common.smk: they run in the Snakemake process.
-LOCAL_RULES = {"all", "probe_table", "layer_summary", "draw_learning_curve", "draw_per_position", "draw_probe_heatmap"}
+LOCAL_RULES = {"all", "probe_table", "layer_summary", "draw_learning_curve", "draw_per_position", "draw_layer_scores",
+               "draw_probe_heatmap"}
 # The stages the profiles give `gpu: 1` (-> sbatch --gpus=1).
 GPU_RULES = {"extract_train_activations", "extract_eval_activations", "train_predictor", "decompose_eval",
-             "probe_features"}
+             "probe_features", "score_baselines"}
 # What both runs must agree on.
 METRIC_FILES = ["metrics/layer_summary.tsv", "probes/*.tsv", "metrics/per_position/*.parquet",
                 "predictors/layer-*/curve.parquet"]
@@ -224,7 +225,8 @@ def test_tiny_workflow_on_slurm_equals_local_run(slurm_cluster, tiny_model_dir, 
     # 4. the same numbers as the local run
     outs = {name: runs[name] / "results" / "tiny" for name in runs}
     files = metric_files(outs["local"])
-    assert len(files) == 1 + 2 + 3 + 3, files  # summary, 2 probe tables, 3 layers x (per-position, curve)
+    # summary, 2 tasks x (probe table, differences), 3 layers x (per-position, curve)
+    assert len(files) == 1 + 2 * 2 + 3 + 3, files
     assert metric_files(outs["slurm"]) == files
     for name in files:
         pd.testing.assert_frame_equal(read_table(outs["slurm"] / name), read_table(outs["local"] / name),

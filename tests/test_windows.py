@@ -105,3 +105,157 @@ def test_token_type_windows_reuse_domain_windows_first():
     probe = select_windows(frame, predictor_counts={}, probe_caps=caps, tasks=PAPER_TASKS)["probe"]
     assert (probe["in_domain"] | ~probe["in_next_token_type_8"]).all()  # token-type ⊆ domain
     assert len(probe) == 3 * 3 * 10
+
+
+# --- control tasks (Hewitt & Liang 2019) ------------------------------------------------------
+
+CONTROL_FRACTIONS = {"predictor_train": 0.1, "predictor_eval": 0.1, "probe_train": 0.4, "probe_val": 0.1,
+                     "probe_test": 0.3}
+
+
+def labelled_documents(n, shares=(("x", 0.6), ("y", 0.3), ("z", 0.1)), length=12, seed=0):
+    """n documents of ``length`` characters whose labels follow ``shares`` exactly (in a shuffled order)."""
+    rng = np.random.default_rng(seed)
+    labels = np.concatenate([[label] * round(share * n) for label, share in shares])[:n]
+    rng.shuffle(labels)
+    return [Document(f"doc{i}", "".join(rng.choice(list("abcdef 1("), size=length)), str(label), f"g{i}")
+            for i, label in enumerate(labels)]
+
+
+def test_control_labels_are_a_stable_function_of_unit_and_seed():
+    """The same document/token gets the same control label in every window, whatever the corpus order,
+    and in another Python process with another hash seed (no salted hash())."""
+    import os
+    import subprocess
+    import sys
+
+    from pndecomp.tasks import control_labels
+
+    units = [f"doc{i}" for i in range(300)]
+    base = [["x", "y", "z"][i % 3] for i in range(300)]
+    labels = control_labels(units, base, seed=0, task="domain_control")
+    assert labels == control_labels(units[::-1], base[::-1], seed=0, task="domain_control")[::-1]
+    assert labels != control_labels(units, base, seed=1, task="domain_control")
+    # Several rows of one unit: one label (the unit's), and rows without a base label get none.
+    assert control_labels(["u", "u", "v", "u"], ["x", "x", None, "x"], seed=0, task="t")[:2] == \
+        [control_labels(["u"], ["x"], seed=0, task="t")[0]] * 2
+    assert control_labels(["u", "v"], ["x", None], seed=0, task="t")[1] is None
+    code = ("from pndecomp.tasks import control_labels; units = [f'doc{i}' for i in range(300)]; "
+            "print(control_labels(units, [['x', 'y', 'z'][i % 3] for i in range(300)], seed=0, task='domain_control'))")
+    for hash_seed in ("1", "2"):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONHASHSEED": hash_seed}).stdout
+        assert out.strip() == str(labels)
+
+
+def test_control_labels_follow_the_empirical_distribution_over_rows():
+    """Over 6000 units with base shares 60/30/10 % of the rows, the control shares of the units match
+    within 0.025 (binomial SD ≤ 0.0064 each, so ~4 SD); every row of a unit gets the unit's label."""
+    from pndecomp.tasks import control_labels
+
+    n = 6000
+    units = [f"u{i}" for i in range(n)]
+    base = ["x"] * 3600 + ["y"] * 1800 + ["z"] * 600
+    labels = control_labels(units, base, seed=3, task="t")
+    shares = pd.Series(labels).value_counts(normalize=True)
+    for label, share in (("x", 0.6), ("y", 0.3), ("z", 0.1)):
+        assert shares[label] == pytest.approx(share, abs=0.025)
+    # Rows, not distinct units, set the distribution (Hewitt & Liang: tags over tokens): 6000 more rows
+    # of one unit labelled "z" make z the majority, and all of them get that unit's one label.
+    repeated = control_labels([*units, *["u0"] * 6000], [*base, *["z"] * 6000], seed=3, task="t")
+    shares = pd.Series(repeated[:n]).value_counts(normalize=True)
+    assert shares["z"] == pytest.approx((600 + 6000) / 12000, abs=0.025)
+    assert set(repeated[n:]) == {repeated[0]}
+    # Independent of the base label of the unit: the control is not the real label in disguise.
+    agreement = np.mean(np.array(labels[:n]) == np.array(base))
+    assert agreement == pytest.approx(0.6 * 0.6 + 0.3 * 0.3 + 0.1 * 0.1, abs=0.03)
+
+
+def test_build_windows_adds_control_labels_per_unit_even_without_the_base_task():
+    docs = labelled_documents(900)
+    controls = [TASKS["domain_control"], TASKS["next_token_type_8_control"]]
+    frame, _ = build_windows(docs, CharTokenizer(), length=5, per_document=2, prepend_bos=False,
+                             fractions=CONTROL_FRACTIONS, seed=0, tasks=controls)
+    # Base label columns are computed internally, not kept.
+    assert "domain" not in frame and "next_token_type" not in frame
+    assert frame.groupby("doc_id")["domain_control"].nunique().max() == 1
+    last_token = frame["tokens"].map(lambda tokens: int(tokens[-1]))
+    assert frame.groupby(last_token)["next_token_type_control"].nunique().max() == 1
+    assert frame["domain_control"].notna().all()
+    shares = frame.drop_duplicates("doc_id")["domain_control"].value_counts(normalize=True)
+    assert shares["x"] == pytest.approx(0.6, abs=0.06)  # 900 documents: SD 0.016
+    # With the base task as well: the base column is unchanged and the control labels are the same.
+    both, _ = build_windows(docs, CharTokenizer(), length=5, per_document=2, prepend_bos=False,
+                            fractions=CONTROL_FRACTIONS, seed=0, tasks=[TASKS["domain"], *controls])
+    assert list(both["domain_control"]) == list(frame["domain_control"])
+    assert list(both["domain"]) == [doc.label for doc in docs for _ in range(2)]
+    shuffled, _ = build_windows(docs[::-1], CharTokenizer(), length=5, per_document=2, prepend_bos=False,
+                                fractions=CONTROL_FRACTIONS, seed=0, tasks=controls)
+    pd.testing.assert_frame_equal(
+        shuffled.set_index("window_id").loc[frame["window_id"], ["domain_control", "next_token_type_control"]],
+        frame.set_index("window_id")[["domain_control", "next_token_type_control"]])
+
+
+def _probe_split(frame, task_name, label_column, features):
+    from pndecomp.splits import PROBE_SPLITS
+
+    member = frame[f"in_{task_name}"].to_numpy()
+    parts = []
+    for split in PROBE_SPLITS:
+        rows = np.flatnonzero(member & (frame["split"] == split).to_numpy())
+        parts += [features[rows], frame[label_column].to_numpy()[rows]]
+    return parts
+
+
+def test_domain_control_is_at_chance_where_the_features_carry_the_domain():
+    """Features = the document's real domain (a class centre) + noise. The domain probe is near
+    perfect; the control probe cannot beat chance, since its labels are independent of the domain and
+    no document is in two splits. Chance for 3 balanced classes is 1/3; the test split has ~450
+    documents, each a single unit, so macro-F1's sampling SD is about sqrt(1/3 · 2/3 / 450) ≈ 0.022:
+    the tolerance 0.08 is ~3.6 SD."""
+    from pndecomp.probes import fit_and_score
+
+    docs = labelled_documents(1500, shares=(("x", 1 / 3), ("y", 1 / 3), ("z", 1 / 3)), seed=1)
+    tasks = [TASKS["domain"], TASKS["domain_control"]]
+    frame, _ = build_windows(docs, CharTokenizer(), length=5, per_document=1, prepend_bos=False,
+                             fractions=CONTROL_FRACTIONS, seed=0, tasks=tasks)
+    caps = {name: {"probe_train": 1000, "probe_val": 1000, "probe_test": 1000} for name in ("domain", "domain_control")}
+    probe = select_windows(frame, predictor_counts={}, probe_caps=caps, tasks=tasks)["probe"]
+    rng = np.random.default_rng(0)
+    centres = {"x": [4.0, 0, 0], "y": [0, 4.0, 0], "z": [0, 0, 4.0]}
+    features = np.stack([centres[label] for label in probe["domain"]]) + rng.normal(size=(len(probe), 3))
+    real = fit_and_score(*_probe_split(probe, "domain", "domain", features))
+    control = fit_and_score(*_probe_split(probe, "domain_control", "domain_control", features))
+    assert real["n_test"] > 400 and real["test_macro_f1"] > 0.9
+    assert abs(control["test_macro_f1"] - 1 / 3) < 0.08
+    assert real["test_macro_f1"] - control["test_macro_f1"] > 0.5  # the selectivity
+
+
+def test_token_control_is_learnable_only_by_memorising_token_ids():
+    """next_token_type_8_control: with features that identify the last token (one-hot token id) a probe
+    memorises the control (token ids recur across splits), while features that carry only the real
+    type and no token identity leave it far below the real task: the selectivity is large."""
+    from pndecomp.probes import fit_and_score
+    from pndecomp.tokentypes import token_type
+
+    # 26 letters and 20 decimal digits (ASCII and Arabic-Indic): two types, many token ids each.
+    alphabet = [*map(chr, range(ord("a"), ord("z") + 1)), *map(chr, range(0x660, 0x66A)), *"0123456789"]
+    rng = np.random.default_rng(2)
+    docs = [Document(f"d{i}", "".join(rng.choice(alphabet, size=8)), None, f"d{i}") for i in range(3000)]
+    tasks = [TASKS["next_token_type_8"], TASKS["next_token_type_8_control"]]
+    frame, _ = build_windows(docs, CharTokenizer(), length=4, per_document=1, prepend_bos=False,
+                             fractions=CONTROL_FRACTIONS, seed=0, tasks=tasks)
+    caps = {name: {"probe_train": 5000, "probe_val": 5000, "probe_test": 5000} for name in
+            ("next_token_type_8", "next_token_type_8_control")}
+    probe = select_windows(frame, predictor_counts={}, probe_caps=caps, tasks=tasks)["probe"]
+    last = np.array([int(tokens[-1]) for tokens in probe["tokens"]])
+    ids = sorted(set(last))
+    one_hot = (last[:, None] == np.array(ids)[None, :]).astype(float)
+    is_alpha = np.array([token_type(chr(t)) for t in last]) == "alpha"
+    type_only = is_alpha[:, None] + 0.3 * rng.normal(size=(len(probe), 1))
+    assert set(probe["next_token_type"]) == {"alpha", "digit"}
+    memorised = fit_and_score(*_probe_split(probe, "next_token_type_8_control", "next_token_type_control", one_hot))
+    real = fit_and_score(*_probe_split(probe, "next_token_type_8", "next_token_type", type_only))
+    control = fit_and_score(*_probe_split(probe, "next_token_type_8_control", "next_token_type_control", type_only))
+    assert memorised["test_macro_f1"] > 0.95
+    assert real["test_macro_f1"] > 0.9 and real["test_macro_f1"] - control["test_macro_f1"] > 0.25

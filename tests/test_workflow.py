@@ -25,7 +25,9 @@ def snakemake(workdir: Path, *args: str) -> str:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny_model_dir, tiny_corpus):
     workdir = tmp_path_factory.mktemp("workflow")
-    write_config(workdir / "config.yaml", tiny_model_dir, tiny_corpus)
+    # The paper's tasks and their control tasks (caps inherited from the base tasks').
+    write_config(workdir / "config.yaml", tiny_model_dir, tiny_corpus,
+                 **{"probes.tasks": ["domain", "next_token_type_8", "domain_control", "next_token_type_8_control"]})
     log = snakemake(workdir)
     return workdir, log
 
@@ -37,10 +39,29 @@ def test_full_run_makes_every_figure_and_table(tiny_run):
         assert (out / "figures" / name).stat().st_size > 1000, name
     summary = pd.read_csv(out / "metrics" / "layer_summary.tsv", sep="\t", dtype={"layer": str})
     assert list(summary["layer"]) == ["0", "2", "3"]
-    for task in ("domain", "next_token_type_8"):
+    for task in ("domain", "next_token_type_8", "domain_control", "next_token_type_8_control"):
         table = pd.read_csv(out / "probes" / f"{task}.tsv", sep="\t", dtype={"layer": str})
-        assert len(table) == 3 * 4
+        assert len(table) == 3 * 5
+        assert list(table["representation"][:5]) == ["h", "h_mean", "hhat", "r", "hhat_r"]
         assert table["test_macro_f1"].between(0, 1).all()
+        # 95 % bootstrap intervals (metrics.bootstrap defaults to 1000) around every point value
+        assert (table["test_macro_f1_lo"] <= table["test_macro_f1"]).all()
+        assert (table["test_macro_f1"] <= table["test_macro_f1_hi"]).all()
+        assert (table["n_classes_excluded"] >= 0).all() and (table["n_resamples"] == 1000).all()
+        differences = pd.read_csv(out / "probes" / f"{task}_differences.tsv", sep="\t", dtype={"layer": str})
+        assert len(differences) == 3 * 3 and set(differences["representation_b"]) == {"r", "h", "h_mean"}
+        assert (differences["difference_lo"] <= differences["difference"]).all()
+        assert (differences["difference"] <= differences["difference_hi"]).all()
+        if not task.endswith("_control"):
+            control = pd.read_csv(out / "probes" / f"{task}_control.tsv", sep="\t", dtype={"layer": str})
+            assert (table["control_task"] == f"{task}_control").all()
+            assert list(table["control_test_macro_f1"]) == list(control["test_macro_f1"])
+            selectivity = table["test_macro_f1"] - table["control_test_macro_f1"]
+            assert (table["selectivity"] - selectivity).abs().max() < 2e-6  # the TSV keeps 6 significant digits
+        else:
+            assert "selectivity" not in table
+    for figure in ("probe_domain_control", "probe_next_token_type_8_control"):
+        assert (out / "figures" / f"{figure}.png").stat().st_size > 1000, figure
     per_position = pd.read_parquet(out / "metrics" / "per_position" / "layer-2.parquet")
     assert list(per_position["position"]) == list(range(2, 25))
 
@@ -61,7 +82,7 @@ def test_one_deleted_figure_rebuilds_alone(tiny_run):
 
 def changed_copy(workdir: Path, old: str, new: str) -> Path:
     """A copy of a finished run whose config has ``old`` replaced by ``new``."""
-    changed = workdir / f"changed-{new.replace(' ', '').replace(':', '-')}"
+    changed = workdir / f"changed-{''.join(c for c in new if c.isalnum())}"
     changed.mkdir()
     shutil.copytree(workdir / "results", changed / "results")
     shutil.copytree(workdir / ".snakemake", changed / ".snakemake")
@@ -82,11 +103,20 @@ def test_predictor_change_reruns_training_and_downstream_not_extraction(tiny_run
         assert upstream not in jobs, upstream
 
 
-def test_figure_setting_reruns_only_its_figures(tiny_run):
-    """metrics.hide_first_positions is read by figures 3 and 4 alone: nothing else reruns."""
+def test_figure_setting_reruns_only_figures(tiny_run):
+    """figures.dpi is read by the drawing rules alone: every figure redraws, nothing else reruns."""
     workdir, _ = tiny_run
-    jobs = job_stats(snakemake(changed_copy(workdir, "hide_first_positions: 4", "hide_first_positions: 6"), "-n"))
-    assert jobs == {"draw_per_position": 2, "all": 1}
+    jobs = job_stats(snakemake(changed_copy(workdir, "metrics:", "figures: {dpi: 100}\nmetrics:"), "-n"))
+    assert set(jobs) == {"draw_learning_curve", "draw_per_position", "draw_layer_scores", "draw_probe_heatmap", "all"}
+
+
+def test_bootstrap_setting_reruns_only_metric_and_figure_jobs(tiny_run):
+    workdir, _ = tiny_run
+    changed = changed_copy(workdir, "  hide_first_positions: 4", "  hide_first_positions: 4\n  bootstrap: 50")
+    jobs = job_stats(snakemake(changed, "-n"))
+    assert {"layer_scores", "per_position_metrics", "fit_probe", "layer_summary"} <= set(jobs)
+    assert set(jobs) <= {"layer_scores", "per_position_metrics", "fit_probe", "probe_table", "layer_summary", "all",
+                         "draw_learning_curve", "draw_per_position", "draw_layer_scores", "draw_probe_heatmap"}
 
 
 def test_report_holds_every_figure_and_table(tiny_run):
@@ -94,6 +124,7 @@ def test_report_holds_every_figure_and_table(tiny_run):
     workdir, _ = tiny_run
     snakemake(workdir, "--report", "report.html")
     html = (workdir / "report.html").read_text()
-    for name in [*[f"fig{i}.png" for i in range(1, 7)], "layer_summary.tsv", "domain.tsv", "next_token_type_8.tsv"]:
+    for name in [*[f"fig{i}.png" for i in range(1, 7)], "layer_summary.tsv", "domain.tsv", "next_token_type_8.tsv",
+                 "domain_differences.tsv", "probe_domain_control.png"]:
         assert name in html, name
     assert "Domain probe: test macro-F1" in html  # a caption from the task registry, rendered

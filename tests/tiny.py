@@ -73,7 +73,8 @@ def write_config(path: Path, model_dir: Path, corpus: Path, **overrides) -> Path
         "metrics": {"hide_first_positions": 4},
         "probes": {"caps": {"domain": {"probe_train": 20, "probe_val": 8, "probe_test": 8},
                             "next_token_type_8": {"probe_train": 60, "probe_val": 20, "probe_test": 20}},
-                   "c_grid": [0.1, 1.0], "max_iter": 200},
+                   # a few test windows per class are all the tiny corpus has (the default is 10)
+                   "c_grid": [0.1, 1.0], "max_iter": 200, "min_test_per_class": 2},
     }
     for dotted, value in overrides.items():
         node = config

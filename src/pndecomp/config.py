@@ -58,10 +58,17 @@ def train_config(config: Mapping) -> TrainConfig:
 
 
 def probe_caps(config: Mapping) -> dict[str, dict[str, int]]:
-    """{task: {probe split: windows}} for every configured task: its ``probes.caps`` entry, else the
-    task's defaults. Per class or in all, as the task's ``cap_kind`` says."""
+    """{task: {probe split: windows}} for every configured task: its ``probes.caps`` entry, else (for a
+    control task) its base task's entry, else the task's defaults. Per class or in all, as the task's
+    ``cap_kind`` says."""
     caps = config["probes"]["caps"]
-    return {name: dict(caps.get(name) or tasks.get(name).default_caps) for name in config["probes"]["tasks"]}
+
+    def caps_of(name: str) -> dict[str, int]:
+        task = tasks.get(name)
+        inherited = caps.get(task.control.base) if task.control is not None else None
+        return dict(caps.get(name) or inherited or task.default_caps)
+
+    return {name: caps_of(name) for name in config["probes"]["tasks"]}
 
 
 def corpus_for_reading(config: Mapping, embedded_jsonl: str | None) -> dict:
@@ -86,9 +93,10 @@ def check(config: Mapping, shape: lm.ModelShape | None = None) -> None:
     if corpus["source"] == "files":
         from .corpus import iter_documents
 
-        # Checks the paths now (missing file, unknown extension, clashing names: CorpusError) and
-        # returns a lazy reader that is dropped unread, so these fail before any job starts.
-        iter_documents(corpus)
+        # Checks the paths now (unknown extension, clashing names: CorpusError) and returns a lazy
+        # reader that is dropped unread, so these fail before any job starts. A missing file is left
+        # to Snakemake: the files are make_windows' inputs (and the reader checks again when it reads).
+        iter_documents(corpus, require_files=False)
     if corpus["source"] == "hf" and not corpus["hf"]["name"]:
         raise ConfigError("corpus.hf.name is not set: give a dataset id for corpus.source 'hf'")
     check_probes(config["probes"], corpus)
@@ -132,9 +140,9 @@ def check_probes(probes: Mapping, corpus: Mapping) -> None:
 def check_model(model_id: str, layers, window_length: int, shape: lm.ModelShape) -> None:
     """Layers within the model's blocks and windows within its context."""
     for layer in layers:
-        if layer != "embed" and not 0 <= int(layer) < shape.n_blocks:
+        if layer not in lm.NAMED_LAYERS and not 0 <= int(layer) < shape.n_blocks:
             raise ConfigError(f"layers: {layer} is out of range for {model_id!r}, which has "
-                              f"{shape.n_blocks} blocks: valid are 0..{shape.n_blocks - 1} and 'embed'")
+                              f"{shape.n_blocks} blocks: valid are 0..{shape.n_blocks - 1}, 'embed' and 'final'")
     if shape.context_length is not None and window_length > shape.context_length:
         raise ConfigError(f"windows.length is {window_length}, longer than the context of {model_id!r} "
                           f"({shape.context_length} tokens)")

@@ -1,9 +1,9 @@
 """Running the frozen LM over windows: whole-window hidden states for the predictor splits, and
-last-position features (h_T, ĥ_T, r_T) for the probe windows.
+last-position features (h_T, ĥ_T, r_T, and the mean of h_1..h_{T-1}) for the probe windows.
 
 All requested layers come from one forward pass, which stops after the deepest requested block
-unless logits are needed for surprisal. Outputs stream to disk batch by batch, so peak memory is
-one batch whatever the number of windows.
+(after the final norm for ``final``) unless logits are needed for surprisal. Outputs stream to
+disk batch by batch, so peak memory is one batch whatever the number of windows.
 """
 from __future__ import annotations
 
@@ -75,24 +75,29 @@ def extract_hidden_states(model, tokens: np.ndarray, layers: Sequence[Layer], ou
 def extract_probe_features(model, tokens: np.ndarray, predictors: Mapping[Layer, torch.nn.Module],
                            out_paths: Mapping[Layer, str], *, batch_size: int, device: torch.device,
                            storage_dtype: torch.dtype, metadata: Mapping) -> None:
-    """h_T, ĥ_T = f(h_{≤T-1}) and r_T = h_T − ĥ_T per layer, each [n_windows, d_model] float32.
+    """h_T, ĥ_T = f(h_{≤T-1}), r_T = h_T − ĥ_T and h_mean = mean(h_1..h_{T-1}) per layer, each
+    [n_windows, d_model] float32.
 
-    Only the last position is kept: whole probe windows would be ~290 GB of fp16 at paper scale.
+    Only these are kept: whole probe windows would be ~290 GB of fp16 at paper scale. h_mean (the
+    comparator of ĥ_T, which summarises the same h_1..h_{T-1}) is the float32 mean of the states
+    rounded through the storage dtype, the very inputs the predictor sees.
     """
     layers = list(predictors)
     capture = ResidualCapture(model, layers)
-    features = {layer: {"h": [], "hhat": []} for layer in layers}
+    features = {layer: {"h": [], "h_mean": [], "hhat": []} for layer in layers}
     for _, input_ids in batches(tokens, batch_size, "probe features"):
         hidden = capture.run(input_ids.to(device, non_blocking=True))
         for layer, predictor in predictors.items():
             # Round through the storage dtype: the predictor was trained on stored hidden states.
             h = hidden[layer].to(storage_dtype).to(next(predictor.parameters()).dtype)
             features[layer]["h"].append(h[:, -1].float().cpu())
+            features[layer]["h_mean"].append(h[:, :-1].float().mean(dim=1).cpu())
             features[layer]["hhat"].append(predictor(h[:, :-1])[:, -1].float().cpu())
     for layer in layers:
         h = torch.cat(features[layer]["h"])
         hhat = torch.cat(features[layer]["hhat"])
-        save_tensors({"h": h, "hhat": hhat, "r": h - hhat}, out_paths[layer],
+        save_tensors({"h": h, "h_mean": torch.cat(features[layer]["h_mean"]), "hhat": hhat, "r": h - hhat},
+                     out_paths[layer],
                      {**metadata, "layer": layer, "convention": LAYER_CONVENTION, "position": "T (last)"})
 
 

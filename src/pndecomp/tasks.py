@@ -7,16 +7,25 @@ stem its heatmap is drawn to (``figures/<figure>.png``).
 
 Adding a task is one :class:`ProbeTask` in :data:`TASKS` plus the task's name in the config's
 ``probes.tasks`` (and, optionally, its caps under ``probes.caps``).
+
+A **control task** (Hewitt & Liang 2019, "Designing and interpreting probes with control tasks")
+has no label function of its own: its :class:`Control` names a base task and a unit (the window's
+document, or its last token id), and every unit gets a random label drawn from the empirical
+distribution of the base task's labels over units (:func:`control_labels`, called by
+:func:`pndecomp.windows.build_windows` once the base labels of all candidate windows are known).
+A probe can only score above chance on a control by memorising units, so ``selectivity`` = F1 of
+the task − F1 of its control says how much of the F1 is the representation's, not the probe's.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
 from .corpus import Document
+from .splits import unit_hash
 from .tokentypes import token_type
 
 
@@ -29,17 +38,30 @@ class ProbeWindow:
     decode: Callable[[list[int]], str]  # token ids -> text: the tokenizer's decode
 
 
+ControlUnit = Literal["doc", "last_token"]
+
+
+@dataclass(frozen=True)
+class Control:
+    """What makes a task a control task: the base task whose labels it shuffles, and the unit that
+    carries one random label (``doc``: the document id; ``last_token``: the window's last token id)."""
+
+    base: str
+    unit: ControlUnit
+
+
 @dataclass(frozen=True)
 class ProbeTask:
     name: str
     label_column: str  # the column of the probe-windows table that holds the label
-    label: Callable[[ProbeWindow], str | None]
+    label: Callable[[ProbeWindow], str | None] | None  # None for a control task (labels come from its base)
     cap_kind: Literal["per_class", "total"]
     default_caps: Mapping[str, int]  # {probe split: windows}, when the config gives none
     description: str  # what is probed, for the heatmap's title and the report
     figure: str  # file stem of its heatmap
     source: str = ""  # where the task comes from, appended to the report caption
     needs_document_label: bool = False  # reads Document.label: the corpus needs a label field
+    control: Control | None = None  # set for a control task
 
     @property
     def title(self) -> str:
@@ -48,7 +70,9 @@ class ProbeTask:
     @property
     def caption(self) -> str:
         return (f"{self.description}: test macro-F1 of a linear probe on each representation at the last window "
-                f"position, per layer{self.source}.")
+                f"position, per layer{self.source}. With metrics.bootstrap > 0 each cell also shows the 95 % "
+                "document-level bootstrap interval, and a hatched ĥ cell with a ~ after its value marks a layer where "
+                "the paired interval of ĥ − r contains 0 (ĥ and r not distinguishable at this test size).")
 
 
 def _domain(window: ProbeWindow) -> str | None:
@@ -66,7 +90,37 @@ def _in_code_comment(window: ProbeWindow) -> str:
     return "comment" if "#" in last_line else "code"
 
 
-TASKS: dict[str, ProbeTask] = {task.name: task for task in (
+def control_labels(units: Sequence, base_labels: Sequence, *, seed: int, task: str) -> list[str | None]:
+    """The control label of every row: each distinct unit draws one label from the empirical
+    distribution of the base labels over rows (windows), as Hewitt & Liang draw a word type's control
+    tag from the tag distribution over tokens, so the control has the real task's class balance. The
+    draw is the inverse CDF of a stable hash of (task, seed, unit) -- never Python's ``hash()``, so the
+    labels are the same in every process. Rows whose base label is missing (None/NaN) get None: a
+    control uses the windows its base task uses.
+    """
+    units = [str(unit) for unit in units]
+    present = [label is not None and label == label for label in base_labels]  # NaN != NaN
+    observed = [str(label) for label, ok in zip(base_labels, present) if ok]
+    if not observed:
+        return [None] * len(units)
+    first_label = dict.fromkeys(unit for unit, ok in zip(units, present) if ok)
+    classes, sizes = np.unique(np.asarray(observed, dtype=str), return_counts=True)
+    cdf = np.cumsum(sizes) / sizes.sum()
+    draw = {unit: str(classes[min(int(np.searchsorted(cdf, unit_hash("control", task, seed, unit), side="right")),
+                                  len(classes) - 1)])
+            for unit in first_label}
+    return [draw[unit] if ok else None for unit, ok in zip(units, present)]
+
+
+def _control_of(base: ProbeTask, unit: ControlUnit, label_column: str, what: str) -> ProbeTask:
+    """A control task of ``base``: same cap kind and default caps, its own label column and figure."""
+    return ProbeTask(f"{base.name}_control", label_column, None, base.cap_kind, base.default_caps,
+                     f"{base.description}, control task ({what})", f"probe_{base.name}_control",
+                     f" (control task of {base.name}, Hewitt & Liang 2019)",
+                     needs_document_label=base.needs_document_label, control=Control(base.name, unit))
+
+
+_BASE_TASKS: tuple[ProbeTask, ...] = (
     ProbeTask("domain", "domain", _domain, "per_class", {"probe_train": 4000, "probe_val": 500, "probe_test": 500},
               "Domain probe", "fig5", " (figure 5)", needs_document_label=True),
     ProbeTask("next_token_type_8", "next_token_type", _next_token_type, "total",
@@ -76,6 +130,15 @@ TASKS: dict[str, ProbeTask] = {task.name: task for task in (
     ProbeTask("in_code_comment", "code_comment", _in_code_comment, "per_class",
               {"probe_train": 200, "probe_val": 50, "probe_test": 100},
               "Last token inside a # comment", "probe_in_code_comment"),
+)
+_BY_NAME = {task.name: task for task in _BASE_TASKS}
+
+TASKS: dict[str, ProbeTask] = {task.name: task for task in (
+    *_BASE_TASKS,
+    # Control tasks (Hewitt & Liang 2019): a random domain per document, a random type per token id.
+    _control_of(_BY_NAME["domain"], "doc", "domain_control", "random domain per document"),
+    _control_of(_BY_NAME["next_token_type_8"], "last_token", "next_token_type_control",
+                "random type per last token id"),
 )}
 
 
@@ -88,3 +151,12 @@ def get(name: str) -> ProbeTask:
         raise UnknownTask(f"probes.tasks: unknown task {name!r}; known tasks are {sorted(TASKS)} "
                           "(add one in src/pndecomp/tasks.py)")
     return TASKS[name]
+
+
+def control_for(name: str, configured: Sequence[str]) -> str | None:
+    """The first configured control task of task ``name``, if any (its F1 gives ``selectivity``)."""
+    for other in configured:
+        control = get(other).control
+        if control is not None and control.base == name:
+            return other
+    return None

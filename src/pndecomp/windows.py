@@ -15,7 +15,8 @@ import pandas as pd
 
 from .corpus import Document
 from .splits import PROBE_SPLITS, split_of, unit_hash
-from .tasks import ProbeTask, ProbeWindow
+from .tasks import ProbeTask, ProbeWindow, control_labels
+from .tasks import get as get_task
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,16 @@ def tokenize(tokenizer, text: str, prepend_bos: bool) -> list[int]:
 def build_windows(documents: Iterable[Document], tokenizer, *, length: int, per_document: int,
                   prepend_bos: bool, fractions: Mapping[str, float], seed: int,
                   tasks: Sequence[ProbeTask]) -> tuple[pd.DataFrame, dict]:
-    """Every candidate window of every long-enough document, with its split and each task's label."""
+    """Every candidate window of every long-enough document, with its split and each task's label.
+
+    A control task's labels (:func:`pndecomp.tasks.control_labels`) are drawn after its base task
+    has labelled every candidate window; the base labels are computed even when the base task is
+    not among ``tasks`` (and then not kept as a column).
+    """
+    controls = [task for task in tasks if task.control is not None]
+    labelled = {task.name: task for task in tasks if task.control is None}
+    for task in controls:
+        labelled.setdefault(task.control.base, get_task(task.control.base))
     rows = []
     counts = Counter()
     for doc in documents:
@@ -64,12 +74,20 @@ def build_windows(documents: Iterable[Document], tokenizer, *, length: int, per_
             window_id = f"{doc.doc_id}@{start}"
             rows.append({
                 "window_id": window_id, "doc_id": doc.doc_id, "group": doc.group, "split": split,
-                "start": start, **{task.label_column: task.label(window) for task in tasks},
+                "start": start, **{task.label_column: task.label(window) for task in labelled.values()},
                 "order_key": unit_hash("select", seed, window_id), "tokens": tokens,
             })
     frame = pd.DataFrame(rows, columns=["window_id", "doc_id", "group", "split", "start",
-                                        *[task.label_column for task in tasks], "order_key", "tokens"])
-    return frame, dict(counts)
+                                        *[task.label_column for task in labelled.values()], "order_key", "tokens"])
+    for task in controls:
+        base = labelled[task.control.base]
+        units = (frame["doc_id"] if task.control.unit == "doc"
+                 else pd.Series([int(tokens[-1]) for tokens in frame["tokens"]], index=frame.index, dtype=object))
+        frame[task.label_column] = control_labels(units.tolist(), frame[base.label_column].tolist(), seed=seed,
+                                                  task=task.name)
+    columns = ["window_id", "doc_id", "group", "split", "start", *[task.label_column for task in tasks], "order_key",
+               "tokens"]
+    return frame[columns], dict(counts)
 
 
 def select_for_task(frame: pd.DataFrame, *, label_column: str, order_column: str,

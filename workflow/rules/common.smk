@@ -32,7 +32,7 @@ HEATMAPS = {pntasks.get(task).figure: task for task in TASKS}
 
 
 wildcard_constraints:
-    layer="embed|[0-9]+",
+    layer="embed|final|[0-9]+",
     task="|".join(TASKS) or "none",
 
 
@@ -42,12 +42,20 @@ localrules:
     layer_summary,
     draw_learning_curve,
     draw_per_position,
+    draw_layer_scores,
     draw_probe_heatmap,
 
 
 def model_input():
     """The materialized model directory, for rules that load the LM or its tokenizer."""
     return [MODEL_DIR] if MATERIALIZE_MODEL else []
+
+
+def corpus_files():
+    """The configured corpus files (source ``files``), as inputs of make_windows: a file changed in
+    place reruns the windows and everything downstream, and Snakemake reports a missing one."""
+    corpus = config["corpus"]
+    return list(corpus["files"]["paths"]) if corpus["source"] == "files" else []
 
 
 def train_data():
@@ -68,6 +76,19 @@ def per_layer(pattern):
     Other wildcards in the pattern (``{task}``) stay wildcards.
     """
     return {layer: pattern.replace("{layer}", layer) for layer in LAYERS}
+
+
+def probe_table_input(wildcards):
+    """Per-layer probe tables and paired differences of the task, and of its control task when one is
+    configured (for ``selectivity``), as lists in config layer order."""
+    inputs = {
+        "scores": expand(f"{OUT}/probes/{wildcards.task}/layer-{{layer}}.parquet", layer=LAYERS),
+        "differences": expand(f"{OUT}/probes/{wildcards.task}/layer-{{layer}}_differences.parquet", layer=LAYERS),
+    }
+    control = pntasks.control_for(wildcards.task, TASKS)
+    if control is not None:
+        inputs["control"] = expand(f"{OUT}/probes/{control}/layer-{{layer}}.parquet", layer=LAYERS)
+    return inputs
 
 
 def figures_of(kind):

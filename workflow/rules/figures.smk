@@ -16,7 +16,7 @@ rule draw_learning_curve:
     conda:
         "../../envs/pndecomp.yaml"
     params:
-        config=view(),
+        config=view("figures"),
         column=lambda wildcards: FIGURES[wildcards.figure].column,
         caption=lambda wildcards: FIGURES[wildcards.figure].caption,
     script:
@@ -36,16 +36,36 @@ rule draw_per_position:
     conda:
         "../../envs/pndecomp.yaml"
     params:
-        config=view("metrics.hide_first_positions"),
+        config=view("figures", "metrics.hide_first_positions"),
         column=lambda wildcards: FIGURES[wildcards.figure].column,
         caption=lambda wildcards: FIGURES[wildcards.figure].caption,
     script:
         "../scripts/draw_per_position.py"
 
 
+rule draw_layer_scores:
+    input:
+        f"{OUT}/metrics/layer_summary.tsv",
+    output:
+        png=report(f"{OUT}/figures/{{figure}}.png", category="Predictor training", caption="../report/figure.rst"),
+        pdf=f"{OUT}/figures/{{figure}}.pdf",
+    log:
+        f"{OUT}/logs/figures/{{figure}}.log",
+    wildcard_constraints:
+        figure=figures_of("layer_scores"),
+    conda:
+        "../../envs/pndecomp.yaml"
+    params:
+        config=view("figures"),
+        caption=lambda wildcards: FIGURES[wildcards.figure].caption,
+    script:
+        "../scripts/draw_layer_scores.py"
+
+
 rule draw_probe_heatmap:
     input:
-        lambda wildcards: f"{OUT}/probes/{HEATMAPS[wildcards.figure]}.tsv",
+        table=lambda wildcards: f"{OUT}/probes/{HEATMAPS[wildcards.figure]}.tsv",
+        differences=lambda wildcards: f"{OUT}/probes/{HEATMAPS[wildcards.figure]}_differences.tsv",
     output:
         png=report(f"{OUT}/figures/{{figure}}.png", category="Linear probes", caption="../report/figure.rst"),
         pdf=f"{OUT}/figures/{{figure}}.pdf",
@@ -56,7 +76,7 @@ rule draw_probe_heatmap:
     conda:
         "../../envs/pndecomp.yaml"
     params:
-        config=view(),
+        config=view("figures"),
         task=lambda wildcards: HEATMAPS[wildcards.figure],
         caption=lambda wildcards: pntasks.get(HEATMAPS[wildcards.figure]).caption,
     script:

@@ -1,7 +1,66 @@
+# Scores with context: baselines fit on predictor_train, the predictor's R² beside them with
+# document-level bootstrap intervals, robust views, per-position metrics with bands.
+
+
+rule score_baselines:
+    input:
+        model=model_input(),
+        train=train_data(),
+        hidden=f"{OUT}/activations/predictor_eval/layer-{{layer}}.safetensors",
+    output:
+        f"{OUT}/metrics/baselines/layer-{{layer}}.parquet",
+    log:
+        f"{OUT}/logs/score_baselines/layer-{{layer}}.log",
+    conda:
+        "../../envs/pndecomp.yaml"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    params:
+        config=view(
+            *PROVENANCE, "device", "metrics.baselines", "metrics.baseline_train_windows", "train.data", "extraction"
+        ),
+    script:
+        "../scripts/score_baselines.py"
+
+
+rule layer_scores:
+    input:
+        model=model_input(),
+        hidden=f"{OUT}/activations/predictor_eval/layer-{{layer}}.safetensors",
+        residual=rules.decompose_eval.output.residual,
+        scores=rules.decompose_eval.output.scores,
+        baselines=rules.score_baselines.output[0],
+        windows=rules.make_windows.output.predictor_eval,
+    output:
+        scores=f"{OUT}/metrics/layer_scores/layer-{{layer}}.json",
+        tail=report(
+            f"{OUT}/metrics/tail/layer-{{layer}}.tsv",
+            category="Tables",
+            caption="../report/tail.rst",
+            labels={"table": "worst rows", "layer": "{layer}"},
+        ),
+    log:
+        f"{OUT}/logs/layer_scores/layer-{{layer}}.log",
+    conda:
+        "../../envs/pndecomp.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        config=view(*PROVENANCE, "metrics", "extraction.batch_size"),
+    script:
+        "../scripts/layer_scores.py"
+
+
 rule per_position_metrics:
     input:
+        hidden=f"{OUT}/activations/predictor_eval/layer-{{layer}}.safetensors",
         residual=rules.decompose_eval.output.residual,
         surprisal=rules.extract_eval_activations.output.surprisal,
+        windows=rules.make_windows.output.predictor_eval,
     output:
         f"{OUT}/metrics/per_position/layer-{{layer}}.parquet",
     log:
@@ -13,14 +72,14 @@ rule per_position_metrics:
         mem_mb=4000,
         runtime=30,
     params:
-        config=view(*PROVENANCE),
+        config=view(*PROVENANCE, "metrics.bootstrap", "extraction.batch_size"),
     script:
         "../scripts/per_position_metrics.py"
 
 
 rule layer_summary:
     input:
-        **per_layer(f"{OUT}/metrics/eval_scores/layer-{{layer}}.json"),
+        **per_layer(f"{OUT}/metrics/layer_scores/layer-{{layer}}.json"),
     output:
         report(f"{OUT}/metrics/layer_summary.tsv", category="Tables", caption="../report/layer_summary.rst"),
     log:

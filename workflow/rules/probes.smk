@@ -3,7 +3,8 @@ rule fit_probe:
         windows=rules.make_windows.output.probe,
         features=f"{OUT}/probe_features/layer-{{layer}}.safetensors",
     output:
-        f"{OUT}/probes/{{task}}/layer-{{layer}}.parquet",
+        scores=f"{OUT}/probes/{{task}}/layer-{{layer}}.parquet",
+        differences=f"{OUT}/probes/{{task}}/layer-{{layer}}_differences.parquet",
     log:
         f"{OUT}/logs/fit_probe/{{task}}/layer-{{layer}}.log",
     conda:
@@ -13,20 +14,33 @@ rule fit_probe:
         mem_mb=4000,
         runtime=60,
     params:
-        config=view(*PROVENANCE, "probes.c_grid", "probes.max_iter"),
+        config=view(
+            *PROVENANCE,
+            "probes.c_grid",
+            "probes.max_iter",
+            "probes.min_test_per_class",
+            "metrics.bootstrap",
+        ),
     script:
         "../scripts/fit_probe.py"
 
 
 rule probe_table:
     input:
-        **per_layer(f"{OUT}/probes/{{task}}/layer-{{layer}}.parquet"),
+        unpack(probe_table_input),
     output:
-        report(f"{OUT}/probes/{{task}}.tsv", category="Tables", caption="../report/probe_table.rst"),
+        table=report(f"{OUT}/probes/{{task}}.tsv", category="Tables", caption="../report/probe_table.rst"),
+        differences=report(
+            f"{OUT}/probes/{{task}}_differences.tsv",
+            category="Tables",
+            caption="../report/probe_differences.rst",
+        ),
     log:
         f"{OUT}/logs/probe_table/{{task}}.log",
     conda:
         "../../envs/pndecomp.yaml"
     threads: 1
+    params:
+        layers=LAYERS,
     script:
         "../scripts/probe_table.py"

@@ -6,4 +6,4 @@ from pndecomp.script import setup
 config = setup(snakemake)
 tables = {layer: pd.read_parquet(path) for layer, path in snakemake.input.items()}
 per_position(tables, snakemake.params.column, config["metrics"]["hide_first_positions"],
-             snakemake.output.png, snakemake.output.pdf)
+             snakemake.output.png, snakemake.output.pdf, config["figures"]["dpi"])

@@ -3,4 +3,4 @@ from pndecomp.stages import fit_probe
 
 config = setup(snakemake)
 fit_probe(config, snakemake.wildcards.task, snakemake.input.windows, snakemake.input.features,
-          snakemake.output[0])
+          snakemake.output.scores, snakemake.output.differences)

@@ -1,5 +1,6 @@
+from pndecomp.metric_stages import per_position_metrics
 from pndecomp.script import setup
-from pndecomp.stages import per_position_metrics
 
 config = setup(snakemake)
-per_position_metrics(config, snakemake.input.residual, snakemake.input.surprisal, snakemake.output[0])
+per_position_metrics(config, snakemake.input.hidden, snakemake.input.residual, snakemake.input.surprisal,
+                     snakemake.input.windows, snakemake.output[0])

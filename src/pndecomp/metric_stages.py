@@ -1,0 +1,174 @@
+"""One function per metric rule (baselines, layer scores with intervals, per-position metrics, the
+layer summary): read the rule's inputs, call the package, write its outputs.
+
+Like :mod:`pndecomp.stages`, everything here runs (and is tested) without Snakemake, and reads hidden
+states one batch at a time.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from . import baselines, bootstrap, lm, metrics, scoring, storage
+from .stages import hidden_and_residual_batches, hidden_batches, layer_states, model_source, output_metadata
+
+log = logging.getLogger(__name__)
+
+TAIL_ROWS = 20  # rows of the tail table: the largest squared errors of a layer
+
+
+def score_baselines(config: Mapping, materialized_dir: str | None, layer: str, train_data_path: str,
+                    eval_hidden_path: str, out_path: str) -> None:
+    """Fit every configured baseline on at most ``metrics.baseline_train_windows`` predictor_train windows
+    and record its SSE on every eval window (the predictor's rows: positions 2..T)."""
+    section, batch_size = config["metrics"], config["extraction"]["batch_size"]
+    limit = section["baseline_train_windows"]
+    if config["train"]["data"] == "stream":
+        tokens, hidden_of = layer_states(config, materialized_dir, lm.parse_layer(layer), train_data_path)
+        tokens = tokens[:limit]
+
+        def train_batches():
+            return (hidden_of(tokens[start:start + batch_size]) for start in range(0, len(tokens), batch_size))
+    else:
+        def train_batches():
+            return hidden_batches(train_data_path, batch_size, limit=limit)
+    columns, fitted = {}, {}
+    for name in section["baselines"]:
+        baseline = baselines.make_baseline(name).fit(train_batches())
+        columns[f"sse_{name}"] = np.concatenate([
+            ((batch[:, 1:].double().numpy() - baseline.predict(batch)) ** 2).sum(axis=(1, 2))
+            for batch in hidden_batches(eval_hidden_path, batch_size)])
+        fitted[name] = {key: getattr(baseline, key) for key in ("alpha_", "lambda_", "n_train_rows_")
+                        if hasattr(baseline, key)}
+        log.info("baseline %s fitted: %s", name, fitted[name])
+    storage.write_parquet(pd.DataFrame(columns), out_path,
+                          output_metadata(config, layer=lm.parse_layer(layer), baselines=fitted))
+
+
+def layer_scores(config: Mapping, materialized_dir: str | None, eval_hidden_path: str, residual_path: str,
+                 eval_scores_path: str, baselines_path: str, eval_windows_path: str, out_scores: str,
+                 out_tail: str) -> None:
+    """The layer's R² beside its baselines with document-level bootstrap intervals, R² without outlier
+    rows and without the first positions, the SSE share of its worst 1 % of rows, and its worst rows."""
+    section, batch_size = config["metrics"], config["extraction"]["batch_size"]
+    stats = scoring.WindowStats()
+    for hidden, residual in hidden_and_residual_batches(eval_hidden_path, residual_path, batch_size):
+        stats.update(hidden, residual)
+    arrays = stats.arrays()
+    baseline_sse = pd.read_parquet(baselines_path)
+    windows = pd.read_parquet(eval_windows_path, columns=["window_id", "doc_id", "tokens"])
+    eval_scores = storage.read_json(eval_scores_path)
+    sse = {"predictor": np.asarray(eval_scores["window_sse"]),
+           **{column.removeprefix("sse_"): baseline_sse[column].to_numpy() for column in baseline_sse.columns}}
+    result = scoring.r2_with_intervals(sse, arrays["n"], arrays["mean"], arrays["m2"], windows["doc_id"].to_numpy(),
+                                       section["bootstrap"], config["seed"])
+    threshold = section["outlier_norm_ratio"] * float(np.median(arrays["target_norm"]))
+    keep = arrays["target_norm"] <= threshold
+    result["no_outliers"] = {**scoring.masked_r2(
+        hidden_and_residual_batches(eval_hidden_path, residual_path, batch_size), keep),
+        "rows_removed": int((~keep).sum()), "norm_threshold": threshold}
+    positions = np.arange(2, keep.shape[1] + 2)
+    late = np.broadcast_to(positions > section["hide_first_positions"], keep.shape)
+    result["late_positions"] = {**scoring.masked_r2(
+        hidden_and_residual_batches(eval_hidden_path, residual_path, batch_size), late),
+        "from_position": section["hide_first_positions"] + 1}
+    result["tail_sse_share_1pct"] = scoring.tail(arrays["residual_sq"])
+    result["eval_scores"] = {key: eval_scores[key] for key in ("mse", "var", "r2")}
+    layer = storage.load_metadata(residual_path)["layer"]
+    storage.write_json({**result, "layer": layer, "metadata": output_metadata(config, layer=layer)}, out_scores)
+
+    tokenizer = lm.load_tokenizer(model_source(config, materialized_dir))
+    total = arrays["residual_sq"].sum()
+    rows = []
+    for rank, (window, row) in enumerate(scoring.worst_rows(arrays["residual_sq"], arrays["target_norm"], TAIL_ROWS)):
+        rows.append({"rank": rank + 1, "window_id": windows["window_id"].iat[window], "position": row + 2,
+                     "token": tokenizer.decode([int(windows["tokens"].iat[window][row + 1])]),
+                     "h_norm": arrays["target_norm"][window, row],
+                     "r_norm": float(np.sqrt(arrays["residual_sq"][window, row])),
+                     "sse_share": arrays["residual_sq"][window, row] / total})
+    storage.write_tsv(pd.DataFrame(rows), out_tail)
+
+
+class _PositionVariance:
+    """Per position, the per-dimension variance of h across windows (Chan's merge over batches)."""
+
+    def __init__(self) -> None:
+        self.n, self.mean, self.m2 = 0, None, None
+
+    def update(self, target: np.ndarray) -> None:  # [batch, P, d] float64
+        n_b, mean_b = target.shape[0], target.mean(axis=0)
+        m2_b = ((target - mean_b) ** 2).sum(axis=0)
+        if self.n == 0:
+            self.n, self.mean, self.m2 = n_b, mean_b, m2_b
+            return
+        n = self.n + n_b
+        delta = mean_b - self.mean
+        self.m2 = self.m2 + m2_b + delta ** 2 * (self.n * n_b / n)
+        self.mean = self.mean + delta * (n_b / n)
+        self.n = n
+
+    def var(self) -> np.ndarray:
+        """[P]: variance across windows, averaged over dimensions."""
+        return self.m2.mean(axis=-1) / self.n
+
+
+def per_position_metrics(config: Mapping, eval_hidden_path: str, residual_path: str, surprisal_path: str,
+                         eval_windows_path: str, out_path: str) -> None:
+    """MSE_p, Var_p, R²_p = 1 − MSE_p/Var_p and Spearman ρ_p(‖r_p‖, s_p) across eval windows for every
+    position p = 2..T, with 95 % document-level bootstrap bands for MSE_p and ρ_p."""
+    residual_sq, variance = [], _PositionVariance()
+    for hidden, residual in hidden_and_residual_batches(eval_hidden_path, residual_path,
+                                                        config["extraction"]["batch_size"]):
+        residual_sq.append((residual.double() ** 2).sum(dim=-1).numpy())
+        variance.update(hidden[:, 1:].double().numpy())
+    residual_sq = np.concatenate(residual_sq)  # [W, P]
+    d_model = variance.mean.shape[-1]
+    surprisal = next(hidden_batches(surprisal_path, len(residual_sq), "surprisal")).numpy()
+    norms = np.sqrt(residual_sq)
+    mse = residual_sq.mean(axis=0) / d_model
+    frame = pd.DataFrame({
+        "position": np.arange(2, residual_sq.shape[1] + 2), "mse": mse,
+        "spearman_rho": metrics.spearman_per_position(norms, surprisal), "var": variance.var(),
+        "r2": 1.0 - mse / variance.var(), "n_windows": len(residual_sq)})
+    n_resamples = config["metrics"]["bootstrap"]
+    if n_resamples:
+        documents = pd.read_parquet(eval_windows_path, columns=["doc_id"])["doc_id"].to_numpy()
+        group, n_groups = bootstrap.groups_of(documents)
+        samples = {"mse": [], "spearman_rho": []}
+        for counts in bootstrap.resample_counts(n_groups, n_resamples, config["seed"]):
+            rows = bootstrap.resample_rows(group, counts)
+            samples["mse"].append(residual_sq[rows].mean(axis=0) / d_model)
+            samples["spearman_rho"].append(metrics.spearman_per_position(norms[rows], surprisal[rows]))
+        for column, values in samples.items():
+            frame[f"{column}_lo"], frame[f"{column}_hi"] = bootstrap.interval(np.stack(values))
+    layer = storage.load_metadata(residual_path)["layer"]
+    storage.write_parquet(frame, out_path, {**output_metadata(config), "layer": layer})
+
+
+def layer_summary(score_paths: Mapping[str, str], out_path: str) -> None:
+    """One row per layer: the predictor's MSE, Var and R² over all eval windows with its interval, every
+    baseline's R² with intervals, the difference to the best baseline, and the robust views."""
+    rows = []
+    for layer, path in score_paths.items():
+        scores = storage.read_json(path)
+        row = {"layer": layer, "n_windows": scores["n_windows"], "n_documents": scores["n_documents"],
+               **scores["eval_scores"]}
+        # The predictor's point R² is eval_scores' (the metric code's own accumulator); its interval and
+        # every baseline's R² come from the per-window statistics.
+        row.update({key: value for key, value in scores["models"]["predictor"].items() if key in ("r2_lo", "r2_hi")})
+        for name, model in scores["models"].items():
+            if name != "predictor":
+                row.update({f"r2_{name}{key.removeprefix('r2')}": value for key, value in model.items()
+                            if key.startswith("r2")})
+        difference = scores["difference"]
+        row.update(best_baseline=difference["minus"], r2_minus_best=difference["r2"],
+                   r2_minus_best_lo=difference.get("r2_lo"), r2_minus_best_hi=difference.get("r2_hi"),
+                   r2_no_outliers=scores["no_outliers"]["r2"], outlier_rows=scores["no_outliers"]["rows_removed"],
+                   r2_late_positions=scores["late_positions"]["r2"],
+                   late_from_position=scores["late_positions"]["from_position"],
+                   tail_sse_share_1pct=scores["tail_sse_share_1pct"])
+        rows.append(row)
+    storage.write_tsv(pd.DataFrame(rows), out_path)

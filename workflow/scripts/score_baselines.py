@@ -1,0 +1,6 @@
+from pndecomp.metric_stages import score_baselines
+from pndecomp.script import materialized_model, setup
+
+config = setup(snakemake)
+score_baselines(config, materialized_model(snakemake), snakemake.wildcards.layer, snakemake.input.train,
+                snakemake.input.hidden, snakemake.output[0])
