@@ -1,6 +1,7 @@
 """Baselines against direct numpy computations and against processes with a known R²."""
 import gc
 import weakref
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -306,7 +307,13 @@ def test_bad_names_fail_naming_them(name):
 
 def test_good_names():
     assert set(BASELINES) == {"mean", "persistence", "context_mean"}
-    for name in baselines.DEFAULT_BASELINES:
+    # The defaults are the schema's metrics.baselines: every one must be a valid name.
+    import yaml
+
+    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml").read_text())
+    defaults = schema["properties"]["metrics"]["properties"]["baselines"]["default"]
+    assert defaults == ["mean", "persistence", "context_mean", "ridge_ar1", "ridge_ar4"]
+    for name in defaults:
         assert make_baseline(name).name == name
     assert make_baseline("ridge_ar12").k == 12
     with pytest.raises(ValueError, match="no options"):

@@ -193,8 +193,8 @@ def test_fit_probe_does_not_restandardise_test():
     assert shifted["val_macro_f1"] == plain["val_macro_f1"]
 
 
-def test_fit_probe_scores_imbalanced_test_with_unseen_class_by_hand():
-    # Train/val know a and b; test also has c, whose rows look like a and are predicted a.
+def _unseen_class_case():
+    """Train/val know a and b; test has a: 6, b: 2 and c: 2 windows, whose rows look like a."""
     rng = np.random.default_rng(7)
 
     def rows(label, center, n):
@@ -206,7 +206,12 @@ def test_fit_probe_scores_imbalanced_test_with_unseen_class_by_hand():
     a, b = np.array([-5.0, 0]), np.array([5.0, 0])
     train = split(rows("a", a, 30), rows("b", b, 10))
     val = split(rows("a", a, 10), rows("b", b, 10))
-    test = split(rows("a", a, 6), rows("b", b, 2), rows("c", a, 2))
+    return train, val, split(rows("a", a, 6), rows("b", b, 2), rows("c", a, 2))
+
+
+def test_fit_probe_scores_imbalanced_test_with_unseen_class_by_hand():
+    # Train/val know a and b; test also has c, whose rows look like a and are predicted a.
+    train, val, test = _unseen_class_case()
     result = fit_probe(*train, *val, *test)
     # a: TP 6, FP 2 (the c rows) → F1 = 12/14; b: 1; c: never predicted → 0.
     assert result["test_macro_f1"] == pytest.approx((12 / 14 + 1 + 0) / 3)
@@ -237,18 +242,7 @@ def test_small_test_classes_leave_the_macro_average_by_hand(caplog):
     """Test has a: 6, b: 2, c: 2 windows (c looks like a and is predicted a). With
     min_test_per_class = 3, b and c (2 < 3 windows each) leave the macro average: it is F1_a alone,
     with the c rows still false positives of a; micro-F1 keeps every row; train/val are untouched."""
-    rng = np.random.default_rng(7)
-
-    def rows(label, center, n):
-        return center + 0.1 * rng.normal(size=(n, 2)), [label] * n
-
-    def split(*parts):
-        return np.vstack([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-
-    a, b = np.array([-5.0, 0]), np.array([5.0, 0])
-    train = split(rows("a", a, 30), rows("b", b, 10))
-    val = split(rows("a", a, 10), rows("b", b, 10))
-    test = split(rows("a", a, 6), rows("b", b, 2), rows("c", a, 2))
+    train, val, test = _unseen_class_case()
     everything = fit_probe(*train, *val, *test)
     with caplog.at_level(logging.WARNING, logger="pndecomp.probes"):
         result = fit_probe(*train, *val, *test, min_test_per_class=3)

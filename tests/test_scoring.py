@@ -67,10 +67,11 @@ def test_outlier_and_position_filtered_r2_equal_r2_on_hand_filtered_rows():
     assert (~keep).sum() == 1  # the massive row, and only it
     batches = [(torch.from_numpy(hidden[i:i + 7]), torch.from_numpy(residual[i:i + 7])) for i in range(0, 24, 7)]
     expected = regression_scores(target[keep], (target - residual)[keep])
-    assert scoring.masked_r2(batches, keep) == pytest.approx(expected, rel=1e-12)
     late = np.zeros_like(keep)
     late[:, 3:] = True
-    assert scoring.masked_r2(batches, late)["r2"] == pytest.approx(
+    scores = scoring.masked_r2(batches, {"no_outliers": keep, "late": late})
+    assert scores["no_outliers"] == pytest.approx(expected, rel=1e-12)
+    assert scores["late"]["r2"] == pytest.approx(
         regression_scores(target[:, 3:], (target - residual)[:, 3:])["r2"], rel=1e-12)
 
 
@@ -78,7 +79,7 @@ def test_tail_share_and_worst_rows_by_hand():
     residual_sq = np.arange(300, dtype=float).reshape(100, 3)  # row (w, p) holds 3w + p
     assert scoring.tail(residual_sq, share=0.01) == pytest.approx((299 + 298 + 297) / residual_sq.sum())  # 3 rows
     assert scoring.tail(residual_sq, share=0.001) == pytest.approx(299 / residual_sq.sum())  # at least one row
-    assert scoring.worst_rows(residual_sq, residual_sq, 4) == [(99, 2), (99, 1), (99, 0), (98, 2)]
+    assert scoring.worst_rows(residual_sq, 4) == [(99, 2), (99, 1), (99, 0), (98, 2)]
 
 
 def test_per_position_metrics_against_numpy(tmp_path):

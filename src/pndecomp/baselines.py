@@ -42,7 +42,6 @@ import numpy as np
 
 from .metrics import RegressionAccumulator
 
-DEFAULT_BASELINES = ("mean", "persistence", "context_mean", "ridge_ar1", "ridge_ar4")
 DEFAULT_ALPHAS = tuple(10.0**e for e in range(-6, 3))  # 1e-6 … 1e2, relative to mean diag of centred XᵀX
 DEFAULT_HOLDOUT_EVERY = 10
 

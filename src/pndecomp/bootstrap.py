@@ -10,6 +10,7 @@ Intervals are percentile intervals (2.5 % and 97.5 % for 95 %).
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -49,7 +50,10 @@ def grouped_sums(values: np.ndarray, group_of_row: np.ndarray, n_groups: int) ->
 
 
 def interval(samples: np.ndarray, level: float = LEVEL, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """The percentile interval of bootstrap ``samples`` along ``axis`` (NaN resamples ignored)."""
+    """The percentile interval of bootstrap ``samples`` along ``axis``: NaN resamples are ignored, and
+    NaN where no resample has a value (an undefined statistic, e.g. a constant column's ρ)."""
     tail = 100 * (1 - level) / 2
-    low, high = np.nanpercentile(np.asarray(samples, dtype=np.float64), [tail, 100 - tail], axis=axis)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)
+        low, high = np.nanpercentile(np.asarray(samples, dtype=np.float64), [tail, 100 - tail], axis=axis)
     return low, high

@@ -67,14 +67,13 @@ def layer_scores(config: Mapping, materialized_dir: str | None, eval_hidden_path
                                        section["bootstrap"], config["seed"])
     threshold = section["outlier_norm_ratio"] * float(np.median(arrays["target_norm"]))
     keep = arrays["target_norm"] <= threshold
-    result["no_outliers"] = {**scoring.masked_r2(
-        hidden_and_residual_batches(eval_hidden_path, residual_path, batch_size), keep),
-        "rows_removed": int((~keep).sum()), "norm_threshold": threshold}
     positions = np.arange(2, keep.shape[1] + 2)
     late = np.broadcast_to(positions > section["hide_first_positions"], keep.shape)
-    result["late_positions"] = {**scoring.masked_r2(
-        hidden_and_residual_batches(eval_hidden_path, residual_path, batch_size), late),
-        "from_position": section["hide_first_positions"] + 1}
+    # The median ‖h‖ needs the first pass, so the robust views take a second one, both masks at once.
+    robust = scoring.masked_r2(hidden_and_residual_batches(eval_hidden_path, residual_path, batch_size),
+                               {"no_outliers": keep, "late_positions": late})
+    result["no_outliers"] = {**robust["no_outliers"], "rows_removed": int((~keep).sum()), "norm_threshold": threshold}
+    result["late_positions"] = {**robust["late_positions"], "from_position": section["hide_first_positions"] + 1}
     result["tail_sse_share_1pct"] = scoring.tail(arrays["residual_sq"])
     result["eval_scores"] = {key: eval_scores[key] for key in ("mse", "var", "r2")}
     layer = storage.load_metadata(residual_path)["layer"]
@@ -83,7 +82,7 @@ def layer_scores(config: Mapping, materialized_dir: str | None, eval_hidden_path
     tokenizer = lm.load_tokenizer(model_source(config, materialized_dir))
     total = arrays["residual_sq"].sum()
     rows = []
-    for rank, (window, row) in enumerate(scoring.worst_rows(arrays["residual_sq"], arrays["target_norm"], TAIL_ROWS)):
+    for rank, (window, row) in enumerate(scoring.worst_rows(arrays["residual_sq"], TAIL_ROWS)):
         rows.append({"rank": rank + 1, "window_id": windows["window_id"].iat[window], "position": row + 2,
                      "token": tokenizer.decode([int(windows["tokens"].iat[window][row + 1])]),
                      "h_norm": arrays["target_norm"][window, row],

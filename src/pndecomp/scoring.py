@@ -100,19 +100,22 @@ def tail(residual_sq: np.ndarray, share: float = 0.01) -> float:
     return float(values[:n_worst].sum() / values.sum())
 
 
-def worst_rows(residual_sq: np.ndarray, target_norm: np.ndarray, n_rows: int) -> list[tuple[int, int]]:
+def worst_rows(residual_sq: np.ndarray, n_rows: int) -> list[tuple[int, int]]:
     """(window, target row) of the ``n_rows`` rows with the largest ‖r‖², largest first."""
     flat = np.argsort(residual_sq.ravel(), kind="stable")[::-1][:n_rows]
     return [tuple(int(i) for i in np.unravel_index(index, residual_sq.shape)) for index in flat]
 
 
-def masked_r2(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], keep: np.ndarray) -> dict:
-    """MSE, Var, R² over the kept rows only (``keep`` [W, P] bool), by the metric code itself."""
-    scores = RegressionAccumulator()
+def masked_r2(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], masks: Mapping[str, np.ndarray]) -> dict:
+    """{name: MSE, Var, R² over the rows that mask keeps} (``masks``: name -> [W, P] bool), by the metric
+    code itself, all masks in one pass over the batches."""
+    scores = {name: RegressionAccumulator() for name in masks}
     offset = 0
     for hidden, residual in batches:
-        kept = torch.from_numpy(keep[offset:offset + len(hidden)])
-        target = hidden[:, 1:].double()[kept]
-        scores.update(target.numpy(), (target - residual.double()[kept]).numpy())
+        target, prediction = hidden[:, 1:].double(), hidden[:, 1:].double() - residual.double()
+        for name, keep in masks.items():
+            kept = torch.from_numpy(keep[offset:offset + len(hidden)])
+            scores[name].update(target[kept].numpy(), prediction[kept].numpy())
         offset += len(hidden)
-    return scores.result() if scores.n else {"mse": math.nan, "var": math.nan, "r2": math.nan}
+    return {name: score.result() if score.n else {"mse": math.nan, "var": math.nan, "r2": math.nan}
+            for name, score in scores.items()}

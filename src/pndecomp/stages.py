@@ -234,15 +234,6 @@ def probe_features(config: Mapping, materialized_dir: str | None, probe_windows_
 DIFFERENCES = (("hhat", "r"), ("hhat", "h"), ("hhat", "h_mean"))
 
 
-def _interval(samples: np.ndarray) -> tuple[float, float]:
-    """The 95 % percentile interval of bootstrap samples; NaN when no resample has a value (an
-    undefined macro-F1, e.g. every test class below probes.min_test_per_class)."""
-    if not np.isfinite(samples).any():
-        return np.nan, np.nan
-    low, high = bootstrap.interval(samples)
-    return float(low), float(high)
-
-
 def fit_probe(config: Mapping, task_name: str, probe_windows_path: str, features_path: str, out_path: str,
               out_differences: str) -> None:
     """Test macro/micro-F1 of one task's probe on each representation of one layer, with 95 % intervals
@@ -278,7 +269,7 @@ def fit_probe(config: Mapping, task_name: str, probe_windows_path: str, features
         low = high = np.nan
         if counts is not None:
             samples[name] = probes.resampled_macro_f1(y_test, predictions, macro_labels, group_of_row, counts)
-            low, high = _interval(samples[name])
+            low, high = map(float, bootstrap.interval(samples[name]))
         rows.append({"task": task.name, "representation": name, **result, "test_macro_f1_lo": low,
                      "test_macro_f1_hi": high, "n_test_documents": n_docs, "n_resamples": n_resamples})
         log.info("%s %s: test macro-F1 %.4f [%.4f, %.4f]", task.name, name, result["test_macro_f1"], low, high)
@@ -288,7 +279,7 @@ def fit_probe(config: Mapping, task_name: str, probe_windows_path: str, features
             continue
         low = high = np.nan
         if counts is not None:
-            low, high = _interval(samples[a] - samples[b])
+            low, high = map(float, bootstrap.interval(samples[a] - samples[b]))
         differences.append({"task": task.name, "representation_a": a, "representation_b": b,
                             "difference": point[a] - point[b], "difference_lo": low, "difference_hi": high,
                             "n_test_documents": n_docs, "n_resamples": n_resamples})
