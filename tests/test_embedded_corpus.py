@@ -142,15 +142,11 @@ def test_embedded_build_rejects_a_missing_purelib(tmp_path):
 CAP = 20
 
 
-def count_words(text: str) -> int:
-    return len(text.split())
-
-
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory):
     out = tmp_path_factory.mktemp("embedded")
     summary = build_embedded_corpus(
-        out / "corpus.jsonl", out / "manifest.tsv", max_files_per_domain=CAP, count_tokens=count_words
+        out / "corpus.jsonl", out / "manifest.tsv", max_files_per_domain=CAP
     )
     records = [json.loads(line) for line in (out / "corpus.jsonl").read_text(encoding="utf-8").splitlines()]
     with open(out / "manifest.tsv", newline="", encoding="utf-8") as f:
@@ -185,7 +181,7 @@ def test_embedded_build_is_deterministic_and_leaves_no_temp_files(embedded, tmp_
     script = (
         "import sys; from pathlib import Path; from pndecomp.embedded_corpus import build_embedded_corpus; "
         "out = Path(sys.argv[1]); build_embedded_corpus(out / 'corpus.jsonl', out / 'manifest.tsv', "
-        f"max_files_per_domain={CAP}, count_tokens=lambda text: len(text.split()))"
+        f"max_files_per_domain={CAP})"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True, env=env)
@@ -228,7 +224,6 @@ def test_embedded_manifest_columns_and_values(embedded):
         assert f"{row['domain']}/{row['relative_path']}" == record["meta"]["doc_id"]
         assert row["sha256"] == hashlib.sha256(text.encode("utf-8")).hexdigest()
         assert int(row["n_chars"]) == len(text)
-        assert int(row["n_tokens"]) == count_words(text)
         assert "==" in row["package"] and "unknown" not in row["package"]
 
 

@@ -1,8 +1,12 @@
 """Probe selection, class weights, the probe fit, its bootstrap intervals and control tasks (SPEC §6)."""
+import json
 import logging
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
@@ -297,11 +301,13 @@ def test_resampled_macro_f1_equals_sklearn_on_the_resampled_rows():
     assert np.isnan(resampled_macro_f1(y_true, y_pred, [], group, counts)).all()
 
 
+FEATURES_MODEL = {"path": "model", "gguf_file": None, "revision": None, "weights_sha256": "0" * 64}
+
+
 def _probe_windows(tmp_path, rng, n_docs=60, per_doc=3, d=6, signal=None):
-    """A probe-windows Parquet file and a probe-features file for stages.fit_probe: labels a/b/c by
-    document, features = class centre (when ``signal``) + noise; returns their paths."""
-    import torch
-    from safetensors.torch import save_file
+    """A probe-windows Parquet file and a probe-features file of layer 3 for probe_stages.fit_probe:
+    labels a/b/c by document, features = class centre (when ``signal``) + noise; returns their paths."""
+    from safetensors.numpy import save_file
 
     doc_ids = np.repeat([f"doc{i}" for i in range(n_docs)], per_doc)
     doc_label = np.array(["a", "b", "c"])[np.arange(n_docs) % 3]
@@ -313,28 +319,32 @@ def _probe_windows(tmp_path, rng, n_docs=60, per_doc=3, d=6, signal=None):
     frame.to_parquet(windows)
     centres = {c: 2.0 * np.eye(d)[i] for i, c in enumerate("abc")}
     h = rng.normal(size=(len(frame), d)) + (np.stack([centres[c] for c in labels]) if signal else 0)
-    tensors = {name: torch.tensor(value, dtype=torch.float32) for name, value in {
+    tensors = {name: value.astype(np.float32) for name, value in {
         "h": h, "h_mean": rng.normal(size=h.shape), "hhat": h + 0.5 * rng.normal(size=h.shape),
         "r": rng.normal(size=h.shape)}.items()}
     features = tmp_path / "features.safetensors"
-    save_file(tensors, str(features))  # the test stubs storage.load_metadata
+    metadata = {"experiment": "features", "seed": 0, "model": FEATURES_MODEL, "layer": 3, "position": "T (last)"}
+    save_file(tensors, str(features), {key: json.dumps(value) for key, value in metadata.items()})
     return windows, features
 
 
-def test_fit_probe_stage_intervals_and_paired_differences(tmp_path, monkeypatch):
-    """stages.fit_probe: every representation's interval comes from the same document resamples, and
+def test_fit_probe_stage_intervals_and_paired_differences(tmp_path):
+    """probe_stages.fit_probe: every representation's interval comes from the same document resamples, and
     the paired difference ĥ − r is the percentile interval of the per-resample differences, both
     recomputed here directly with sklearn on resample_rows."""
-    from pndecomp import stages
+    from pndecomp import probe_stages
 
     rng = np.random.default_rng(11)
     windows, features = _probe_windows(tmp_path, rng, signal=True)
-    monkeypatch.setattr(stages, "output_metadata", lambda config, **extra: {"seed": config["seed"], **extra})
-    monkeypatch.setattr(stages.storage, "load_metadata", lambda path: {"layer": 3})
-    config = {"seed": 0, "probes": {"c_grid": [0.1, 1.0], "max_iter": 500, "min_test_per_class": 1},
+    config = {"experiment": "probes", "seed": 0,
+              "probes": {"c_grid": [0.1, 1.0], "max_iter": 500, "min_test_per_class": 1},
               "metrics": {"bootstrap": 300}}
     out, diffs = tmp_path / "scores.parquet", tmp_path / "differences.parquet"
-    stages.fit_probe(config, "domain", str(windows), str(features), str(out), str(diffs))
+    probe_stages.fit_probe(config, "domain", str(windows), str(features), str(out), str(diffs))
+    # The keys of stages.output_metadata(config, layer=3); the model's identity from the features file.
+    stored = json.loads(pq.read_schema(out).metadata[b"pndecomp"])
+    assert set(stored) == {"packages", "python", "experiment", "seed", "model", "layer"}
+    assert (stored["experiment"], stored["seed"], stored["model"], stored["layer"]) == ("probes", 0, FEATURES_MODEL, 3)
     table, differences = pd.read_parquet(out), pd.read_parquet(diffs)
     assert list(table["representation"]) == ["h", "h_mean", "hhat", "r", "hhat_r"]
     assert (table["test_macro_f1_lo"] <= table["test_macro_f1"]).all()
@@ -342,7 +352,7 @@ def test_fit_probe_stage_intervals_and_paired_differences(tmp_path, monkeypatch)
     assert (table["n_test_documents"] == 24).all() and (table["n_classes_excluded"] == 0).all()
 
     # Direct recomputation: refit the probes (deterministic) and rescore on resample_rows with sklearn.
-    from safetensors.torch import load_file
+    from safetensors.numpy import load_file
 
     from pndecomp.representations import REPRESENTATIONS
 
@@ -354,7 +364,7 @@ def test_fit_probe_stage_intervals_and_paired_differences(tmp_path, monkeypatch)
     counts = bootstrap.resample_counts(n_docs, 300, seed=0)
     samples = {}
     for name in ("h", "hhat", "r"):
-        x = REPRESENTATIONS[name].build(tensors).numpy()
+        x = REPRESENTATIONS[name].build(tensors)
         result = fit_probe(x[rows["probe_train"]], y[rows["probe_train"]], x[rows["probe_val"]],
                            y[rows["probe_val"]], x[rows["probe_test"]], y[rows["probe_test"]],
                            c_grid=(0.1, 1.0), max_iter=500)
@@ -379,7 +389,7 @@ def test_fit_probe_stage_intervals_and_paired_differences(tmp_path, monkeypatch)
 
     # metrics.bootstrap = 0: the same F1, intervals NaN.
     config["metrics"]["bootstrap"] = 0
-    stages.fit_probe(config, "domain", str(windows), str(features), str(out), str(diffs))
+    probe_stages.fit_probe(config, "domain", str(windows), str(features), str(out), str(diffs))
     off, off_differences = pd.read_parquet(out), pd.read_parquet(diffs)
     np.testing.assert_array_equal(off["test_macro_f1"], table["test_macro_f1"])
     assert off[["test_macro_f1_lo", "test_macro_f1_hi"]].isna().all().all()
@@ -400,7 +410,7 @@ def _layer_table(task, f1, lo=None, hi=None):
 
 
 def test_probe_table_stacks_layers_differences_and_selectivity(tmp_path):
-    from pndecomp import stages
+    from pndecomp import probe_stages
 
     paths, control_paths, difference_paths = {}, {}, {}
     for index, layer in enumerate(["embed", "3"]):
@@ -413,7 +423,7 @@ def test_probe_table_stacks_layers_differences_and_selectivity(tmp_path):
                       "difference": [0.1, -0.2, -0.1], "difference_lo": [-0.05, -0.3, -0.2],
                       "difference_hi": [0.2, -0.1, 0.0]}).to_parquet(difference_paths[layer])
     out, out_differences = tmp_path / "domain.tsv", tmp_path / "domain_differences.tsv"
-    stages.probe_table(paths, out, difference_paths, out_differences, control_paths)
+    probe_stages.probe_table(paths, out, difference_paths, out_differences, control_paths)
     table = pd.read_csv(out, sep="\t", dtype={"layer": str})
     assert list(table.columns[:3]) == ["layer", "task", "representation"]
     assert list(table["layer"]) == ["embed"] * 5 + ["3"] * 5
@@ -424,7 +434,7 @@ def test_probe_table_stacks_layers_differences_and_selectivity(tmp_path):
     differences = pd.read_csv(out_differences, sep="\t", dtype={"layer": str})
     assert list(differences["layer"]) == ["embed"] * 3 + ["3"] * 3 and differences.columns[0] == "layer"
     # Without a control: no selectivity columns.
-    stages.probe_table(paths, out, difference_paths, out_differences)
+    probe_stages.probe_table(paths, out, difference_paths, out_differences)
     assert "selectivity" not in pd.read_csv(out, sep="\t").columns
 
 
@@ -480,3 +490,10 @@ def test_h_mean_is_the_mean_of_the_stored_states_before_the_last_position(tmp_pa
     torch.testing.assert_close(features["h_mean"], hidden[:, :-1].mean(dim=1))
     assert not torch.allclose(features["h_mean"], hidden.mean(dim=1))  # position T is not in it
     torch.testing.assert_close(features["r"], features["h"] - features["hhat"])
+
+
+def test_probe_and_figure_modules_do_not_import_torch():
+    """fit_probe, probe_table and draw_* jobs never use torch: importing it would cost seconds per job."""
+    code = ("import sys, pndecomp.probe_stages, pndecomp.figures, pndecomp.script; "
+            "sys.exit('torch' in sys.modules or 'transformers' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -87,7 +87,7 @@ def test_atomic_directory_failure_leaves_no_temp_and_the_target_as_it_was(tmp_pa
 def test_embedded_corpus_files_get_the_usual_mode(tmp_path):
     docs = [embedded_corpus._EmbeddedDoc("docstrings", "stdlib/x.py", "stdlib==3", "text " * 50, "g")]
     embedded_corpus._write_jsonl(tmp_path / "documents.jsonl", docs)
-    embedded_corpus._write_manifest(tmp_path / "manifest.tsv", docs, None)
+    embedded_corpus._write_manifest(tmp_path / "manifest.tsv", docs)
     for name in ("documents.jsonl", "manifest.tsv"):
         assert (tmp_path / name).stat().st_mode & 0o777 == usual_mode(0o666), name  # 0644 under umask 022
     assert sorted(p.name for p in tmp_path.iterdir()) == ["documents.jsonl", "manifest.tsv"]

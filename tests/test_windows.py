@@ -16,8 +16,8 @@ class CharTokenizer:
 
     bos_token_id = 1
 
-    def __call__(self, text, add_special_tokens=False):
-        return {"input_ids": [ord(c) for c in text]}
+    def __call__(self, texts, add_special_tokens=False):
+        return {"input_ids": [[ord(c) for c in text] for text in texts]}
 
     def decode(self, ids):
         return "".join(map(chr, ids))
@@ -73,12 +73,34 @@ def test_windows_from_one_document_and_one_split():
     assert last["next_token_type"] in {"alpha", "whitespace", "newline", "open_bracket", "digit"}
 
 
-def test_prepend_bos():
-    frame, _ = build_windows([Document("d", "x" * 30, None, "d")], CharTokenizer(), length=10, per_document=1,
+def test_prepend_bos_starts_every_window():
+    """BOS + T − 1 document tokens per window, wherever the window starts (not only at offset 0)."""
+    text = "".join(chr(ord("a") + i % 26) for i in range(60))
+    frame, _ = build_windows([Document("d", text, None, "d")], CharTokenizer(), length=10, per_document=6,
                              prepend_bos=True, fractions=FRACTIONS, seed=0, tasks=PAPER_TASKS)
-    tokens = np.concatenate([[1], [ord("x")] * 30])
-    start = frame.iloc[0]["start"]
-    assert list(frame.iloc[0]["tokens"]) == list(tokens[start:start + 10])
+    assert len(frame) == 6 and (frame["start"] > 0).any()
+    for start, tokens in zip(frame["start"], frame["tokens"]):
+        assert list(tokens) == [1, *map(ord, text[start:start + 9])]
+    short, counts = build_windows([Document("s", "x" * 9, None, "s")], CharTokenizer(), length=10, per_document=1,
+                                  prepend_bos=True, fractions=FRACTIONS, seed=0, tasks=PAPER_TASKS)
+    assert len(short) == 1 and counts.get("skipped_short", 0) == 0  # 9 tokens + BOS fill a window
+
+
+def test_documents_are_tokenized_in_batches_with_the_same_ids():
+    calls = []
+
+    class Counting(CharTokenizer):
+        def __call__(self, texts, add_special_tokens=False):
+            calls.append(len(texts))
+            return super().__call__(texts, add_special_tokens)
+
+    docs = make_documents(150)
+    frame, counts = build_windows(docs, Counting(), length=10, per_document=1, prepend_bos=False,
+                                  fractions=FRACTIONS, seed=0, tasks=PAPER_TASKS)
+    assert counts["documents"] == 150 and calls == [64, 64, 22]
+    by_doc = {doc.doc_id: doc.text for doc in docs}
+    for doc_id, start, tokens in zip(frame["doc_id"], frame["start"], frame["tokens"]):
+        assert list(tokens) == list(map(ord, by_doc[doc_id][start:start + 10]))
 
 
 def test_selection_counts_caps_and_task_membership():
@@ -108,6 +130,20 @@ def test_token_type_windows_reuse_domain_windows_first():
 
 
 # --- control tasks (Hewitt & Liang 2019) ------------------------------------------------------
+
+
+def test_control_tasks_probe_exactly_their_base_tasks_windows():
+    """Selectivity compares F1 with F1_control on the same windows, and the controls add no LM pass."""
+    tasks = [*PAPER_TASKS, TASKS["domain_control"], TASKS["next_token_type_8_control"]]
+    frame, _ = build_windows(make_documents(600), CharTokenizer(), length=10, per_document=3, prepend_bos=False,
+                             fractions=FRACTIONS, seed=0, tasks=tasks)
+    caps = {"domain": {s: 10 for s in PROBE_SPLITS}, "next_token_type_8": {s: 40 for s in PROBE_SPLITS}}
+    probe = select_windows(frame, predictor_counts={}, probe_caps=caps, tasks=tasks)["probe"]
+    alone = select_windows(frame, predictor_counts={}, probe_caps=caps, tasks=PAPER_TASKS)["probe"]
+    assert list(probe["window_id"]) == list(alone["window_id"])
+    assert (probe["in_domain_control"] == probe["in_domain"]).all()
+    assert (probe["in_next_token_type_8_control"] == probe["in_next_token_type_8"]).all()
+    assert probe["in_next_token_type_8"].sum() > probe["in_domain"].sum()  # the two bases differ
 
 CONTROL_FRACTIONS = {"predictor_train": 0.1, "predictor_eval": 0.1, "probe_train": 0.4, "probe_val": 0.1,
                      "probe_test": 0.3}

@@ -39,6 +39,7 @@ import re
 from collections.abc import Callable, Iterable
 
 import numpy as np
+import scipy.linalg
 
 from .metrics import RegressionAccumulator
 
@@ -223,6 +224,17 @@ def _ridge_path(moments: _Moments, alphas) -> list[tuple[float, np.ndarray, np.n
     return path
 
 
+def _ridge_solution(moments: _Moments, alpha: float) -> tuple[float, np.ndarray, np.ndarray]:
+    """(λ, W, b) for one α, as :func:`_ridge_path` gives it; for α > 0 by a Cholesky solve, several
+    times cheaper than the eigendecomposition the path shares across α."""
+    if alpha == 0:
+        return _ridge_path(moments, (alpha,))[0]
+    p = moments.cxx.shape[0]
+    lam = float(alpha) * np.trace(moments.cxx) / p
+    coef = scipy.linalg.solve(moments.cxx + lam * np.eye(p), moments.cxy, assume_a="pos")
+    return lam, coef, moments.mean_y - moments.mean_x @ coef
+
+
 class RidgeARBaseline(Baseline):
     """ĥ_{t+1} = Σ_{j<k} A_j h_{t−j} + b by ridge regression (see the module docstring).
 
@@ -297,7 +309,7 @@ class RidgeARBaseline(Baseline):
             best = int(np.argmin([s["mse"] for s in self.grid_scores_]))  # ties: the smallest α
             self.alpha_ = self.alphas[best]
         pooled = train.merged(held) if held.n and train.n else (train if train.n else held)
-        ((self.lambda_, self.coef_, self.intercept_),) = _ridge_path(pooled, (self.alpha_,))
+        self.lambda_, self.coef_, self.intercept_ = _ridge_solution(pooled, self.alpha_)
         return self
 
     @property

@@ -58,15 +58,16 @@ def train_config(config: Mapping) -> TrainConfig:
 
 
 def probe_caps(config: Mapping) -> dict[str, dict[str, int]]:
-    """{task: {probe split: windows}} for every configured task: its ``probes.caps`` entry, else (for a
-    control task) its base task's entry, else the task's defaults. Per class or in all, as the task's
-    ``cap_kind`` says."""
+    """{task: {probe split: windows}} for every configured task: its ``probes.caps`` entry, else the
+    task's defaults; a control task has its base task's caps (it probes the base task's windows). Per
+    class or in all, as the task's ``cap_kind`` says."""
     caps = config["probes"]["caps"]
 
     def caps_of(name: str) -> dict[str, int]:
         task = tasks.get(name)
-        inherited = caps.get(task.control.base) if task.control is not None else None
-        return dict(caps.get(name) or inherited or task.default_caps)
+        if task.control is not None:
+            return caps_of(task.control.base)
+        return dict(caps.get(name) or task.default_caps)
 
     return {name: caps_of(name) for name in config["probes"]["tasks"]}
 
@@ -126,10 +127,19 @@ def check_probes(probes: Mapping, corpus: Mapping) -> None:
         if name not in tasks.TASKS:
             raise ConfigError(f"probes.tasks: unknown task {name!r}; known tasks are {sorted(tasks.TASKS)} "
                               "(add one in src/pndecomp/tasks.py)")
+    for name in probes["tasks"]:
+        control = tasks.get(name).control
+        if control is not None and control.base not in probes["tasks"]:
+            raise ConfigError(f"probes.tasks includes the control task {name!r} without its base task "
+                              f"{control.base!r}: a control probes its base task's windows, so add {control.base!r}")
     for name in probes["caps"]:
         if name not in probes["tasks"]:
             raise ConfigError(f"probes.caps.{name}: {name!r} is not in probes.tasks {list(probes['tasks'])}: "
                               "give caps only for configured tasks")
+        control = tasks.get(name).control
+        if control is not None:
+            raise ConfigError(f"probes.caps.{name}: a control task probes its base task's windows; set "
+                              f"probes.caps.{control.base} instead")
     for name in probes["tasks"]:
         if tasks.get(name).needs_document_label and corpus["source"] != "embedded":
             if not corpus[corpus["source"]]["label_field"]:

@@ -43,7 +43,8 @@ EMBEDDED_DOMAINS = (
 # A .py file feeds exactly one of these (chosen by a hash of its path); "python_source" stands for
 # python_code or python_tests, whichever the path says.
 _PY_DOMAIN_CHOICES = ("python_source", "docstrings", "code_comments")
-MANIFEST_COLUMNS = ("domain", "package", "relative_path", "sha256", "n_chars", "n_tokens")
+# No token counts: the corpus does not depend on the model, so every model of a study reads the same one.
+MANIFEST_COLUMNS = ("domain", "package", "relative_path", "sha256", "n_chars")
 
 MIN_DOC_CHARS = 200
 MAX_FILE_BYTES = 1_000_000  # bounds the build; files this large are mostly generated
@@ -93,7 +94,6 @@ def build_embedded_corpus(
     out_manifest: Path,
     *,
     max_files_per_domain: int,
-    count_tokens: Callable[[str], int] | None = None,
     venv_purelib: Path | None = None,
 ) -> dict:
     """Write the embedded corpus (Pile-format JSON lines) and its manifest (TSV); return {domain: n_docs}.
@@ -123,7 +123,7 @@ def build_embedded_corpus(
     docs.sort(key=lambda d: (unit_hash("embedded-order", d.doc_id), d.doc_id))
 
     _write_jsonl(out_jsonl, docs)
-    _write_manifest(out_manifest, docs, count_tokens)
+    _write_manifest(out_manifest, docs)
     summary = {domain: sum(d.domain == domain for d in docs) for domain in EMBEDDED_DOMAINS}
     for domain in (d for d, n in summary.items() if n == 0):
         log.warning("embedded corpus: domain %s has no documents in this environment", domain)
@@ -377,7 +377,7 @@ def _write_jsonl(path: Path, docs: list[_EmbeddedDoc]) -> None:
             out.write(json.dumps({"text": doc.text, "meta": meta}, ensure_ascii=False) + "\n")
 
 
-def _write_manifest(path: Path, docs: list[_EmbeddedDoc], count_tokens: Callable[[str], int] | None) -> None:
+def _write_manifest(path: Path, docs: list[_EmbeddedDoc]) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as out:
         writer = csv.writer(out, delimiter="\t", lineterminator="\n")
         writer.writerow(MANIFEST_COLUMNS)
@@ -388,5 +388,4 @@ def _write_manifest(path: Path, docs: list[_EmbeddedDoc], count_tokens: Callable
                 doc.rel,
                 hashlib.sha256(doc.text.encode("utf-8")).hexdigest(),
                 len(doc.text),
-                count_tokens(doc.text) if count_tokens is not None else "",
             ])

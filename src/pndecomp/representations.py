@@ -12,14 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-import torch
+import numpy as np
 
 
 @dataclass(frozen=True)
 class Representation:
     name: str  # in tables and file columns
     label: str  # in figures
-    build: Callable[[Mapping[str, torch.Tensor]], torch.Tensor]  # probe features -> [windows, features]
+    build: Callable[[Mapping[str, np.ndarray]], np.ndarray]  # probe features -> [windows, features]
 
 
 REPRESENTATIONS: dict[str, Representation] = {rep.name: rep for rep in (
@@ -27,5 +27,5 @@ REPRESENTATIONS: dict[str, Representation] = {rep.name: rep for rep in (
     Representation("h_mean", "mean h<T", lambda features: features["h_mean"]),
     Representation("hhat", "ĥ", lambda features: features["hhat"]),
     Representation("r", "r", lambda features: features["r"]),
-    Representation("hhat_r", "[ĥ, r]", lambda features: torch.cat([features["hhat"], features["r"]], dim=1)),
+    Representation("hhat_r", "[ĥ, r]", lambda features: np.concatenate([features["hhat"], features["r"]], axis=1)),
 )}

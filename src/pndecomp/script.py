@@ -2,17 +2,31 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+
+from threadpoolctl import threadpool_limits
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 def setup(snakemake) -> dict:
-    """Send stderr and logging to the rule's log, give torch the rule's threads, return its config view."""
+    """Send stderr and logging to the rule's log, give torch the rule's threads, return its config view.
+
+    A torch job has imported torch with its stage module, before this call. A job that has not (probe
+    fits, tables, figures) does not import it here (seconds per job): the rule's threads go to the
+    environment instead, for the thread pools of libraries loaded later.
+    """
     sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: SIM115 - lives as long as the process
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.captureWarnings(True)
-    import torch
-
-    torch.set_num_threads(max(1, snakemake.threads))
+    threads = max(1, snakemake.threads)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+    else:
+        os.environ.update(dict.fromkeys(THREAD_VARIABLES, str(threads)))
+    threadpool_limits(threads)  # BLAS/OpenMP pools already loaded (numpy, scikit-learn)
     return dict(snakemake.params.get("config", {}))
 
 

@@ -1,7 +1,8 @@
 """File I/O shared by every stage: atomic writes, streamed safetensors, provenance metadata.
 
 Every output is written under a temporary name in its final directory and renamed into place,
-so an interrupted job never leaves a half-written file under a final name.
+so an interrupted job never leaves a half-written file under a final name. torch is imported only by
+the functions that write tensors: the table, JSON, Parquet and metadata helpers serve torch-free jobs.
 """
 from __future__ import annotations
 
@@ -15,23 +16,30 @@ import struct
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 TRACKED_PACKAGES = ("torch", "transformers", "numpy", "scikit-learn", "pandas", "pndecomp")
 
-_SAFETENSORS_DTYPES = {
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.float32: "F32",
-    torch.int32: "I32",
-    torch.int64: "I64",
-}
+
+def _safetensors_dtype(dtype: torch.dtype) -> str:
+    import torch
+
+    return {
+        torch.float16: "F16",
+        torch.bfloat16: "BF16",
+        torch.float32: "F32",
+        torch.int32: "I32",
+        torch.int64: "I64",
+    }[dtype]
 
 
 @contextlib.contextmanager
@@ -127,10 +135,12 @@ def _header_bytes(entries: list[tuple[str, torch.dtype, tuple[int, ...]]], metad
     (The safetensors library writes metadata in a per-process random order, so equal files would
     differ byte for byte between runs.)
     """
+    import torch
+
     header, offset = {}, 0
     for name, dtype, shape in entries:
         n_bytes = int(np.prod(shape, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
-        header[name] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(shape),
+        header[name] = {"dtype": _safetensors_dtype(dtype), "shape": list(shape),
                         "data_offsets": [offset, offset + n_bytes]}
         offset += n_bytes
     if metadata:
@@ -141,6 +151,8 @@ def _header_bytes(entries: list[tuple[str, torch.dtype, tuple[int, ...]]], metad
 
 
 def _raw_bytes(tensor: torch.Tensor, dtype: torch.dtype) -> bytes:
+    import torch
+
     array = tensor.detach().to("cpu", dtype).contiguous()
     # bf16 has no numpy dtype: take its bytes through an int16 view.
     return (array.view(torch.int16) if dtype == torch.bfloat16 else array).numpy().tobytes()
@@ -159,7 +171,7 @@ def save_tensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, m
 def load_metadata(path: str | os.PathLike) -> dict:
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as handle:
+    with safe_open(str(path), framework="numpy") as handle:  # "pt" would import torch
         return {key: json.loads(value) for key, value in (handle.metadata() or {}).items()}
 
 

@@ -6,9 +6,10 @@ the result does not depend on corpus order.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -37,13 +38,14 @@ def window_starts(n_tokens: int, length: int, per_document: int, seed: int, doc_
     return sorted(shift + int(slot) * length for slot in slots)
 
 
-def tokenize(tokenizer, text: str, prepend_bos: bool) -> list[int]:
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if prepend_bos:
-        if tokenizer.bos_token_id is None:
-            raise ValueError("windows.prepend_bos is true but the tokenizer has no BOS token")
-        ids = [tokenizer.bos_token_id, *ids]
-    return ids
+TOKENIZE_BATCH = 64  # documents per tokenizer call: a fast tokenizer encodes a batch on all cores
+
+
+def tokenized(documents: Iterable[Document], tokenizer) -> Iterator[tuple[Document, list[int]]]:
+    """(document, its token ids without special tokens), tokenizing ``TOKENIZE_BATCH`` documents a call."""
+    iterator = iter(documents)
+    while batch := list(itertools.islice(iterator, TOKENIZE_BATCH)):
+        yield from zip(batch, tokenizer([doc.text for doc in batch], add_special_tokens=False)["input_ids"])
 
 
 def build_windows(documents: Iterable[Document], tokenizer, *, length: int, per_document: int,
@@ -59,17 +61,23 @@ def build_windows(documents: Iterable[Document], tokenizer, *, length: int, per_
     labelled = {task.name: task for task in tasks if task.control is None}
     for task in controls:
         labelled.setdefault(task.control.base, get_task(task.control.base))
+    # With prepend_bos every window is BOS + (T − 1) document tokens; ``start`` is in document tokens.
+    bos = []
+    if prepend_bos:
+        if tokenizer.bos_token_id is None:
+            raise ValueError("windows.prepend_bos is true but the tokenizer has no BOS token")
+        bos = [tokenizer.bos_token_id]
+    span = length - len(bos)
     rows = []
     counts = Counter()
-    for doc in documents:
+    for doc, ids in tokenized(documents, tokenizer):
         counts["documents"] += 1
-        ids = tokenize(tokenizer, doc.text, prepend_bos)
-        if len(ids) < length:
+        if len(ids) < span:
             counts["skipped_short"] += 1
             continue
         split = split_of(doc.group, fractions, seed)
-        for start in window_starts(len(ids), length, per_document, seed, doc.doc_id):
-            tokens = np.asarray(ids[start:start + length], dtype=np.int32)
+        for start in window_starts(len(ids), span, per_document, seed, doc.doc_id):
+            tokens = np.asarray([*bos, *ids[start:start + span]], dtype=np.int32)
             window = ProbeWindow(doc, tokens, tokenizer.decode)
             window_id = f"{doc.doc_id}@{start}"
             rows.append({
@@ -122,7 +130,8 @@ def select_windows(candidates: pd.DataFrame, *, predictor_counts: Mapping[str, i
     Predictor splits keep their first ``predictor_counts[split]`` windows in hash order. The probe
     splits keep the union of what the probe tasks select (each window carries every task's label),
     with a boolean column per task telling which windows belong to it; ``probe_caps`` is
-    {task: {split: windows}}, per class or in all as the task says. Tasks are served in order, each
+    {task: {split: windows}}, per class or in all as the task says. A control task takes its base
+    task's windows (the base must be among ``tasks``). Other tasks are served in order, each
     preferring windows already kept (see the README: with both tasks, the next-token-type windows
     come from the domain windows when there are enough of them).
     """
@@ -131,10 +140,12 @@ def select_windows(candidates: pd.DataFrame, *, predictor_counts: Mapping[str, i
         part = candidates[candidates["split"] == split].sort_values(["order_key", "window_id"])
         selected[split] = part.head(count).reset_index(drop=True)
     probe_parts = []
+    # A control task probes exactly its base task's windows, so F1 − F1_control compares the same examples.
+    controls = [task for task in tasks if task.control is not None]
     for split in PROBE_SPLITS:
         part = candidates[candidates["split"] == split]
         membership = {}
-        for task in tasks:
+        for task in (task for task in tasks if task.control is None):
             cap = {task.cap_kind: probe_caps[task.name][split]}
             # Later tasks draw first from windows an earlier task already keeps (in their hash
             # order), so the tasks share LM passes instead of adding windows.
@@ -143,6 +154,8 @@ def select_windows(candidates: pd.DataFrame, *, predictor_counts: Mapping[str, i
             index = select_for_task(ranked, label_column=task.label_column, order_column="_rank",
                                     per_class_cap=cap.get("per_class"), total_cap=cap.get("total"))
             membership[task.name] = part.index.isin(index)
+        for task in controls:
+            membership[task.name] = membership[task.control.base]
         keep = np.logical_or.reduce(list(membership.values())) if membership else np.zeros(len(part), bool)
         part = part.assign(**{f"in_{name}": flags for name, flags in membership.items()})[keep]
         probe_parts.append(part.sort_values(["order_key", "window_id"]))
@@ -196,7 +209,8 @@ def check_selection(selected: Mapping[str, pd.DataFrame], *, length: int, reques
                 f"probe task {task.name!r} needs at least 2 classes in probe_train and windows in probe_val and "
                 f"probe_test; per-class window counts are {per_split}: add documents or raise "
                 "windows.split_fractions of the probe splits")
-        _warn_below_caps(task, per_split, probe_caps[task.name])
+        if task.control is None:  # a control's classes are random labels, its caps its base's
+            _warn_below_caps(task, per_split, probe_caps[task.name])
 
 
 def _warn_below_caps(task: ProbeTask, per_split: Mapping[str, Mapping[str, int]], caps: Mapping[str, int]) -> None:

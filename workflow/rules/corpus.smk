@@ -1,6 +1,4 @@
 rule embedded_corpus:
-    input:
-        model=model_input(),
     output:
         documents=f"{OUT}/corpus/documents.jsonl",
         manifest=f"{OUT}/corpus/manifest.tsv",
@@ -13,6 +11,6 @@ rule embedded_corpus:
         mem_mb=2000,
         runtime=20,
     params:
-        config=view("model", "corpus.embedded"),
+        config=view("corpus.embedded"),
     script:
         "../scripts/embedded_corpus.py"

@@ -1,5 +1,5 @@
-from pndecomp.script import materialized_model, setup
+from pndecomp.script import setup
 from pndecomp.stages import embedded_corpus
 
 config = setup(snakemake)
-embedded_corpus(config, materialized_model(snakemake), snakemake.output.documents, snakemake.output.manifest)
+embedded_corpus(config, snakemake.output.documents, snakemake.output.manifest)
