@@ -102,9 +102,10 @@ def fail(what: str, output: str, rc: int) -> None:
 SCORING_RULES = ("score_baselines", "layer_scores", "per_position_metrics", "layer_summary")
 
 
-def rule_seconds(experiment: str) -> dict[str, float]:
+def rule_seconds(experiment: str, since: float) -> dict[str, float]:
     """Job wall seconds summed per rule, from Snakemake's own records (.snakemake/metadata: one JSON per
-    output file with its job's rule, start and end time; jobs with several outputs counted once)."""
+    output file with its job's rule, hash, start and end time) of the jobs started after ``since`` (epoch
+    seconds); a job with several outputs counted once (its outputs' start times differ by microseconds)."""
     import base64
     import json
 
@@ -117,8 +118,8 @@ def rule_seconds(experiment: str) -> dict[str, float]:
         if not output.startswith(f"results/{experiment}/"):
             continue
         meta = json.loads(record.read_text())
-        if meta.get("starttime") and meta.get("endtime"):
-            jobs[(meta["rule"], meta.get("job_hash"), meta["starttime"])] = meta["endtime"] - meta["starttime"]
+        if meta.get("starttime") and meta.get("endtime") and meta["starttime"] >= since:
+            jobs[(meta["rule"], meta.get("job_hash"), meta["endtime"])] = meta["endtime"] - meta["starttime"]
     totals: dict[str, float] = {}
     for (rule, _, _), seconds in jobs.items():
         totals[rule] = totals.get(rule, 0.0) + seconds
@@ -190,11 +191,12 @@ def main() -> None:
         if out.exists():
             shutil.rmtree(out)
         C.say("cold run: snakemake all into a fresh results dir (~15 min on 2 cores) ...")
+        started = time.time()
         cold, output, rc = snakemake(args, ["all"], timeout=3 * 3600, label="cold")
         if rc:
             fail("cold run", output, rc)
         C.say(f"  cold: {cold:.1f} s ({cold / 60:.1f} min), {CPU['cold'][0]:.0f} CPU s")
-        per_rule = rule_seconds(args.experiment)
+        per_rule = rule_seconds(args.experiment, started)
         job_seconds = sum(per_rule.values())
         C.say("  job seconds per rule (2 jobs may run at once): " + ", ".join(
             f"{rule} {seconds:.0f}" for rule, seconds in per_rule.items()))
