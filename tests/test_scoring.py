@@ -109,3 +109,15 @@ def test_per_position_metrics_against_numpy(tmp_path):
     np.testing.assert_allclose(frame["mse_lo"], np.percentile(resampled, 2.5, axis=0), rtol=1e-9)
     np.testing.assert_allclose(frame["mse_hi"], np.percentile(resampled, 97.5, axis=0), rtol=1e-9)
     assert (frame["spearman_rho_lo"] <= frame["spearman_rho"] + 1e-12).all()
+
+
+def test_layer_scores_figure_draws_intervals_that_exclude_their_point(tmp_path):
+    """A percentile interval of R² need not contain the point (the mean baseline of an untrained LM):
+    the figure draws lo..hi as given instead of failing on negative ± errors."""
+    from pndecomp.figures import layer_scores
+
+    summary = pd.DataFrame({"layer": ["0", "7"], "r2": [0.3, 0.7], "r2_lo": [0.27, 0.68], "r2_hi": [0.32, 0.72],
+                            "r2_mean": [-0.008, -0.009], "r2_mean_lo": [-0.007, -0.006],
+                            "r2_mean_hi": [-0.002, -0.001]})
+    layer_scores(summary, tmp_path / "f.png", tmp_path / "f.pdf", dpi=50)
+    assert (tmp_path / "f.png").stat().st_size > 0 and (tmp_path / "f.pdf").stat().st_size > 0

@@ -126,18 +126,18 @@ def layer_scores(summary: pd.DataFrame, png, pdf, dpi: int = 150) -> None:
     x = np.arange(len(layers))
     for index, (name, column) in enumerate(models.items()):
         values = summary[column].to_numpy(dtype=float)
-        if f"{column}_lo" in summary:
-            error = [values - summary[f"{column}_lo"].to_numpy(dtype=float),
-                     summary[f"{column}_hi"].to_numpy(dtype=float) - values]
-        else:
-            error = None
         offset = (index - (len(models) - 1) / 2) * 0.06  # side by side, so the intervals stay readable
-        line = ax.errorbar(x + offset, values, yerr=error, label=name, marker="o", markersize=4, capsize=2,
-                           linestyle="-" if name == "predictor" else "--", linewidth=2 if name == "predictor" else 1)
+        (line,) = ax.plot(x + offset, values, label=name, marker="o", markersize=4,
+                          linestyle="-" if name == "predictor" else "--", linewidth=2 if name == "predictor" else 1)
+        if f"{column}_lo" in summary:
+            # Drawn from lo to hi, not as ± errors: a percentile interval of a ratio such as R² need not
+            # contain the point estimate (it does not for the mean baseline of an untrained LM).
+            ax.vlines(x + offset, summary[f"{column}_lo"].to_numpy(dtype=float),
+                      summary[f"{column}_hi"].to_numpy(dtype=float), color=line.get_color(), linewidth=1)
         for position, value in zip(x + offset, values):
             if value < R2_FLOOR:  # off the axis: a marker at its foot says where it went
                 ax.annotate(f"{value:.2g}", (position, R2_FLOOR), xytext=(0, 3), textcoords="offset points",
-                            ha="center", fontsize=6, color=line[0].get_color(), rotation=90)
+                            ha="center", fontsize=6, color=line.get_color(), rotation=90)
     title = "Predictor vs baselines (95 % bootstrap intervals)"
     if ax.get_ylim()[0] < R2_FLOOR:
         ax.set_ylim(bottom=R2_FLOOR)
