@@ -194,3 +194,12 @@ def test_final_layer_matches_hf_last_hidden_state(family):
     with_logits = capture.run(ids, logits=True)[0]["final"]
     torch.testing.assert_close(without_logits, reference, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(with_logits, without_logits, atol=0, rtol=0)
+
+
+def test_float32_head_gives_the_models_own_logits(family):
+    """Surprisal's logits (the final norm and LM head run on the final norm's input, plus Gemma 2's
+    soft-capping) equal the float32 model's own, bit for bit, for every family."""
+    _, model, _ = family
+    ids = torch.randint(3, VOCAB, (2, 7), generator=torch.Generator().manual_seed(3))
+    _, logits = lm.ResidualCapture(model, [0]).run(ids, logits=True)
+    torch.testing.assert_close(logits, model(ids).logits, atol=0, rtol=0)

@@ -370,6 +370,7 @@ def test_bad_corpus_in_make_windows(name, tmp_path, tiny_model_dir, tiny_corpus,
     out = workdir / "results" / EXPERIMENT / "windows"
     outputs = {name: str(out / f"{name}.parquet") for name in ("predictor_train", "predictor_eval", "probe")}
     outputs["summary"] = str(out / "summary.json")
+    outputs["predictor_train_tokens"] = str(out / "predictor_train_tokens")
     with pytest.raises(Exception) as raised:
         stages.make_windows(config, None, None, outputs)
     assert type(raised.value).__name__ == case.error, repr(raised.value)
@@ -474,7 +475,7 @@ def test_resume_checkpoint_never_runs_code(tmp_path):
     hidden = torch.randn(4, 6, 8)
     with pytest.raises(pickle.UnpicklingError, match="[Ww]eights only load failed"):
         train_predictor(PredictorConfig(d_model=8, n_heads=2, d_head=4), TrainConfig(steps=2, batch_size=2),
-                        lambda step: hidden[:2], hidden, resume_path=resume)
+                        lambda step: hidden[:2], hidden, n_windows=4, resume_path=resume)
     assert not marker.exists()
 
 

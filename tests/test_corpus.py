@@ -6,12 +6,18 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
+from test_windows import FRACTIONS, CharTokenizer
 
 from pndecomp.corpus import CorpusError, Document, iter_documents
+from pndecomp.splits import PROBE_SPLITS
+from pndecomp.tasks import TASKS
+from pndecomp.windows import build_windows, select_windows, summarize
 
 RECORDS = [
     {"text": "The first document.", "meta": {"pile_set_name": "Wikipedia (en)", "uid": "w1"}},
@@ -23,6 +29,7 @@ DEFAULT_CORPUS = {
     "source": "files",
     "on_bad_record": "error",
     "max_documents": None,
+    "dedup": "exact",
     "files": {
         "paths": [],
         "text_field": "text",
@@ -244,6 +251,7 @@ def test_a_corpus_of_only_bad_records_is_empty_when_skipping(tmp_path):
         ({"source": "embedded"}, "corpus.source"),
         ({"on_bad_record": "ignore"}, "corpus.on_bad_record"),
         ({"max_documents": 0}, "corpus.max_documents"),
+        ({"dedup": "fuzzy"}, "corpus.dedup"),
     ],
 )
 def test_bad_config_values_name_the_key_and_valid_values(tmp_path, overrides, key):
@@ -316,3 +324,107 @@ def test_dag_time_check_leaves_missing_files_to_snakemake_but_checks_names(tmp_p
         iter_documents(corpus_config([tmp_path / "docs.json"]), require_files=False)
     with pytest.raises(CorpusError, match=r"val\.jsonl\.zst.*id_field"):
         iter_documents(corpus_config([*missing, tmp_path / "b" / "val.jsonl.zst"]), require_files=False)
+
+
+# --- duplicate groups (corpus.dedup) -------------------------------------------------------------
+
+N_PLANTED = 60
+
+
+def planted_records() -> list[dict]:
+    """N_PLANTED unrelated texts, each with a whitespace variant and a near-duplicate (another first
+    line), shuffled; ids are "<text>-<kind>" and labels alternate A/B by text."""
+    rng = np.random.default_rng(0)
+    vocabulary = ["".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), size=int(rng.integers(3, 9))))
+                  for _ in range(300)]
+    records = []
+    for i in range(N_PLANTED):
+        words = list(rng.choice(vocabulary, size=60))
+        variants = {
+            "original": " ".join(words),
+            "spaced": "\n   ".join(words) + "  \n",
+            "edited": f"Copyright (c) {1990 + i} Somebody Else\n" + " ".join(words[1:]),
+        }
+        records += [{"text": text, "meta": {"pile_set_name": "AB"[i % 2], "uid": f"t{i}-{kind}"}}
+                    for kind, text in variants.items()]
+    return [records[i] for i in rng.permutation(len(records))]
+
+
+@pytest.fixture
+def planted_corpus(tmp_path) -> Path:
+    return write_jsonl(tmp_path / "planted.jsonl", planted_records())
+
+
+def read_planted(path: Path, dedup: str):
+    stream = iter_documents(corpus_config([path], id_field="meta.uid", dedup=dedup))
+    return list(stream), stream.duplicates
+
+
+def first_of(docs: list[Document], text: int, kinds: tuple[str, ...]) -> str:
+    return next(d.doc_id for d in docs if d.doc_id in {f"t{text}-{kind}" for kind in kinds})
+
+
+def test_exact_dedup_groups_whitespace_copies_under_the_first(planted_corpus):
+    docs, duplicates = read_planted(planted_corpus, "exact")
+    group = {d.doc_id: d.group for d in docs}
+    for i in range(N_PLANTED):
+        assert group[f"t{i}-original"] == group[f"t{i}-spaced"] == first_of(docs, i, ("original", "spaced"))
+        assert group[f"t{i}-edited"] == f"t{i}-edited"  # near, not exact: its own group
+    assert duplicates == {"mode": "exact", "groups": N_PLANTED, "documents": 2 * N_PLANTED}
+
+
+def test_near_dedup_also_groups_edited_copies(planted_corpus):
+    docs, duplicates = read_planted(planted_corpus, "near")
+    group = {d.doc_id: d.group for d in docs}
+    for i in range(N_PLANTED):
+        first = first_of(docs, i, ("original", "spaced", "edited"))
+        assert group[f"t{i}-original"] == group[f"t{i}-spaced"] == group[f"t{i}-edited"] == first
+    assert duplicates == {"mode": "near", "groups": N_PLANTED, "documents": 3 * N_PLANTED}
+
+
+def test_no_dedup_keeps_group_equal_to_the_document_id(planted_corpus):
+    docs, duplicates = read_planted(planted_corpus, "none")
+    assert all(d.group == d.doc_id for d in docs)
+    assert duplicates == {"mode": "none", "groups": 0, "documents": 0}
+
+
+def test_a_copy_joins_the_group_field_of_its_first_copy(tmp_path):
+    records = [{"text": "same  words", "meta": {"repo": "r1"}}, {"text": "other words", "meta": {"repo": "r2"}},
+               {"text": "same words\n", "meta": {"repo": "r3"}}]
+    path = write_jsonl(tmp_path / "repos.jsonl", records)
+    docs = read(corpus_config([path], label_field=None, group_field="meta.repo"))
+    assert [d.group for d in docs] == ["r1", "r2", "r1"]
+
+
+def test_hf_documents_are_deduplicated_too(monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: iter(RECORDS + RECORDS[:1]))
+    docs = read(corpus_config(section="hf", source="hf", id_field="meta.uid"))
+    assert [(d.doc_id, d.group) for d in docs] == [("w1", "w1"), ("g2", "g2"), ("a3", "a3"), ("w1", "w1")]
+    docs = read(corpus_config(section="hf", source="hf"))
+    assert docs[3].group == docs[0].doc_id != docs[3].doc_id
+
+
+@pytest.mark.parametrize("dedup", ["exact", "near", "none"])
+def test_no_duplicate_spans_two_splits_after_windowing(planted_corpus, dedup):
+    """Windows of planted copies land in one split (all three kinds with near, the exact copies with
+    exact); without dedup they leak across splits, which shows the check can fail."""
+    stream = iter_documents(corpus_config([planted_corpus], id_field="meta.uid", dedup=dedup))
+    tasks = [TASKS["domain"]]
+    candidates, counts = build_windows(stream, CharTokenizer(), length=20, per_document=2, prepend_bos=False,
+                                       fractions=FRACTIONS, seed=0, tasks=tasks)
+    selected = select_windows(candidates, predictor_counts={"predictor_train": 10**6, "predictor_eval": 10**6},
+                              probe_caps={"domain": {split: 10**6 for split in PROBE_SPLITS}}, tasks=tasks)
+    windows = pd.concat(selected.values(), ignore_index=True)
+    assert len(windows) == len(candidates) == 2 * 3 * N_PLANTED
+    assert windows.groupby("group")["split"].nunique().max() == 1
+    text, kind = windows["doc_id"].str.split("-", expand=True).T.to_numpy()
+    exact_copies = windows[kind != "edited"].groupby(text[kind != "edited"])["split"].nunique()
+    near_copies = windows.groupby(text)["split"].nunique()
+    if dedup == "none":
+        assert (exact_copies > 1).sum() > N_PLANTED // 2
+    else:
+        assert exact_copies.max() == 1
+        assert (near_copies.max() == 1) == (dedup == "near")
+    assert summarize(selected, counts, tasks, stream.duplicates)["duplicates"] == stream.duplicates

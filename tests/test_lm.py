@@ -49,6 +49,29 @@ def test_surprisal_equals_hf_loss(tiny):
     torch.testing.assert_close(values.mean(), loss)
 
 
+def test_surprisal_of_a_bf16_model_comes_from_a_float32_norm_and_head(tiny_model_dir):
+    """In a bfloat16 LM the final norm and LM head run in float32 on the bf16 last-block state; the
+    all-bf16 logits would give other surprisal."""
+    import copy
+
+    model = lm.load_model(lm.ModelSource(str(tiny_model_dir)), dtype=torch.bfloat16)
+    with torch.no_grad():  # logits of magnitude ~10, as in a trained LM, where bf16 rounding shows
+        model.get_output_embeddings().weight.mul_(20)
+    ids = torch.randint(0, model.config.vocab_size, (3, 12), generator=torch.Generator().manual_seed(4))
+    last_block = model.config.num_hidden_layers - 1
+    hidden, logits = lm.ResidualCapture(model, [last_block]).run(ids, logits=True)
+    assert hidden[last_block].dtype == torch.bfloat16 and logits.dtype == torch.float32
+    values = lm.surprisal(logits, ids)
+
+    float32 = copy.deepcopy(model).float()
+    with torch.no_grad():
+        reference = float32.get_output_embeddings()(float32.gpt_neox.final_layer_norm(hidden[last_block].float()))
+    torch.testing.assert_close(values, lm.surprisal(reference, ids), atol=1e-6, rtol=1e-6)
+    with torch.no_grad():
+        all_bf16 = lm.surprisal(model(ids).logits, ids)
+    assert (values - all_bf16).abs().max() > 1e-2
+
+
 def test_config_helpers(tiny):
     model, _ = tiny
     assert lm.n_blocks(model.config) == 4
@@ -126,7 +149,8 @@ def _tiny_llama():
 @pytest.mark.parametrize("family", ["gpt_neox", "llama"])
 def test_final_is_hf_last_hidden_state_and_stops_before_the_lm_head(family, tiny):
     """'final' = the last block's output after the final norm = HF's hidden_states[-1]; without logits the
-    pass runs the final norm and stops before the LM head, and gives the same states as with logits."""
+    pass runs the final norm and stops before the LM head, and gives the same states as with logits. With
+    logits the pass stops there too, and the float32 head (here the model's own) runs on the norm's input."""
     model = tiny[0] if family == "gpt_neox" else _tiny_llama()
     assert model.config.model_type == family and model.dtype == torch.float32
     ids = torch.randint(0, model.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(3))
@@ -139,7 +163,7 @@ def test_final_is_hf_last_hidden_state_and_stops_before_the_lm_head(family, tiny
         without_logits = capture.run(ids)
         assert (head_calls, norm_calls) == ([], [1])
         with_logits, logits = capture.run(ids, logits=True)
-        assert (head_calls, norm_calls) == ([1], [1, 1])
+        assert (head_calls, norm_calls) == ([1], [1, 1, 1])  # the model's pass, then the float32 head's
     finally:
         for handle in handles:
             handle.remove()
@@ -147,7 +171,7 @@ def test_final_is_hf_last_hidden_state_and_stops_before_the_lm_head(family, tiny
     torch.testing.assert_close(without_logits[0], reference[1], atol=1e-5, rtol=1e-5)
     for layer in (0, "final"):
         torch.testing.assert_close(with_logits[layer], without_logits[layer], atol=0, rtol=0)
-    torch.testing.assert_close(logits, model(ids).logits)
+    torch.testing.assert_close(logits, model(ids).logits, atol=0, rtol=0)
     # ... and it differs from the last block's own output (before the norm), which is layer n - 1.
     last = lm.ResidualCapture(model, [lm.n_blocks(model.config) - 1]).run(ids)
     assert not torch.allclose(last[lm.n_blocks(model.config) - 1], without_logits["final"])

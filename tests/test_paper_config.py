@@ -23,9 +23,11 @@ CONFIG = yaml.safe_load(PAPER.read_text())
 OUT = Path("results") / CONFIG["experiment"]
 WINDOWS = [OUT / "windows" / name for name in
            ("predictor_train.parquet", "predictor_eval.parquet", "probe.parquet", "summary.json")]
+TOKEN_STORE = OUT / "windows" / "predictor_train_tokens"  # a directory
 # Rules the paper's config does not need: its model is a hub id (nothing to materialize), its corpus
-# is files (no embedded corpus), and it trains in stream mode (no cached training activations).
-NOT_NEEDED = {"embedded_corpus", "materialize_model", "extract_train_activations"}
+# is files (no embedded corpus), and it trains in stream mode (no cached training activations), every
+# layer in one job (train.joint_layers: the per-layer rule is not defined).
+NOT_NEEDED = {"embedded_corpus", "materialize_model", "extract_train_activations", "train_predictor"}
 
 
 def dry_run(workdir: Path) -> subprocess.CompletedProcess:
@@ -36,7 +38,7 @@ def dry_run(workdir: Path) -> subprocess.CompletedProcess:
 
 def workflow_rules() -> set[str]:
     text = "\n".join(path.read_text() for path in [SNAKEFILE, *(REPO / "workflow" / "rules").glob("*.smk")])
-    return set(re.findall(r"^(?:rule|checkpoint) (\w+):", text, flags=re.MULTILINE))
+    return set(re.findall(r"^\s*(?:rule|checkpoint) (\w+):", text, flags=re.MULTILINE))
 
 
 def test_paper_dry_run_lists_every_stage_and_reruns_windows_for_a_changed_corpus_file(tmp_path):
@@ -46,8 +48,9 @@ def test_paper_dry_run_lists_every_stage_and_reruns_windows_for_a_changed_corpus
     for path in [*paths, *WINDOWS]:
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).touch()
+    (tmp_path / TOKEN_STORE).mkdir()
     old, older = 1_577_836_800, 1_546_300_800  # 2020-01-01, 2019-01-01
-    for path in WINDOWS:
+    for path in [*WINDOWS, TOKEN_STORE]:
         os.utime(tmp_path / path, (old, old))
     os.utime(tmp_path / paths[1], (older, older))
     result = dry_run(tmp_path)
@@ -57,9 +60,10 @@ def test_paper_dry_run_lists_every_stage_and_reruns_windows_for_a_changed_corpus
     assert set(jobs) == workflow_rules() - NOT_NEEDED, jobs
     layers, tasks = len(CONFIG["layers"]), len(CONFIG["probes"]["tasks"])
     assert layers == 5
-    for rule in ("make_windows", "extract_eval_activations", "probe_features", "layer_summary", "all"):
+    for rule in ("make_windows", "extract_eval_activations", "train_predictors_joint", "probe_features",
+                 "layer_summary", "all"):
         assert jobs[rule] == 1, (rule, jobs)
-    for rule in ("train_predictor", "decompose_eval", "per_position_metrics"):
+    for rule in ("decompose_eval", "per_position_metrics"):
         assert jobs[rule] == layers, (rule, jobs)
     assert jobs["fit_probe"] == layers * tasks and jobs["probe_table"] == tasks, jobs
     make_windows = log[log.index("rule make_windows:"):]

@@ -8,6 +8,11 @@ checks that every non-local job became exactly one SLURM job, that the GPU stage
 a GPU, and that both runs wrote the same numbers. The SLURM run spends much of its time waiting
 for status checks; the local run, at the lowest CPU priority, uses that time instead of running
 after it.
+
+The fault test trains one layer's predictor on SLURM, cancels the job with ``scancel`` once it has
+written a checkpoint, and checks that the profile's ``retries`` resubmitted it, that the retry
+resumed from the checkpoint, and that the weights and learning curve equal an uninterrupted local
+run's.
 """
 from __future__ import annotations
 
@@ -24,7 +29,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 from snakemake_log import job_stats
 from tiny import write_config
 
@@ -38,12 +45,22 @@ NICE = ["nice", "-n", "19"] if shutil.which("nice") else []
 LOCAL_RULES = {"all", "probe_table", "layer_summary", "draw_learning_curve", "draw_per_position", "draw_layer_scores",
                "draw_probe_heatmap"}
 # The stages the profiles give `gpu: 1` (-> sbatch --gpus=1).
-GPU_RULES = {"extract_train_activations", "extract_eval_activations", "train_predictor", "decompose_eval",
-             "probe_features", "score_baselines"}
+GPU_RULES = {"extract_train_activations", "extract_eval_activations", "train_predictor", "train_predictors_joint",
+             "decompose_eval", "probe_features", "score_baselines"}
 # What both runs must agree on.
 METRIC_FILES = ["metrics/layer_summary.tsv", "probes/*.tsv", "metrics/per_position/*.parquet",
                 "predictors/layer-*/curve.parquet"]
 RUN_TIMEOUT_S = 1800
+# The fault test: one layer, trained long enough (a few seconds) that a job cancelled at its first
+# checkpoint is cancelled mid-run.
+FAULT_LAYER_DIR = Path("results/tiny/predictors/layer-2")
+FAULT_WEIGHTS, FAULT_CURVE = FAULT_LAYER_DIR / "predictor.safetensors", FAULT_LAYER_DIR / "curve.parquet"
+FAULT_CHECKPOINT = FAULT_LAYER_DIR / ".resume.pt"  # params.resume of train_predictor
+FAULT_TRAIN_LOG = Path("results/tiny/logs/train_predictor/layer-2.log")
+FAULT_UPSTREAM = ["results/tiny/activations/predictor_train/layer-2.safetensors",
+                  "results/tiny/activations/predictor_eval/layer-2.safetensors"]
+FAULT_STEPS, FAULT_CHECKPOINT_EVERY, FAULT_EVAL_EVERY = 3000, 200, 100
+CHECKPOINT_TIMEOUT_S = 600
 
 
 # ------------------------------------------------------------------ helpers
@@ -89,6 +106,32 @@ def run_logged(args: list[str], log: Path, timings: dict, key: str) -> int:
     return rc
 
 
+def start_logged(commands: dict[str, list[str]], logs: Path, timings: dict, rcs: dict) -> list[threading.Thread]:
+    """Start every command at once, each in a thread of its own: ``run_logged`` to ``logs/<name>.log``, its
+    exit status in ``rcs[name]``. Join the threads returned."""
+    threads = [threading.Thread(target=lambda name=name, args=args: rcs.update(
+        {name: run_logged(args, logs / f"{name}.log", timings, name)})) for name, args in commands.items()]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def cancel_at_first_checkpoint(checkpoint: Path, log: Path, run: threading.Thread) -> tuple[str, int]:
+    """Wait until the training job of the Snakemake run logging to ``log`` has written ``checkpoint``, then
+    ``scancel`` its SLURM job; return (that SLURM job id, the step of the checkpoint it left)."""
+    deadline = time.monotonic() + CHECKPOINT_TIMEOUT_S
+    while not checkpoint.exists():
+        assert run.is_alive(), f"the SLURM run ended before the checkpoint existed:\n{log.read_text()[-6000:]}"
+        assert time.monotonic() < deadline, f"no {checkpoint} within {CHECKPOINT_TIMEOUT_S} s"
+        time.sleep(0.02)
+    # The job writes its checkpoint seconds after Snakemake printed its submission.
+    submitted = slurm_submissions(log.read_text())
+    assert [len(ids) for ids in submitted.values()] == [1], submitted
+    (slurm_id,), = submitted.values()
+    subprocess.run(["scancel", slurm_id], check=True, timeout=30)
+    return slurm_id, torch.load(checkpoint, weights_only=True)["step"]
+
+
 def executed_jobs(log: str) -> dict[int, tuple[str, bool]]:
     """Snakemake job id -> (rule, local?), from the 'rule X:' / 'localrule X:' blocks of a log."""
     jobs = {}
@@ -125,7 +168,7 @@ def metric_files(out: Path) -> list[str]:
 
 def workflow_rules() -> set[str]:
     texts = [(REPO / "Snakefile").read_text(), *(p.read_text() for p in (REPO / "workflow" / "rules").glob("*.smk"))]
-    return {name for text in texts for name in re.findall(r"^(?:rule|checkpoint) (\w+):", text, re.MULTILINE)}
+    return {name for text in texts for name in re.findall(r"^\s*(?:rule|checkpoint) (\w+):", text, re.MULTILINE)}
 
 
 # ------------------------------------------------------------------ tests
@@ -167,14 +210,8 @@ def test_tiny_workflow_on_slurm_equals_local_run(slurm_cluster, tiny_model_dir, 
         "local": [*NICE, *SNAKEMAKE, "--directory", str(runs["local"]), "--cores", "2"],
     }
     timings, rcs = {}, {}
-
-    def run(name):
-        rcs[name] = run_logged(commands[name], tmp_path / f"{name}.log", timings, name)
-
-    local = threading.Thread(target=run, args=("local",))
-    local.start()
-    run("slurm")
-    local.join()
+    for thread in start_logged(commands, tmp_path, timings, rcs):
+        thread.join()
     logs = {name: (tmp_path / f"{name}.log").read_text() for name in runs}
     submitted = slurm_submissions(logs["slurm"])
     n_slurm_jobs = sum(len(ids) for ids in submitted.values())
@@ -220,7 +257,7 @@ def test_tiny_workflow_on_slurm_equals_local_run(slurm_cluster, tiny_model_dir, 
             assert re.fullmatch(r"gres[:/]gpu(:\w+)?:1", tres), (rule, ids[0], tres)
         else:
             assert "gpu" not in tres, (rule, ids[0], tres)
-    assert {jobs[jobid][0] for jobid in submitted} >= GPU_RULES
+    assert {jobs[jobid][0] for jobid in submitted} >= GPU_RULES - {"train_predictors_joint"}  # tiny: per layer
 
     # 4. the same numbers as the local run
     outs = {name: runs[name] / "results" / "tiny" for name in runs}
@@ -231,3 +268,74 @@ def test_tiny_workflow_on_slurm_equals_local_run(slurm_cluster, tiny_model_dir, 
     for name in files:
         pd.testing.assert_frame_equal(read_table(outs["slurm"] / name), read_table(outs["local"] / name),
                                       check_exact=True, obj=name)
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_cancelled_training_job_is_retried_and_resumes_from_its_checkpoint(slurm_cluster, tiny_model_dir, tiny_corpus,
+                                                                          tmp_path, capsys):
+    """``scancel`` a running train_predictor job after its first checkpoint: the profile's ``retries``
+    resubmit it, the retry resumes from the checkpoint, and the weights and the learning curve equal
+    those of a local run that was never interrupted, exactly (CPU torch, one thread each)."""
+    assert yaml.safe_load((TEST_PROFILE / "config.yaml").read_text())["retries"] >= 1
+    runs = {"local": tmp_path / "local", "slurm": tmp_path / "slurm"}
+    runs["local"].mkdir()
+    write_config(runs["local"] / "config.yaml", tiny_model_dir, tiny_corpus, layers=[2],
+                 **{"train.steps": FAULT_STEPS, "train.checkpoint_every": FAULT_CHECKPOINT_EVERY,
+                    "train.eval_every": FAULT_EVAL_EVERY})
+    # The training data once, locally: the SLURM run then has a single job, the one to cancel.
+    start = time.monotonic()
+    upstream = subprocess.run([*SNAKEMAKE, "--directory", str(runs["local"]), "--cores", "2", *FAULT_UPSTREAM],
+                              capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert upstream.returncode == 0, upstream.stdout[-3000:] + upstream.stderr[-3000:]
+    upstream_s = time.monotonic() - start
+    shutil.copytree(runs["local"], runs["slurm"], symlinks=True)  # keeps mtimes: nothing upstream reruns
+    commands = {
+        # The profile as it is: its `retries` are what is tested.
+        "slurm": [*SNAKEMAKE, "--directory", str(runs["slurm"]), "--profile", str(TEST_PROFILE), str(FAULT_WEIGHTS)],
+        "local": [*NICE, *SNAKEMAKE, "--directory", str(runs["local"]), "--cores", "1", str(FAULT_WEIGHTS)],
+    }
+    timings, rcs = {}, {}
+    slurm_run, local_run = start_logged(commands, tmp_path, timings, rcs)
+    try:
+        cancelled_id, checkpoint_step = cancel_at_first_checkpoint(runs["slurm"] / FAULT_CHECKPOINT,
+                                                                   tmp_path / "slurm.log", slurm_run)
+    finally:
+        slurm_run.join()
+        local_run.join()
+    logs = {name: (tmp_path / f"{name}.log").read_text() for name in runs}
+    with capsys.disabled():
+        print(f"\n[test_slurm] scancel at step {checkpoint_step}: upstream (local) {upstream_s:.0f} s, "
+              f"SLURM run with the retry {timings['slurm']:.0f} s, local training {timings['local']:.0f} s wall")
+
+    # 1. the cancelled job was retried as a second SLURM job, and the run succeeded
+    for name in runs:
+        assert rcs[name] == 0, f"{name} run failed (rc {rcs[name]}):\n{logs[name][-6000:]}"
+    assert job_stats(logs["slurm"]) == {"train_predictor": 1}
+    submitted = slurm_submissions(logs["slurm"])
+    assert len(submitted) == 1, submitted
+    (first, retry), = submitted.values()
+    assert first == cancelled_id
+    for slurm_id, state in ((first, "CANCELLED"), (retry, "COMPLETED")):
+        record = scontrol_job(slurm_id)
+        assert record["JobState"] == state, record
+        assert record.get("Comment", "").startswith("rule_train_predictor_wildcards_"), record
+    assert scontrol_job(retry)["ExitCode"] == "0:0"
+
+    # 2. the retry resumed from the checkpoint the cancelled job left (the rule's log is the retry's)
+    train_log = (runs["slurm"] / FAULT_TRAIN_LOG).read_text()
+    resumed = [int(step) for step in re.findall(r"resumed from \S+ at step (\d+)", train_log)]
+    assert len(resumed) == 1, train_log[-3000:]
+    # The job dies a moment after scancel returns: it may still have written a later checkpoint.
+    assert FAULT_CHECKPOINT_EVERY <= checkpoint_step <= resumed[0] < FAULT_STEPS, (checkpoint_step, resumed)
+    assert resumed[0] % FAULT_CHECKPOINT_EVERY == 0
+    assert not (runs["slurm"] / FAULT_CHECKPOINT).exists()  # removed once the outputs are written
+
+    # 3. the same weights and learning curve as the uninterrupted run
+    expected, actual = load_file(runs["local"] / FAULT_WEIGHTS), load_file(runs["slurm"] / FAULT_WEIGHTS)
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+    curve = pd.read_parquet(runs["slurm"] / FAULT_CURVE)
+    assert list(curve["step"]) == list(range(FAULT_EVAL_EVERY, FAULT_STEPS + 1, FAULT_EVAL_EVERY))
+    pd.testing.assert_frame_equal(curve, pd.read_parquet(runs["local"] / FAULT_CURVE), check_exact=True)

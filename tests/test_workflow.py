@@ -6,8 +6,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from safetensors import safe_open
 from snakemake_log import job_stats
 from tiny import write_config
+
+from pndecomp import storage
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--cores", "2"]
@@ -64,6 +67,18 @@ def test_full_run_makes_every_figure_and_table(tiny_run):
         assert (out / "figures" / f"{figure}.png").stat().st_size > 1000, figure
     per_position = pd.read_parquet(out / "metrics" / "per_position" / "layer-2.parquet")
     assert list(per_position["position"]) == list(range(2, 25))
+
+
+def test_auto_storage_dtype_is_chosen_once_and_stored_everywhere(tiny_run):
+    """The tiny config leaves extraction.dtype at its default, auto: the eval extraction chose float16 for
+    the tiny model's small states, and the train activations and the residuals are stored in it."""
+    workdir, _ = tiny_run
+    out = workdir / "results" / "tiny"
+    choice = storage.read_json(out / "activations" / "storage_dtype.json")
+    assert choice["dtype"] == "float16" and set(choice["max_abs_hidden"]) == {"0", "2", "3"}
+    for path in [*out.glob("activations/*/layer-*.safetensors"), *out.glob("residuals/*/layer-*.safetensors")]:
+        with safe_open(str(path), framework="pt") as handle:
+            assert {handle.get_slice(name).get_dtype() for name in handle.keys()} == {"F16"}, path
 
 
 def test_second_dry_run_has_nothing_to_do(tiny_run):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from . import lm, tasks
+from . import lm, storage, tasks
 from .predictor import PREDICTORS, predictor_kind
 from .train import TrainConfig
 
@@ -42,6 +42,19 @@ def model_dtype(config: Mapping, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
+def storage_dtype(config: Mapping, choice_path: str | None) -> torch.dtype:
+    """The dtype hidden states and residuals are stored in: ``extraction.dtype``, or for ``auto`` the
+    choice the predictor_eval extraction recorded in ``choice_path`` (activations/storage_dtype.json,
+    an input of every rule that needs the dtype when the config says auto)."""
+    name = config["extraction"]["dtype"]
+    if name != "auto":
+        return DTYPES[name]
+    if choice_path is None:
+        raise ConfigError("extraction.dtype is 'auto': the storage dtype is the predictor_eval extraction's choice, "
+                          "recorded in activations/storage_dtype.json, and this stage was given no such file")
+    return DTYPES[storage.read_json(choice_path)["dtype"]]
+
+
 def predictor_config(config: Mapping, shape: lm.ModelShape):
     """The settings dataclass of the configured predictor kind, for this LM's widths."""
     section = config["predictor"]
@@ -54,7 +67,7 @@ def train_config(config: Mapping) -> TrainConfig:
         steps=section["steps"], batch_size=section["batch_size"], lr=section["lr"],
         weight_decay=section["weight_decay"], warmup_steps=section["warmup_steps"],
         min_lr_ratio=section["min_lr_ratio"], grad_clip=section["grad_clip"], eval_every=section["eval_every"],
-        checkpoint_every=section["checkpoint_every"], seed=config["seed"])
+        checkpoint_every=section["checkpoint_every"], seed=config["seed"], max_epochs=section["max_epochs"])
 
 
 def probe_caps(config: Mapping) -> dict[str, dict[str, int]]:
@@ -105,6 +118,9 @@ def check(config: Mapping, shape: lm.ModelShape | None = None) -> None:
     if train["warmup_steps"] > train["steps"]:
         raise ConfigError(f"train.warmup_steps is {train['warmup_steps']}, more than train.steps "
                           f"({train['steps']}): it must be at most train.steps")
+    if train["joint_layers"] and train["data"] != "stream":
+        raise ConfigError(f"train.joint_layers is true with train.data {train['data']!r}: one LM pass serves every "
+                          "layer only in stream mode; set train.data: stream or train.joint_layers: false")
     if train["eval_windows"] > config["windows"]["predictor_eval"]:
         raise ConfigError(f"train.eval_windows is {train['eval_windows']}, more than windows.predictor_eval "
                           f"({config['windows']['predictor_eval']}): the curve's eval subset is taken from them")

@@ -3,7 +3,8 @@
 :func:`iter_documents` streams :class:`Document` objects from the configured source: Pile-format
 files (``.jsonl``, ``.jsonl.zst``, ``.parquet``; ``{"text": ..., "meta": {"pile_set_name": ...}}``)
 or a Hugging Face dataset. Every bad input raises :class:`CorpusError`, whose message names the
-file and line (or the config key), the bad value and what would be valid.
+file and line (or the config key), the bad value and what would be valid. Copies of a text share
+a split group (``corpus.dedup``, :class:`pndecomp.dedup.DuplicateGroups`).
 
 The offline "embedded" corpus is built by :mod:`pndecomp.embedded_corpus`; its near-duplicate
 groups come from :mod:`pndecomp.dedup`.
@@ -16,10 +17,12 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import zstandard
+
+from .dedup import DEDUP_MODES, DuplicateGroups
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +32,7 @@ class Document:
     doc_id: str
     text: str
     label: str | None  # e.g. the Pile's meta.pile_set_name, or the embedded domain
-    group: str  # split key: near-duplicates share it; defaults to doc_id
+    group: str  # split key: duplicates share it (corpus.dedup); defaults to doc_id
 
 
 class CorpusError(ValueError):
@@ -86,8 +89,25 @@ class _SkippableRecord(Exception):
         self.kind = kind
 
 
-def iter_documents(corpus: dict, *, require_files: bool = True) -> Iterator[Document]:
-    """The documents of the configured corpus, in source order.
+class DocumentStream(Iterator[Document]):
+    """The documents of a corpus, read as they are asked for; ``duplicates`` counts the duplicate
+    groups among those read so far (all of them once the stream is exhausted)."""
+
+    def __init__(self, documents: Iterator[Document], duplicate_groups: DuplicateGroups):
+        self._documents = documents
+        self._duplicate_groups = duplicate_groups
+
+    def __next__(self) -> Document:
+        return next(self._documents)
+
+    @property
+    def duplicates(self) -> dict:
+        """{"mode": corpus.dedup, "groups": groups holding duplicates, "documents": documents in them}."""
+        return self._duplicate_groups.counts()
+
+
+def iter_documents(corpus: dict, *, require_files: bool = True) -> DocumentStream:
+    """The documents of the configured corpus, in source order, each in its duplicate group.
 
     ``corpus`` is the validated ``corpus`` config section. Config and file-level problems (unknown
     source, missing file, unknown extension) raise here, before any document is read; record-level
@@ -101,6 +121,10 @@ def iter_documents(corpus: dict, *, require_files: bool = True) -> Iterator[Docu
     max_documents = corpus.get("max_documents")
     if max_documents is not None and max_documents <= 0:
         raise CorpusError(f"corpus.max_documents is {max_documents!r}; valid: a positive integer or null")
+    dedup = corpus.get("dedup", "exact")
+    if dedup not in DEDUP_MODES:
+        raise CorpusError(f"corpus.dedup is {dedup!r}; valid: {list(DEDUP_MODES)}")
+    duplicate_groups = DuplicateGroups(dedup)
     if source == "files":
         section = corpus["files"]
         fields = _Fields.from_config("corpus.files", section)
@@ -118,7 +142,8 @@ def iter_documents(corpus: dict, *, require_files: bool = True) -> Iterator[Docu
             f"corpus.source is {source!r}; valid: {list(SOURCES)} "
             "(the embedded corpus is built into a .jsonl file and read with source: files)"
         )
-    return _documents(records, fields, policy, max_documents, described)
+    documents = _documents(records, fields, policy, max_documents, described, duplicate_groups)
+    return DocumentStream(documents, duplicate_groups)
 
 
 def _documents(
@@ -127,6 +152,7 @@ def _documents(
     policy: str,
     max_documents: int | None,
     described: str,
+    duplicate_groups: DuplicateGroups,
 ) -> Iterator[Document]:
     n_documents = 0
     skipped: Counter[str] = Counter()
@@ -141,16 +167,16 @@ def _documents(
                 f"{raw.where}: {problem}; fix the record or set corpus.on_bad_record: skip"
             ) from None
         n_documents += 1
-        yield document
+        yield replace(document, group=duplicate_groups.group_of(document.group, document.text))
         if n_documents == max_documents:
             break
-    _log_counts(described, n_documents, skipped)
+    _log_counts(described, n_documents, skipped, duplicate_groups.counts())
     if n_documents == 0:
         detail = f" (skipped: {dict(skipped)})" if skipped else ""
         raise CorpusError(f"corpus {described} has no documents{detail}; it needs at least one")
 
 
-def _log_counts(described: str, n_documents: int, skipped: Counter[str]) -> None:
+def _log_counts(described: str, n_documents: int, skipped: Counter[str], duplicates: dict) -> None:
     if skipped:
         log.warning(
             "corpus %s: read %d documents, skipped %d bad records: %s",
@@ -158,6 +184,9 @@ def _log_counts(described: str, n_documents: int, skipped: Counter[str]) -> None
         )
     else:
         log.info("corpus %s: read %d documents", described, n_documents)
+    if duplicates["groups"]:
+        log.info("corpus %s: %d groups of duplicates (corpus.dedup: %s) hold %d documents; a group stays in one split",
+                 described, duplicates["groups"], duplicates["mode"], duplicates["documents"])
 
 
 def _to_document(raw: _RawRecord, fields: _Fields) -> Document:

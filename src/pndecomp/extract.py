@@ -2,8 +2,9 @@
 last-position features (h_T, ĥ_T, r_T, and the mean of h_1..h_{T-1}) for the probe windows.
 
 All requested layers come from one forward pass, which stops after the deepest requested block
-(after the final norm for ``final``) unless logits are needed for surprisal. Outputs stream to
-disk batch by batch, so peak memory is one batch whatever the number of windows.
+(after the final norm for ``final`` or for surprisal, whose logits come from a float32 final norm
+and LM head). Outputs stream to disk batch by batch, so peak memory is one batch whatever the
+number of windows.
 """
 from __future__ import annotations
 
@@ -38,6 +39,25 @@ def _check_finite(hidden: torch.Tensor, layer: Layer, storage_dtype: torch.dtype
         "set extraction.dtype to bfloat16 or float32")
 
 
+#: ``extraction.dtype: auto`` keeps float16 while the first batch's largest |h|, times this margin, stays
+#: below float16's largest finite value (65504), i.e. |h| < 16376: later windows may reach beyond the
+#: first batch's states, and float16 overflows to inf where bfloat16 (float32's range) only rounds.
+AUTO_DTYPE_MARGIN = 4.0
+
+
+def choose_storage_dtype(hidden: Mapping[Layer, torch.Tensor]) -> dict:
+    """``extraction.dtype: auto`` from one batch of every layer's hidden states: float16 (3 more
+    significant bits) when they fit it with :data:`AUTO_DTYPE_MARGIN`, else bfloat16; the record of the
+    choice and of what it rests on (max |h| per layer)."""
+    max_abs = {str(layer): h.abs().max().item() for layer, h in hidden.items()}
+    float16_max = torch.finfo(torch.float16).max
+    # Written as "all below" so that a NaN (never below anything) chooses bfloat16, not float16.
+    fits = all(value * AUTO_DTYPE_MARGIN < float16_max for value in max_abs.values())
+    return {"dtype": "float16" if fits else "bfloat16", "max_abs_hidden": max_abs, "margin": AUTO_DTYPE_MARGIN,
+            "float16_max": float16_max, "windows": int(next(iter(hidden.values())).shape[0]),
+            "rule": "float16 if max |h| of the first batch × margin < float16_max, else bfloat16"}
+
+
 def batches(tokens: np.ndarray, batch_size: int, description: str):
     """(offset, input_ids [batch, T] int64) over the windows, with a progress bar."""
     for start in tqdm(range(0, len(tokens), batch_size), desc=description, unit="batch", mininterval=5):
@@ -47,15 +67,18 @@ def batches(tokens: np.ndarray, batch_size: int, description: str):
 @torch.no_grad()
 def extract_hidden_states(model, tokens: np.ndarray, layers: Sequence[Layer], out_paths: Mapping[Layer, str], *,
                           surprisal_path: str | None, batch_size: int, device: torch.device,
-                          storage_dtype: torch.dtype, metadata: Mapping) -> None:
-    """hidden [n_windows, T, d_model] per layer to ``out_paths``; surprisal [n_windows, T-1] if asked."""
+                          storage_dtype: torch.dtype | None, metadata: Mapping) -> dict | None:
+    """hidden [n_windows, T, d_model] per layer to ``out_paths``; surprisal [n_windows, T-1] if asked.
+
+    ``storage_dtype`` None (``extraction.dtype: auto``) chooses it from the first batch with
+    :func:`choose_storage_dtype`, records the choice in every layer file's metadata and returns it.
+    """
     capture = ResidualCapture(model, layers)
     n_windows, length = tokens.shape
     d_model = model.config.hidden_size
+    choice = None
     with contextlib.ExitStack() as stack:
-        writers = {layer: stack.enter_context(StreamingTensorWriter(
-            out_paths[layer], "hidden", (n_windows, length, d_model), storage_dtype,
-            {**metadata, "layer": layer, "convention": LAYER_CONVENTION})) for layer in layers}
+        writers = None  # opened at the first batch, once the storage dtype is known
         surprisal_writer = stack.enter_context(StreamingTensorWriter(
             surprisal_path, "surprisal", (n_windows, length - 1), torch.float32,
             {**metadata, "positions": "2..T", "unit": "nats"})) if surprisal_path else None
@@ -66,9 +89,22 @@ def extract_hidden_states(model, tokens: np.ndarray, layers: Sequence[Layer], ou
                 surprisal_writer.write(surprisal(logits, input_ids))
             else:
                 hidden = capture.run(input_ids)
+            if writers is None:
+                if storage_dtype is None:
+                    choice = choose_storage_dtype(hidden)
+                    storage_dtype = getattr(torch, choice["dtype"])
+                    log.info("extraction.dtype auto: %s (max |h| per layer in the first batch: %s)",
+                             choice["dtype"], choice["max_abs_hidden"])
+                layer_metadata = {**metadata, "convention": LAYER_CONVENTION}
+                if choice is not None:
+                    layer_metadata["storage_dtype_choice"] = choice
+                writers = {layer: stack.enter_context(StreamingTensorWriter(
+                    out_paths[layer], "hidden", (n_windows, length, d_model), storage_dtype,
+                    {**layer_metadata, "layer": layer})) for layer in layers}
             for layer in layers:
                 _check_finite(hidden[layer], layer, storage_dtype, offset)
                 writers[layer].write(hidden[layer])
+    return choice
 
 
 @torch.no_grad()

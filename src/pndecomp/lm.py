@@ -8,6 +8,8 @@ forward hooks on the block modules (and on the embedding and final norm), never 
 """
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import importlib.util
 import logging
@@ -256,12 +258,45 @@ class _StopForward(Exception):
     """Raised by the deepest hook to end the forward pass early (no later block or norm, no LM head)."""
 
 
+class Float32Head:
+    """The model's final norm and LM head in float32, whatever the LM's dtype: logits for surprisal.
+
+    bfloat16 keeps 8 significant bits: logits of magnitude ~10 are rounded by up to 0.03, and so is
+    the surprisal computed from them; float32 copies of the two modules avoid that (a model in float32
+    uses its own, so its logits are bit for bit those of its forward).
+
+    Gemma 2 and Gemma 3 (text) soft-cap their logits, c·tanh(logits / c), with c from the config's
+    ``final_logit_softcapping``, as HF's forward does; the other families' configs have no such key
+    (nor does Gemma3ForConditionalGeneration's top-level config, whose forward does not cap).
+    tests/test_adapters.py checks the logits against the model's own for every registered family.
+    """
+
+    def __init__(self, model: nn.Module):
+        def in_float32(module: nn.Module) -> nn.Module:
+            return module if model.dtype == torch.float32 else copy.deepcopy(module).float()
+
+        self.norm = in_float32(adapters.final_norm(model))
+        self.head = in_float32(model.get_output_embeddings())
+        self.softcap = getattr(model.config, "final_logit_softcapping", None)
+
+    def __call__(self, last_block_output: torch.Tensor) -> torch.Tensor:
+        """[..., d_model] the input of the final norm -> [..., vocab] float32 logits."""
+        logits = self.head(self.norm(last_block_output.float()))
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+
+_FINAL_NORM_INPUT = "final norm input"  # a capture key that is not a layer name
+
+
 class ResidualCapture:
     """Capture the residual stream at several layers in one forward pass.
 
-    ``run(input_ids)`` returns ``{layer: hidden [batch, pos, d_model]}``; with ``logits=False`` the
-    pass stops right after the deepest requested layer (a block, or the final norm for ``"final"``,
-    before the LM head). With ``logits=True`` it also returns the logits of the full model.
+    ``run(input_ids)`` returns ``{layer: hidden [batch, pos, d_model]}``; the pass stops right after
+    the deepest requested layer (a block, or the final norm for ``"final"``), never reaching the
+    model's LM head. With ``logits=True`` it runs to the final norm and also returns float32 logits
+    [batch, pos, vocab], computed from the final norm's input by :class:`Float32Head`.
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[Layer]):
@@ -270,21 +305,31 @@ class ResidualCapture:
         self.blocks = block_modules(model)
         self.block_layers = sorted(layer for layer in self.layers if layer not in NAMED_LAYERS)
         self._captured: dict[Layer, torch.Tensor] = {}
-        self._stop_early = False
+
+    @functools.cached_property
+    def float32_head(self) -> Float32Head:
+        """Built on first use: only surprisal needs it, and its copies take memory in a bf16 model."""
+        return Float32Head(self.model)
 
     def _hook(self, layer: Layer, is_deepest: bool):
         def hook(_module, _inputs, output):
             hidden = output[0] if isinstance(output, tuple) else output
             self._captured[layer] = hidden.detach()
-            if is_deepest and self._stop_early:
+            if is_deepest:
                 raise _StopForward
         return hook
 
+    def _final_norm_hook(self, _module, inputs, output):
+        self._captured[FINAL] = output.detach()
+        self._captured[_FINAL_NORM_INPUT] = inputs[0].detach()
+        raise _StopForward
+
     @torch.no_grad()
     def run(self, input_ids: torch.Tensor, logits: bool = False):
+        # Before any hook is registered: a copy of a hooked final norm would carry the hook.
+        head = self.float32_head if logits else None
         self._captured = {}
-        self._stop_early = not logits
-        if FINAL in self.layers:
+        if logits or FINAL in self.layers:
             deepest = FINAL
         else:
             deepest = self.block_layers[-1] if self.block_layers else EMBED
@@ -293,21 +338,22 @@ class ResidualCapture:
         if EMBED in self.layers:
             handles.append(adapters.embedding(self.model).register_forward_hook(
                 self._hook(EMBED, deepest == EMBED)))
-        if FINAL in self.layers:
-            handles.append(adapters.final_norm(self.model).register_forward_hook(self._hook(FINAL, True)))
+        if deepest == FINAL:
+            handles.append(adapters.final_norm(self.model).register_forward_hook(self._final_norm_hook))
         try:
-            output = self.model(input_ids=input_ids, use_cache=False)
+            self.model(input_ids=input_ids, use_cache=False)
         except _StopForward:
-            output = None
+            pass
         finally:
             for handle in handles:
                 handle.remove()
         hidden = {layer: self._captured[layer] for layer in self.layers}
-        return (hidden, output.logits) if logits else hidden
+        return (hidden, head(self._captured[_FINAL_NORM_INPUT])) if logits else hidden
 
 
 def surprisal(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """s_{t+1} = -log p(x_{t+1} | x_{≤t}) in nats for t+1 = 2..T: [batch, T-1] float32.
+    """s_{t+1} = -log p(x_{t+1} | x_{≤t}) in nats for t+1 = 2..T: [batch, T-1] float32, from the float32
+    logits of ``ResidualCapture.run(..., logits=True)``.
 
     One window at a time: a float32 log-softmax of the whole batch's logits would hold two copies of
     [batch, T, vocab] (~760 MB for SmolLM2 at 16 × 128; ~6.6 GB at the paper's 64 × 256).

@@ -21,13 +21,14 @@ TAIL_ROWS = 20  # rows of the tail table: the largest squared errors of a layer
 
 
 def score_baselines(config: Mapping, materialized_dir: str | None, layer: str, train_data_path: str,
-                    eval_hidden_path: str, out_path: str) -> None:
+                    eval_hidden_path: str, out_path: str, storage_dtype_path: str | None = None) -> None:
     """Fit every configured baseline on at most ``metrics.baseline_train_windows`` predictor_train windows
     and record its SSE on every eval window (the predictor's rows: positions 2..T)."""
     section, batch_size = config["metrics"], config["extraction"]["batch_size"]
     limit = section["baseline_train_windows"]
     if config["train"]["data"] == "stream":
-        tokens, hidden_of = layer_states(config, materialized_dir, lm.parse_layer(layer), train_data_path)
+        tokens, hidden_of = layer_states(config, materialized_dir, lm.parse_layer(layer), train_data_path,
+                                         storage_dtype_path)
         tokens = tokens[:limit]
 
         def train_batches():

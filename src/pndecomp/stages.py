@@ -7,17 +7,18 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
 from . import config as cfg
-from . import corpus, extract, lm, metrics, predictor, storage, tasks, windows
+from . import corpus, extract, lm, metrics, predictor, storage, tasks, token_store, windows
 from .embedded_corpus import build_embedded_corpus  # the name embedded_corpus is a stage here
-from .train import batch_indices
-from .train import train_predictor as train_loop
+from .train import PredictorTrainer, batch_indices, check_stream_pool
+from .train import train_predictors as train_loop
 
 log = logging.getLogger(__name__)
 
@@ -93,101 +94,187 @@ def embedded_corpus(config: Mapping, out_jsonl: str, out_manifest: str) -> None:
 
 def make_windows(config: Mapping, materialized_dir: str | None, corpus_jsonl: str | None,
                  outputs: Mapping[str, str]) -> None:
-    """Windows of every split; ``outputs`` maps predictor_train, predictor_eval, probe, summary to paths."""
+    """Windows of every split; ``outputs`` maps predictor_train, predictor_eval, probe, summary to paths, and
+    predictor_train_tokens to the token store of the predictor_train documents (stream mode's window pool)."""
     tokenizer = lm.load_tokenizer(model_source(config, materialized_dir))
     section = config["windows"]
     probe_tasks = [tasks.get(name) for name in config["probes"]["tasks"]]
     probe_caps = cfg.probe_caps(config)
-    documents = corpus.iter_documents(cfg.corpus_for_reading(config, corpus_jsonl))
-    candidates, counts = windows.build_windows(
-        documents, tokenizer, length=section["length"], per_document=section["per_document"],
-        prepend_bos=section["prepend_bos"], fractions=section["split_fractions"], seed=config["seed"],
-        tasks=probe_tasks)
-    predictor_counts = {split: section[split] for split in ("predictor_train", "predictor_eval")}
-    selected = windows.select_windows(candidates, predictor_counts=predictor_counts, probe_caps=probe_caps,
-                                      tasks=probe_tasks)
-    summary = windows.summarize(selected, counts, probe_tasks)
-    log.info("windows: %s", summary)
-    windows.check_selection(selected, length=section["length"], requested=predictor_counts, tasks=probe_tasks,
-                            probe_caps=probe_caps, counts=counts)
     metadata = output_metadata(config)
+    documents = corpus.iter_documents(cfg.corpus_for_reading(config, corpus_jsonl))
+    with token_store.TokenStoreWriter(
+            outputs["predictor_train_tokens"], vocab_size=len(tokenizer), window_length=section["length"],
+            bos_token_id=tokenizer.bos_token_id if section["prepend_bos"] else None, metadata=metadata) as store:
+        def keep_predictor_train(document: corpus.Document, split: str, ids: list[int]) -> None:
+            if split == "predictor_train":
+                store.add(document.doc_id, ids)
+
+        candidates, counts = windows.build_windows(
+            documents, tokenizer, length=section["length"], per_document=section["per_document"],
+            prepend_bos=section["prepend_bos"], fractions=section["split_fractions"], seed=config["seed"],
+            tasks=probe_tasks, on_document=keep_predictor_train)
+        predictor_counts = {split: section[split] for split in ("predictor_train", "predictor_eval")}
+        selected = windows.select_windows(candidates, predictor_counts=predictor_counts, probe_caps=probe_caps,
+                                          tasks=probe_tasks)
+        summary = {**windows.summarize(selected, counts, probe_tasks, documents.duplicates),
+                   "stream_pool": store.summary()}
+        log.info("windows: %s", summary)
+        windows.check_selection(selected, length=section["length"], requested=predictor_counts, tasks=probe_tasks,
+                                probe_caps=probe_caps, counts=counts)
     for name in ("predictor_train", "predictor_eval", "probe"):
         storage.write_parquet(selected[name], outputs[name], metadata)
     storage.write_json({**summary, "metadata": metadata}, outputs["summary"])
 
 
 def extract_activations(config: Mapping, materialized_dir: str | None, windows_path: str,
-                        out_paths: Mapping[str, str], surprisal_path: str | None) -> None:
-    """Hidden states of every configured layer (one pass), plus surprisal for the eval split."""
+                        out_paths: Mapping[str, str], surprisal_path: str | None,
+                        storage_dtype_path: str | None = None, out_storage_dtype: str | None = None) -> None:
+    """Hidden states of every configured layer (one pass), plus surprisal for the eval split.
+
+    ``out_storage_dtype`` is given to the one job that chooses the storage dtype (``extraction.dtype:
+    auto``, the eval split): it chooses from its first batch and records the choice there. Any other
+    job stores in :func:`pndecomp.config.storage_dtype`'s dtype (``storage_dtype_path``: that record).
+    """
     layers = [lm.parse_layer(name) for name in out_paths]
+    storage_dtype = None if out_storage_dtype else cfg.storage_dtype(config, storage_dtype_path)
     tokens = extract.window_tokens(windows_path)
     model, device = load_frozen_lm(config, materialized_dir, layers, tokens.shape[1])
-    extract.extract_hidden_states(
+    metadata = output_metadata(config)
+    choice = extract.extract_hidden_states(
         model, tokens, layers,
         {lm.parse_layer(name): path for name, path in out_paths.items()},
         surprisal_path=surprisal_path, batch_size=config["extraction"]["batch_size"], device=device,
-        storage_dtype=cfg.DTYPES[config["extraction"]["dtype"]], metadata=output_metadata(config))
+        storage_dtype=storage_dtype, metadata=metadata)
+    if out_storage_dtype:
+        storage.write_json({**choice, "metadata": metadata}, out_storage_dtype)
+
+
+@dataclass(frozen=True)
+class PredictorFiles:
+    """One layer's files in a training job: its eval hidden states (the learning curve's eval set), its
+    weights and curve, and its resume state (not an output: it must survive an interrupted job)."""
+
+    eval_hidden: str
+    weights: str
+    curve: str
+    resume: str
 
 
 def train_predictor(config: Mapping, materialized_dir: str | None, layer: str, train_data_path: str,
-                    eval_hidden_path: str, out_weights: str, out_curve: str, resume_path: str) -> None:
-    """Train one layer's predictor from cached hidden states (``train.data: cache``, reading the
-    layer's activations) or from hidden states the frozen LM computes on the fly for every batch
-    (``stream``, reading the predictor_train windows)."""
-    predictor_cfg = cfg.predictor_config(config, lm.read_model_shape(model_source(config, materialized_dir)))
+                    eval_hidden_path: str, out_weights: str, out_curve: str, resume_path: str,
+                    storage_dtype_path: str | None = None) -> None:
+    """Train one layer's predictor from cached hidden states (``train.data: cache``, reading the layer's
+    activations) or from hidden states the frozen LM computes for every batch (``stream``, reading the
+    predictor_train token store); see :func:`train_predictors`."""
+    train_predictors(config, materialized_dir, train_data_path,
+                     {layer: PredictorFiles(eval_hidden_path, out_weights, out_curve, resume_path)}, storage_dtype_path)
+
+
+def train_predictors(config: Mapping, materialized_dir: str | None, train_data_path: str,
+                     layers: Mapping[str, PredictorFiles], storage_dtype_path: str | None = None) -> None:
+    """Train the predictors of ``layers`` side by side, one resume file each.
+
+    Stream mode (``train_data_path``: the token store) draws every step's windows from the store's pool
+    and runs the LM once per step, up to the deepest of ``layers``: one job trains every layer with
+    ``train.joint_layers``, or one layer per job. It first checks that the run fits in
+    ``train.max_epochs`` passes over the pool. Cache mode reads one layer's activations per job.
+    ``storage_dtype_path``: see :func:`pndecomp.config.storage_dtype`.
+    """
     train_cfg = cfg.train_config(config)
-    device = cfg.resolve_device(config["device"])
-    eval_hidden = read_hidden(eval_hidden_path, limit=config["train"]["eval_windows"])
     if config["train"]["data"] == "stream":
-        next_batch = streamed_batches(config, materialized_dir, lm.parse_layer(layer), train_data_path, train_cfg)
+        pool = token_store.open_pool(train_data_path)
+        check_stream_pool(len(pool), train_cfg)  # before the LM and the eval states are loaded
+        n_windows, data_file = len(pool), pool.path / token_store.TOKENS_FILE
     else:
+        if len(layers) != 1:
+            raise ValueError(f"cache mode trains one layer per job, not {list(layers)} (train.joint_layers needs "
+                             "train.data: stream)")
         train_hidden = read_hidden(train_data_path)
+        n_windows, data_file = len(train_hidden), Path(train_data_path)
+    predictor_cfg = cfg.predictor_config(config, lm.read_model_shape(model_source(config, materialized_dir)))
+    device = cfg.resolve_device(config["device"])
+    stat = data_file.stat()
+    trainers = {
+        layer: PredictorTrainer(
+            predictor_cfg, train_cfg, read_hidden(files.eval_hidden, limit=config["train"]["eval_windows"]),
+            device=device, resume_path=Path(files.resume), name=f"layer {layer}",
+            data_id=f"{config['train']['data']}:{layer}:{stat.st_size}:{stat.st_mtime_ns}")
+        for layer, files in layers.items()}
+    if config["train"]["data"] == "stream":
+        next_batch = streamed_batches(config, materialized_dir, list(layers), pool, train_cfg, storage_dtype_path)
+    else:
+        (only_layer,) = layers
 
-        def next_batch(step: int) -> torch.Tensor:
-            return train_hidden[batch_indices(len(train_hidden), train_cfg.batch_size, train_cfg.seed, step)]
+        def next_batch(step: int) -> dict[str, torch.Tensor]:
+            return {only_layer: train_hidden[batch_indices(n_windows, train_cfg.batch_size, train_cfg.seed, step)]}
 
-    stat = Path(train_data_path).stat()
-    model, curve = train_loop(predictor_cfg, train_cfg, next_batch, eval_hidden, device=device,
-                              resume_path=Path(resume_path),
-                              data_id=f"{config['train']['data']}:{layer}:{stat.st_size}:{stat.st_mtime_ns}")
-    metadata = output_metadata(config, layer=lm.parse_layer(layer), train=config["train"])
-    predictor.save_predictor(model, out_weights, metadata)
-    storage.write_parquet(curve, out_curve, metadata)
-    Path(resume_path).unlink(missing_ok=True)
+    results = train_loop(trainers, train_cfg, next_batch, n_windows)
+    for layer, (model, curve) in results.items():
+        metadata = output_metadata(config, layer=lm.parse_layer(layer), train=config["train"])
+        predictor.save_predictor(model, layers[layer].weights, metadata)
+        storage.write_parquet(curve, layers[layer].curve, metadata)
+    for files in layers.values():  # once every output is in place
+        Path(files.resume).unlink(missing_ok=True)
 
 
-def layer_states(config: Mapping, materialized_dir: str | None, layer: lm.Layer,
-                 windows_path: str) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
-    """(the windows' token ids [n, T], hidden_of(ids) -> the layer's hidden states [batch, T, d]): the LM
-    runs up to ``layer`` only (early exit, no LM head), rounded through the storage dtype like the
-    cached states and the eval set."""
+def frozen_lm_states(config: Mapping, materialized_dir: str | None, layers: Sequence[lm.Layer], window_length: int,
+                     storage_dtype_path: str | None = None) -> Callable[[torch.Tensor], dict[lm.Layer, torch.Tensor]]:
+    """states_of(ids [batch, T]) -> {layer: hidden states [batch, T, d]} from one LM pass that stops after the
+    deepest of ``layers`` (no LM head), rounded through the storage dtype like the cached states and the
+    eval set."""
+    model, device = load_frozen_lm(config, materialized_dir, layers, window_length)
+    capture = lm.ResidualCapture(model, layers)
+    storage_dtype = cfg.storage_dtype(config, storage_dtype_path)
+
+    def states_of(ids: torch.Tensor) -> dict[lm.Layer, torch.Tensor]:
+        return {layer: hidden.to(storage_dtype)
+                for layer, hidden in capture.run(ids.to(device, non_blocking=True)).items()}
+
+    return states_of
+
+
+def layer_states(config: Mapping, materialized_dir: str | None, layer: lm.Layer, windows_path: str,
+                 storage_dtype_path: str | None = None) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """(the windows' token ids [n, T], hidden_of(ids) -> the layer's hidden states [batch, T, d]), as
+    :func:`frozen_lm_states` computes them."""
     tokens = torch.from_numpy(extract.window_tokens(windows_path))
-    model, device = load_frozen_lm(config, materialized_dir, [layer], tokens.shape[1])
-    capture = lm.ResidualCapture(model, [layer])
-    if device.type == "cuda":
+    states_of = frozen_lm_states(config, materialized_dir, [layer], tokens.shape[1], storage_dtype_path)
+    if cfg.resolve_device(config["device"]).type == "cuda":
         tokens = tokens.pin_memory()  # lets the host-to-device copy overlap compute
-    storage_dtype = cfg.DTYPES[config["extraction"]["dtype"]]
-
-    def hidden_of(ids: torch.Tensor) -> torch.Tensor:
-        return capture.run(ids.to(device, non_blocking=True))[layer].to(storage_dtype)
-
-    return tokens, hidden_of
+    return tokens, lambda ids: states_of(ids)[layer]
 
 
-def streamed_batches(config: Mapping, materialized_dir: str | None, layer: lm.Layer, windows_path: str,
-                     train_cfg) -> Callable[[int], torch.Tensor]:
-    """next_batch(step) for stream mode: the hidden states of the step's windows, computed by the LM."""
-    tokens, hidden_of = layer_states(config, materialized_dir, layer, windows_path)
+def streamed_batches(config: Mapping, materialized_dir: str | None, layers: Sequence[str],
+                     pool: token_store.WindowPool, train_cfg,
+                     storage_dtype_path: str | None = None) -> Callable[[int], dict[str, torch.Tensor]]:
+    """next_batch(step) for stream mode: {layer: the hidden states of the step's pool windows}, from one LM
+    pass. A non-finite state stops training, naming the layer, the step and the window."""
+    parsed = {name: lm.parse_layer(name) for name in layers}
+    states_of = frozen_lm_states(config, materialized_dir, list(parsed.values()), pool.window_length,
+                                 storage_dtype_path)
 
-    def next_batch(step: int) -> torch.Tensor:
-        return hidden_of(tokens[batch_indices(len(tokens), train_cfg.batch_size, train_cfg.seed, step)])
+    def next_batch(step: int) -> dict[str, torch.Tensor]:
+        indices = batch_indices(len(pool), train_cfg.batch_size, train_cfg.seed, step)
+        states = states_of(torch.from_numpy(pool.windows_of(indices.numpy())))
+        for name, layer in parsed.items():
+            finite = torch.isfinite(states[layer])
+            if not finite.all():
+                row, position = (~finite).nonzero()[0, :2].tolist()
+                raise extract.NonFiniteHiddenState(
+                    f"layer {name}, step {step + 1}: non-finite hidden state in window "
+                    f"{pool.window_id(int(indices[row]))} (pool window {int(indices[row])}), position {position + 1}, "
+                    f"in the storage dtype {states[layer].dtype}; with float16, set extraction.dtype to bfloat16 "
+                    "or float32")
+        return {name: states[layer] for name, layer in parsed.items()}
 
     return next_batch
 
 
 def decompose_eval(config: Mapping, eval_hidden_path: str, predictor_path: str, out_residual: str,
-                   out_scores: str) -> None:
-    """r = h − ĥ for positions 2..T of every eval window, and MSE/Var/R² over all of them."""
+                   out_scores: str, storage_dtype_path: str | None = None) -> None:
+    """r = h − ĥ for positions 2..T of every eval window, and MSE/Var/R² over all of them; the residuals
+    are stored like the hidden states (``storage_dtype_path``: see :func:`pndecomp.config.storage_dtype`)."""
+    storage_dtype = cfg.storage_dtype(config, storage_dtype_path)
     device = cfg.resolve_device(config["device"])
     model = predictor.load_predictor(predictor_path, device)
     meta = storage.load_metadata(eval_hidden_path)
@@ -196,8 +283,7 @@ def decompose_eval(config: Mapping, eval_hidden_path: str, predictor_path: str, 
     scores = metrics.RegressionAccumulator()
     window_sse = []  # per window, before the residuals are rounded to the storage dtype: for the bootstrap
     metadata = output_metadata(config, layer=meta["layer"])
-    with storage.StreamingTensorWriter(out_residual, "residual", (n_windows, length - 1, d_model),
-                                       cfg.DTYPES[config["extraction"]["dtype"]],
+    with storage.StreamingTensorWriter(out_residual, "residual", (n_windows, length - 1, d_model), storage_dtype,
                                        {**metadata, "positions": "2..T"}) as writer:
         for batch in hidden_batches(eval_hidden_path, config["extraction"]["batch_size"]):
             batch = batch.to(device)
@@ -211,7 +297,11 @@ def decompose_eval(config: Mapping, eval_hidden_path: str, predictor_path: str, 
 
 
 def probe_features(config: Mapping, materialized_dir: str | None, probe_windows_path: str,
-                   predictor_paths: Mapping[str, str], out_paths: Mapping[str, str]) -> None:
+                   predictor_paths: Mapping[str, str], out_paths: Mapping[str, str],
+                   storage_dtype_path: str | None = None) -> None:
+    """h_T, ĥ_T, r_T and h_mean of the probe windows, from states rounded through the storage dtype
+    (``storage_dtype_path``: see :func:`pndecomp.config.storage_dtype`)."""
+    storage_dtype = cfg.storage_dtype(config, storage_dtype_path)
     tokens = extract.window_tokens(probe_windows_path)
     model, device = load_frozen_lm(config, materialized_dir, [lm.parse_layer(name) for name in predictor_paths],
                                    tokens.shape[1])
@@ -220,4 +310,4 @@ def probe_features(config: Mapping, materialized_dir: str | None, probe_windows_
     extract.extract_probe_features(
         model, tokens, predictors,
         {lm.parse_layer(name): path for name, path in out_paths.items()}, batch_size=config["extraction"]["batch_size"],
-        device=device, storage_dtype=cfg.DTYPES[config["extraction"]["dtype"]], metadata=output_metadata(config))
+        device=device, storage_dtype=storage_dtype, metadata=output_metadata(config))

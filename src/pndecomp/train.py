@@ -1,7 +1,9 @@
 """Training the predictor (SPEC §4), nanoGPT style: one loop, warm-up + cosine, periodic eval.
 
 Batches are drawn by a generator seeded with (seed, step), so a run resumed from a checkpoint
-draws exactly the batches the uninterrupted run would have drawn.
+draws exactly the batches the uninterrupted run would have drawn. One loop drives one predictor or
+several (one per layer, fed from one LM pass per step in stream mode); each predictor keeps its own
+weights, optimizer, learning curve and resume file.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,6 +39,7 @@ class TrainConfig:
     eval_batch_size: int = 32
     checkpoint_every: int = 1000
     seed: int = 0
+    max_epochs: float = 1.0  # stream mode: passes over the window pool a run may take
 
 
 def get_lr(step: int, cfg: TrainConfig) -> float:
@@ -86,61 +89,126 @@ def _run_fingerprint(predictor_cfg, cfg: TrainConfig, data_id: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def train_predictor(
-    predictor_cfg,
-    cfg: TrainConfig,
-    next_batch: Callable[[int], torch.Tensor],
-    eval_hidden: torch.Tensor,
-    *,
-    device: str | torch.device = "cpu",
-    resume_path: Path | None = None,
-    data_id: str = "",
-) -> tuple[torch.nn.Module, pd.DataFrame]:
-    """Train f_θ for ``cfg.steps`` steps; ``next_batch(step)`` returns hidden [batch, T, d_model].
+class NonFiniteLoss(FloatingPointError):
+    """A training loss that is NaN or infinite: training stops before the step corrupts the weights."""
 
-    Returns the trained predictor and its learning curve (one row per evaluation). With
-    ``resume_path``, state is saved there every ``checkpoint_every`` steps and a compatible saved
-    state (same configs and data) is resumed from.
+
+class StreamPoolTooSmall(ValueError):
+    """Stream-mode training would take more passes over its window pool than ``train.max_epochs``."""
+
+
+CURVE_COLUMNS = ["step", "lr", "train_loss", "windows_seen", "tokens_seen", "eval_mse", "eval_var", "eval_r2"]
+
+
+def check_stream_pool(n_windows: int, cfg: TrainConfig) -> None:
+    """Log ``stream pool: <W> windows, training needs <N>``; raise it when N > max_epochs · W."""
+    needed = cfg.steps * cfg.batch_size
+    passes = needed / n_windows if n_windows else math.inf
+    line = (f"stream pool: {n_windows} windows, training needs {needed} (train.steps {cfg.steps} x train.batch_size "
+            f"{cfg.batch_size}: {passes:.3g} passes over the pool)")
+    log.info(line)
+    if needed > cfg.max_epochs * n_windows:
+        raise StreamPoolTooSmall(
+            f"{line}, more than train.max_epochs = {cfg.max_epochs}: lower train.steps or train.batch_size, give "
+            "the predictor_train split more documents (corpus files, corpus.max_documents, "
+            "windows.split_fractions.predictor_train), or raise train.max_epochs to repeat windows")
+
+
+class PredictorTrainer:
+    """One predictor's training state (weights, AdamW, learning curve, resume file) and its step.
+
+    ``next_step`` is the first step still to run: 0, or where a compatible resume file (same configs and
+    data) left off. With ``resume_path``, state is saved there every ``checkpoint_every`` steps.
     """
-    torch.manual_seed(cfg.seed)
-    predictor = build_predictor(predictor_cfg).to(device)
-    optimizer = torch.optim.AdamW(predictor.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    fingerprint = _run_fingerprint(predictor_cfg, cfg, data_id)
-    first_step, curve = 0, []
-    if resume_path is not None and Path(resume_path).exists():
-        # weights_only: a checkpoint can hold tensors and plain values, never code.
-        state = torch.load(resume_path, map_location=device, weights_only=True)
-        if state["fingerprint"] == fingerprint:
-            predictor.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            first_step, curve = state["step"], state["curve"]
-            log.info("resumed from %s at step %d", resume_path, first_step)
-        else:
-            log.warning("ignoring %s: it was written for another configuration", resume_path)
 
-    predictor.train()
-    for step in range(first_step, cfg.steps):
+    def __init__(self, predictor_cfg, cfg: TrainConfig, eval_hidden: torch.Tensor, *,
+                 device: str | torch.device = "cpu", resume_path: Path | None = None, data_id: str = "",
+                 name: str = "predictor"):
+        self.cfg, self.eval_hidden, self.device, self.name = cfg, eval_hidden, torch.device(device), name
+        self.resume_path = None if resume_path is None else Path(resume_path)
+        torch.manual_seed(cfg.seed)  # the same initial weights whichever job (per layer or joint) trains it
+        self.predictor = build_predictor(predictor_cfg).to(self.device)
+        self.optimizer = torch.optim.AdamW(self.predictor.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.fingerprint = _run_fingerprint(predictor_cfg, cfg, data_id)
+        self.next_step, self.curve = 0, []
+        if self.resume_path is not None and self.resume_path.exists():
+            # weights_only: a checkpoint can hold tensors and plain values, never code.
+            state = torch.load(self.resume_path, map_location=self.device, weights_only=True)
+            if state["fingerprint"] == self.fingerprint:
+                self.predictor.load_state_dict(state["model"])
+                self.optimizer.load_state_dict(state["optimizer"])
+                self.next_step, self.curve = state["step"], state["curve"]
+                log.info("%s: resumed from %s at step %d", name, self.resume_path, self.next_step)
+            else:
+                log.warning("%s: ignoring %s: it was written for another configuration", name, self.resume_path)
+        self.predictor.train()
+
+    def step(self, step: int, hidden: torch.Tensor, windows_seen: int) -> None:
+        """One optimizer step on hidden [batch, T, d_model]; evaluates and checkpoints when due."""
+        cfg = self.cfg
         lr = get_lr(step, cfg)
-        for group in optimizer.param_groups:
+        for group in self.optimizer.param_groups:
             group["lr"] = lr
-        # On CUDA the matmuls run in bf16 under autocast; the weights and AdamW state stay fp32.
-        with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
-                            enabled=torch.device(device).type == "cuda"):
-            loss = prediction_loss(predictor, next_batch(step).to(device, non_blocking=True))
-        optimizer.zero_grad(set_to_none=True)
+        hidden = hidden.to(self.device, non_blocking=True)
+        # On CUDA the predictor's matmuls run in bf16 under autocast (the weights and AdamW state stay
+        # fp32); the batch was computed before, outside it, so a frozen LM runs in its own dtype.
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            loss = prediction_loss(self.predictor, hidden)
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(f"{self.name}: the training loss is {loss.item()} at step {step + 1} (max |h| in the "
+                                f"batch: {hidden.float().abs().max().item():.4g}); lower train.lr or check the "
+                                "hidden states")
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(predictor.parameters(), cfg.grad_clip)
-        optimizer.step()
-        done = step + 1
+            torch.nn.utils.clip_grad_norm_(self.predictor.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        done = self.next_step = step + 1
         if done % cfg.eval_every == 0 or done == cfg.steps:
-            scores = evaluate(predictor, eval_hidden, cfg.eval_batch_size, device)
-            curve.append({"step": done, "lr": lr, "train_loss": loss.item(),
-                          **{f"eval_{k}": v for k, v in scores.items()}})
-            log.info("step %d  train loss %.5g  eval mse %.5g  r2 %.4f", done, loss.item(), scores["mse"], scores["r2"])
-        if resume_path is not None and (done % cfg.checkpoint_every == 0) and done < cfg.steps:
-            with atomic_path(resume_path) as tmp:
-                torch.save({"model": predictor.state_dict(), "optimizer": optimizer.state_dict(), "step": done,
-                            "curve": curve, "fingerprint": fingerprint}, tmp)
-    predictor.eval()
-    return predictor, pd.DataFrame(curve, columns=["step", "lr", "train_loss", "eval_mse", "eval_var", "eval_r2"])
+            scores = evaluate(self.predictor, self.eval_hidden, cfg.eval_batch_size, self.device)
+            self.curve.append({"step": done, "lr": lr, "train_loss": loss.item(), "windows_seen": windows_seen,
+                               "tokens_seen": windows_seen * hidden.shape[1],
+                               **{f"eval_{k}": v for k, v in scores.items()}})
+            log.info("%s: step %d  train loss %.5g  eval mse %.5g  r2 %.4f", self.name, done, loss.item(),
+                     scores["mse"], scores["r2"])
+        if self.resume_path is not None and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+            with atomic_path(self.resume_path) as tmp:
+                torch.save({"model": self.predictor.state_dict(), "optimizer": self.optimizer.state_dict(),
+                            "step": done, "curve": self.curve, "fingerprint": self.fingerprint}, tmp)
+
+    def result(self) -> tuple[torch.nn.Module, pd.DataFrame]:
+        self.predictor.eval()
+        return self.predictor, pd.DataFrame(self.curve, columns=CURVE_COLUMNS)
+
+
+def train_predictors(trainers: Mapping[str, PredictorTrainer], cfg: TrainConfig,
+                     next_batch: Callable[[int], Mapping[str, torch.Tensor]],
+                     n_windows: int) -> dict[str, tuple[torch.nn.Module, pd.DataFrame]]:
+    """Run every trainer to ``cfg.steps``; ``next_batch(step)`` gives each trainer's hidden [batch, T, d_model].
+
+    ``n_windows``: the windows batches are drawn from (the stream pool, or the cached windows), for the
+    curve's distinct windows seen (min(steps · batch, n_windows)) and the log line of every new pass.
+    Returns {name: (trained predictor, learning curve, one row per evaluation)}.
+    """
+    first_step = min(trainer.next_step for trainer in trainers.values())
+    for step in range(first_step, cfg.steps):
+        passes = -(-(step + 1) * cfg.batch_size // n_windows)  # passes over the windows begun by this step
+        if step == first_step or passes > -(-step * cfg.batch_size // n_windows):
+            log.info("step %d: pass %d over the %d windows", step + 1, passes, n_windows)
+        batch = next_batch(step)
+        windows_seen = min((step + 1) * cfg.batch_size, n_windows)
+        for name, trainer in trainers.items():
+            if trainer.next_step == step:  # a trainer resumed further along skips the steps it has done
+                trainer.step(step, batch[name], windows_seen)
+    return {name: trainer.result() for name, trainer in trainers.items()}
+
+
+def train_predictor(predictor_cfg, cfg: TrainConfig, next_batch: Callable[[int], torch.Tensor],
+                    eval_hidden: torch.Tensor, *, n_windows: int, device: str | torch.device = "cpu",
+                    resume_path: Path | None = None, data_id: str = "") -> tuple[torch.nn.Module, pd.DataFrame]:
+    """Train one f_θ for ``cfg.steps`` steps; ``next_batch(step)`` returns hidden [batch, T, d_model] drawn
+    from ``n_windows`` windows. Returns the trained predictor and its learning curve."""
+    trainer = PredictorTrainer(predictor_cfg, cfg, eval_hidden, device=device, resume_path=resume_path,
+                               data_id=data_id)
+    return train_predictors({"predictor": trainer}, cfg, lambda step: {"predictor": next_batch(step)},
+                            n_windows)["predictor"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -50,8 +50,12 @@ def tokenized(documents: Iterable[Document], tokenizer) -> Iterator[tuple[Docume
 
 def build_windows(documents: Iterable[Document], tokenizer, *, length: int, per_document: int,
                   prepend_bos: bool, fractions: Mapping[str, float], seed: int,
-                  tasks: Sequence[ProbeTask]) -> tuple[pd.DataFrame, dict]:
+                  tasks: Sequence[ProbeTask],
+                  on_document: Callable[[Document, str, list[int]], None] | None = None) -> tuple[pd.DataFrame, dict]:
     """Every candidate window of every long-enough document, with its split and each task's label.
+
+    ``on_document(document, split, token ids)`` is called for every long-enough document (the stream-mode
+    token store keeps the predictor_train documents' ids from here: one tokenization serves both).
 
     A control task's labels (:func:`pndecomp.tasks.control_labels`) are drawn after its base task
     has labelled every candidate window; the base labels are computed even when the base task is
@@ -76,6 +80,8 @@ def build_windows(documents: Iterable[Document], tokenizer, *, length: int, per_
             counts["skipped_short"] += 1
             continue
         split = split_of(doc.group, fractions, seed)
+        if on_document is not None:
+            on_document(doc, split, ids)
         for start in window_starts(len(ids), span, per_document, seed, doc.doc_id):
             tokens = np.asarray([*bos, *ids[start:start + span]], dtype=np.int32)
             window = ProbeWindow(doc, tokens, tokenizer.decode)
@@ -171,9 +177,12 @@ def class_counts(probe: pd.DataFrame, task: ProbeTask) -> dict[str, dict[str, in
             for split in PROBE_SPLITS}
 
 
-def summarize(selected: Mapping[str, pd.DataFrame], counts: Mapping[str, int], tasks: Sequence[ProbeTask]) -> dict:
-    """Counts a user checks first: documents seen and skipped, windows per split and class."""
+def summarize(selected: Mapping[str, pd.DataFrame], counts: Mapping[str, int], tasks: Sequence[ProbeTask],
+              duplicates: Mapping) -> dict:
+    """Counts a user checks first: documents seen, skipped and duplicated (``DocumentStream.duplicates``),
+    windows per split and class."""
     return {"documents": counts.get("documents", 0), "skipped_short_documents": counts.get("skipped_short", 0),
+            "duplicates": dict(duplicates),
             "windows": {name: len(frame) for name, frame in selected.items()},
             "probe_classes": {task.name: class_counts(selected["probe"], task) for task in tasks}}
 

@@ -59,10 +59,28 @@ def corpus_files():
 
 
 def train_data():
-    """Cache mode trains on the layer's extracted activations; stream mode on the windows themselves."""
+    """What the baselines fit on: the layer's extracted activations, or in stream mode the predictor_train
+    windows (the LM computes their states)."""
     if config["train"]["data"] == "stream":
         return f"{OUT}/windows/predictor_train.parquet"
     return f"{OUT}/activations/predictor_train/layer-{{layer}}.safetensors"
+
+
+def predictor_training_data():
+    """What a predictor trains on: the layer's extracted activations, or in stream mode the token store of
+    the predictor_train documents (every step draws its windows from all of them)."""
+    if config["train"]["data"] == "stream":
+        return rules.make_windows.output.predictor_train_tokens
+    return f"{OUT}/activations/predictor_train/layer-{{layer}}.safetensors"
+
+
+def storage_dtype_choice():
+    """With extraction.dtype auto, the predictor_eval extraction chooses the storage dtype and records it
+    in this file: an output of that rule, an input of every rule that stores or rounds through the dtype.
+    An explicit dtype needs no file: then an empty dict, to unpack into input or output."""
+    if config["extraction"]["dtype"] != "auto":
+        return {}
+    return {"storage_dtype": f"{OUT}/activations/storage_dtype.json"}
 
 
 def view(*keys):

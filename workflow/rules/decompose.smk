@@ -1,7 +1,8 @@
 rule decompose_eval:
     input:
+        **storage_dtype_choice(),
         hidden=f"{OUT}/activations/predictor_eval/layer-{{layer}}.safetensors",
-        predictor=rules.train_predictor.output.weights,
+        predictor=f"{OUT}/predictors/layer-{{layer}}/predictor.safetensors",
     output:
         residual=f"{OUT}/residuals/predictor_eval/layer-{{layer}}.safetensors",
         scores=f"{OUT}/metrics/eval_scores/layer-{{layer}}.json",
@@ -24,6 +25,7 @@ rule decompose_eval:
 rule probe_features:
     input:
         **per_layer(f"{OUT}/predictors/layer-{{layer}}/predictor.safetensors"),
+        **storage_dtype_choice(),
         model=model_input(),
         windows=rules.make_windows.output.probe,
     output:

@@ -1,9 +1,12 @@
 # One forward pass per split writes every configured layer; the pass stops after the deepest
-# requested block, except for the eval split, whose surprisal needs the LM head.
+# requested block, except for the eval split, whose surprisal needs the LM head (run in float32).
+# With extraction.dtype auto the eval split's job chooses the storage dtype from its first batch
+# (storage_dtype_choice), and the train split's job waits for that choice.
 
 
 rule extract_train_activations:
     input:
+        **storage_dtype_choice(),
         model=model_input(),
         windows=rules.make_windows.output.predictor_train,
     output:
@@ -28,6 +31,7 @@ rule extract_eval_activations:
         windows=rules.make_windows.output.predictor_eval,
     output:
         **per_layer(f"{OUT}/activations/predictor_eval/layer-{{layer}}.safetensors"),
+        **storage_dtype_choice(),
         surprisal=f"{OUT}/activations/predictor_eval/surprisal.safetensors",
     log:
         f"{OUT}/logs/extract_eval_activations.log",

@@ -4,6 +4,7 @@
 
 rule score_baselines:
     input:
+        **storage_dtype_choice(),
         model=model_input(),
         train=train_data(),
         hidden=f"{OUT}/activations/predictor_eval/layer-{{layer}}.safetensors",

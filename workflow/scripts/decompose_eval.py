@@ -3,4 +3,4 @@ from pndecomp.stages import decompose_eval
 
 config = setup(snakemake)
 decompose_eval(config, snakemake.input.hidden, snakemake.input.predictor,
-               snakemake.output.residual, snakemake.output.scores)
+               snakemake.output.residual, snakemake.output.scores, snakemake.input.get("storage_dtype"))

@@ -4,4 +4,5 @@ from pndecomp.stages import extract_activations
 config = setup(snakemake)
 extract_activations(config, materialized_model(snakemake), snakemake.input.windows,
                     layer_paths(snakemake.output, config["layers"]),
-                    snakemake.output.get("surprisal"))
+                    snakemake.output.get("surprisal"), snakemake.input.get("storage_dtype"),
+                    snakemake.output.get("storage_dtype"))

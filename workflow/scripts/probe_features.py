@@ -3,4 +3,5 @@ from pndecomp.stages import probe_features
 
 config = setup(snakemake)
 probe_features(config, materialized_model(snakemake), snakemake.input.windows,
-               layer_paths(snakemake.input, config["layers"]), layer_paths(snakemake.output, config["layers"]))
+               layer_paths(snakemake.input, config["layers"]), layer_paths(snakemake.output, config["layers"]),
+               snakemake.input.get("storage_dtype"))

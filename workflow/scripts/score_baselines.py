@@ -3,4 +3,4 @@ from pndecomp.script import materialized_model, setup
 
 config = setup(snakemake)
 score_baselines(config, materialized_model(snakemake), snakemake.wildcards.layer, snakemake.input.train,
-                snakemake.input.hidden, snakemake.output[0])
+                snakemake.input.hidden, snakemake.output[0], snakemake.input.get("storage_dtype"))

@@ -1,0 +1,145 @@
+"""``extraction.dtype: auto``: the predictor_eval extraction chooses float16 or bfloat16 from its first
+batch, records the choice, and every other store reads it through ``pndecomp.config.storage_dtype``."""
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from conftest import REPO
+from safetensors import safe_open
+from snakemake.utils import validate
+from tiny import write_config
+
+from pndecomp import config as cfg
+from pndecomp import extract, lm, stages, storage
+
+SCHEMA = str(REPO / "workflow" / "schemas" / "config.schema.yaml")
+FLOAT16_LIMIT = torch.finfo(torch.float16).max / extract.AUTO_DTYPE_MARGIN  # 16376
+
+
+def stored_dtype(path) -> torch.dtype:
+    with safe_open(str(path), framework="pt") as handle:
+        return handle.get_tensor(next(iter(handle.keys()))).dtype
+
+
+@pytest.fixture
+def model(tiny_model_dir):
+    return lm.load_model(lm.ModelSource(str(tiny_model_dir)))
+
+
+def extract_auto(model, tokens, out_dir, surprisal: bool = False):
+    paths = {layer: str(out_dir / f"layer-{layer}.safetensors") for layer in (0, 2)}
+    choice = extract.extract_hidden_states(
+        model, tokens, [0, 2], paths, surprisal_path=str(out_dir / "surprisal.safetensors") if surprisal else None,
+        batch_size=2, device=torch.device("cpu"), storage_dtype=None, metadata={"seed": 0})
+    return choice, paths
+
+
+def test_choice_rule_is_float16_below_its_max_over_the_margin():
+    def choose(value):
+        return extract.choose_storage_dtype({0: torch.tensor([[1.0]]), 5: torch.tensor([[-value]])})
+
+    assert choose(FLOAT16_LIMIT * 0.99)["dtype"] == "float16"
+    above = choose(FLOAT16_LIMIT * 1.01)  # fits float16 itself, not with the margin
+    assert above["dtype"] == "bfloat16"
+    assert above["max_abs_hidden"] == {"0": 1.0, "5": pytest.approx(FLOAT16_LIMIT * 1.01)}
+    assert above["margin"] == 4 and above["float16_max"] == 65504 and above["windows"] == 1
+    assert choose(float("nan"))["dtype"] == "bfloat16"
+
+
+def test_auto_stores_small_states_in_float16_and_records_why(model, tmp_path):
+    tokens = np.random.default_rng(0).integers(0, model.config.vocab_size, (5, 16))
+    choice, paths = extract_auto(model, tokens, tmp_path, surprisal=True)
+    assert choice["dtype"] == "float16" and set(choice["max_abs_hidden"]) == {"0", "2"}
+    assert 0 < max(choice["max_abs_hidden"].values()) < 100  # a random tiny model's states
+    for layer, path in paths.items():
+        assert stored_dtype(path) == torch.float16
+        metadata = storage.load_metadata(path)
+        assert metadata["storage_dtype_choice"] == choice and metadata["layer"] == layer
+    assert stored_dtype(tmp_path / "surprisal.safetensors") == torch.float32
+
+
+def test_auto_stores_bfloat16_when_the_first_batch_nears_float16s_range(model, tmp_path):
+    """States of ~3e4 fit float16 (max 65504) but not with the margin of 4: bfloat16."""
+    with torch.no_grad():
+        embedding = model.get_input_embeddings().weight
+        embedding.mul_(3e4 / embedding.abs().max())
+    tokens = np.random.default_rng(0).integers(0, model.config.vocab_size, (5, 16))
+    choice, paths = extract_auto(model, tokens, tmp_path)
+    assert choice["dtype"] == "bfloat16"
+    assert FLOAT16_LIMIT < max(choice["max_abs_hidden"].values()) < torch.finfo(torch.float16).max
+    for path in paths.values():
+        assert stored_dtype(path) == torch.bfloat16
+        assert storage.load_metadata(path)["storage_dtype_choice"]["dtype"] == "bfloat16"
+
+
+def test_a_later_batch_that_overflows_the_choice_still_fails(model, tmp_path):
+    tokens = np.full((4, 16), 5, dtype=np.int64)
+    tokens[3, 4] = 7  # only in the second batch (batch_size 2): the first one chooses float16
+    with torch.no_grad():
+        model.get_input_embeddings().weight[7] *= 1e8
+    with pytest.raises(extract.NonFiniteHiddenState, match=r"window 3, position 5 when stored as torch\.float16"):
+        extract_auto(model, tokens, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_storage_dtype_is_the_configured_one_or_the_recorded_choice(tmp_path):
+    choice = tmp_path / "storage_dtype.json"
+    storage.write_json({"dtype": "bfloat16"}, choice)
+    assert cfg.storage_dtype({"extraction": {"dtype": "float32"}}, None) == torch.float32
+    assert cfg.storage_dtype({"extraction": {"dtype": "float16"}}, str(choice)) == torch.float16
+    assert cfg.storage_dtype({"extraction": {"dtype": "auto"}}, str(choice)) == torch.bfloat16
+    with pytest.raises(cfg.ConfigError, match=r"extraction\.dtype is 'auto'.*storage_dtype\.json"):
+        cfg.storage_dtype({"extraction": {"dtype": "auto"}}, None)
+
+
+def test_eval_extraction_chooses_and_train_extraction_reads_the_choice(tmp_path, tiny_model_dir, tiny_corpus):
+    """The stage: auto is the schema default; the eval job writes the choice, the train job stores in it
+    (here a choice edited to bfloat16, which the train job's own states would not have led to)."""
+    config = yaml.safe_load(write_config(tmp_path / "config.yaml", tiny_model_dir, tiny_corpus,
+                                         layers=[0, "final"]).read_text())
+    validate(config, SCHEMA)
+    assert config["extraction"]["dtype"] == "auto"
+    windows = tmp_path / "windows.parquet"
+    tokens = np.random.default_rng(1).integers(0, 200, (6, config["windows"]["length"]))
+    pd.DataFrame({"tokens": list(tokens)}).to_parquet(windows)
+    eval_paths = {layer: str(tmp_path / f"eval-{layer}.safetensors") for layer in ("0", "final")}
+    choice_path = tmp_path / "storage_dtype.json"
+    stages.extract_activations(config, None, str(windows), eval_paths, str(tmp_path / "surprisal.safetensors"),
+                               out_storage_dtype=str(choice_path))
+    choice = storage.read_json(choice_path)
+    assert choice["dtype"] == "float16" and set(choice["max_abs_hidden"]) == {"0", "final"}
+    assert choice["metadata"]["seed"] == config["seed"] and "packages" in choice["metadata"]
+    assert all(stored_dtype(path) == torch.float16 for path in eval_paths.values())
+
+    storage.write_json({**choice, "dtype": "bfloat16"}, choice_path)
+    train_path = str(tmp_path / "train-0.safetensors")
+    stages.extract_activations(config, None, str(windows), {"0": train_path}, None, str(choice_path))
+    assert stored_dtype(train_path) == torch.bfloat16
+    with pytest.raises(cfg.ConfigError, match="extraction.dtype is 'auto'"):
+        stages.extract_activations(config, None, str(windows), {"0": train_path}, None)
+
+
+def eval_extraction_feeds(workdir, tiny_model_dir, tiny_corpus, dtype: str) -> set[str]:
+    """The rules whose jobs the eval extraction job feeds directly, from ``snakemake --dag``."""
+    workdir.mkdir()
+    write_config(workdir / "config.yaml", tiny_model_dir, tiny_corpus, **{"extraction.dtype": dtype})
+    dot = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
+                          str(workdir), "--dag"], capture_output=True, text=True, check=True).stdout
+    labels = dict(re.findall(r'\t(\d+)\[label = "(\w+)', dot))
+    (source,) = [node for node, rule in labels.items() if rule == "extract_eval_activations"]
+    return {labels[target] for target in re.findall(rf"\t{source} -> (\d+)", dot)}
+
+
+def test_auto_makes_the_other_stores_wait_for_the_eval_extraction(tmp_path, tiny_model_dir, tiny_corpus):
+    """With auto the choice file feeds the train extraction and the probe features too (training and
+    decomposition wait for the eval extraction anyway); an explicit dtype leaves the DAG as it was."""
+    explicit = eval_extraction_feeds(tmp_path / "float16", tiny_model_dir, tiny_corpus, "float16")
+    auto = eval_extraction_feeds(tmp_path / "auto", tiny_model_dir, tiny_corpus, "auto")
+    assert {"train_predictor", "decompose_eval"} <= explicit
+    assert auto - explicit == {"extract_train_activations", "probe_features"}
+    assert explicit <= auto
