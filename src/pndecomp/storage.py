@@ -176,10 +176,35 @@ def load_metadata(path: str | os.PathLike) -> dict:
 
 
 class _Aborted(Exception):
-    """Raised into a StreamingTensorWriter's atomic_path to discard its file."""
+    """Raised into an AtomicWriter's atomic_path to discard what it wrote."""
 
 
-class StreamingTensorWriter:
+class AtomicWriter:
+    """A writer whose output is renamed into place by ``close()`` (subclasses define it, closing
+    ``self._stack``, an ExitStack around :func:`atomic_path`); ``abort()`` or an exception inside its
+    ``with`` block discards the unfinished output instead."""
+
+    _stack: contextlib.ExitStack
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Close and delete the unfinished output: atomic_path sees an exception, so it does not rename."""
+        with contextlib.suppress(_Aborted), self._stack:
+            raise _Aborted
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class StreamingTensorWriter(AtomicWriter):
     """Write one safetensors tensor of known shape batch by batch along its first axis.
 
     safetensors has no append API, but its layout is a JSON header followed by raw little-endian
@@ -212,17 +237,3 @@ class StreamingTensorWriter:
             self.abort()
             raise RuntimeError(f"{self.path}: {self.rows_written} of {self.shape[0]} rows written")
         self._stack.close()  # closes the file, then atomic_path renames it into place
-
-    def abort(self) -> None:
-        """Close and delete the unfinished file: atomic_path sees an exception, so it does not rename."""
-        with contextlib.suppress(_Aborted), self._stack:
-            raise _Aborted
-
-    def __enter__(self) -> StreamingTensorWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()

@@ -24,13 +24,9 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from .storage import atomic_path, write_parquet
+from .storage import AtomicWriter, atomic_path, write_parquet
 
 TOKENS_FILE, DOCUMENTS_FILE = "tokens.bin", "documents.parquet"
-
-
-class _Aborted(Exception):
-    """Raised into the writer's atomic_path to discard the unfinished store."""
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -43,7 +39,7 @@ def slots(n_tokens: np.ndarray, window_length: int, bos_token_id: int | None) ->
     return np.asarray(n_tokens, dtype=np.int64) // (window_length - (bos_token_id is not None))
 
 
-class TokenStoreWriter:
+class TokenStoreWriter(AtomicWriter):
     """Write a store one document at a time (memory: the document table), renamed into place on close.
 
     Used as a context manager: an exception inside the block removes the unfinished store.
@@ -85,19 +81,6 @@ class TokenStoreWriter:
                                   "offset": np.cumsum(n_tokens) - n_tokens, "n_tokens": n_tokens})
         write_parquet(documents, self._directory / DOCUMENTS_FILE, {**self.metadata, "layout": self.layout})
         self._stack.close()  # closes tokens.bin, then atomic_path renames the directory into place
-
-    def abort(self) -> None:
-        with contextlib.suppress(_Aborted), self._stack:
-            raise _Aborted
-
-    def __enter__(self) -> TokenStoreWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 @dataclass(frozen=True)
