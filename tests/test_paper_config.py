@@ -27,7 +27,8 @@ TOKEN_STORE = OUT / "windows" / "predictor_train_tokens"  # a directory
 # Rules the paper's config does not need: its model is a hub id (nothing to materialize), its corpus
 # is files (no embedded corpus), and it trains in stream mode (no cached training activations), every
 # layer in one job (train.joint_layers: the per-layer rule is not defined).
-NOT_NEEDED = {"embedded_corpus", "materialize_model", "extract_train_activations", "train_predictor"}
+NOT_NEEDED = {"embedded_corpus", "materialize_model", "materialize_tokenizer", "extract_train_activations",
+              "train_predictor"}
 
 
 def dry_run(workdir: Path) -> subprocess.CompletedProcess:

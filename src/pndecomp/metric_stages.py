@@ -49,7 +49,7 @@ def score_baselines(config: Mapping, materialized_dir: str | None, layer: str, t
                           output_metadata(config, layer=lm.parse_layer(layer), baselines=fitted))
 
 
-def layer_scores(config: Mapping, materialized_dir: str | None, eval_hidden_path: str, residual_path: str,
+def layer_scores(config: Mapping, tokenizer_dir: str | None, eval_hidden_path: str, residual_path: str,
                  eval_scores_path: str, baselines_path: str, eval_windows_path: str, out_scores: str,
                  out_tail: str) -> None:
     """The layer's R² beside its baselines with document-level bootstrap intervals, R² without outlier
@@ -80,7 +80,7 @@ def layer_scores(config: Mapping, materialized_dir: str | None, eval_hidden_path
     layer = storage.load_metadata(residual_path)["layer"]
     storage.write_json({**result, "layer": layer, "metadata": output_metadata(config, layer=layer)}, out_scores)
 
-    tokenizer = lm.load_tokenizer(model_source(config, materialized_dir))
+    tokenizer = lm.load_tokenizer(model_source(config, tokenizer_dir))
     total = arrays["residual_sq"].sum()
     rows = []
     for rank, (window, row) in enumerate(scoring.worst_rows(arrays["residual_sq"], TAIL_ROWS)):

@@ -30,10 +30,21 @@ def setup(snakemake) -> dict:
     return dict(snakemake.params.get("config", {}))
 
 
-def materialized_model(snakemake) -> str | None:
-    """The materialized model directory among the rule's inputs, if the model needed one."""
-    model = snakemake.input.get("model")
-    return model if isinstance(model, str) and model else None
+def materialized(snakemake, name: str = "model") -> str | None:
+    """The materialized model (or, with name="tokenizer", tokenizer) directory among the rule's
+    inputs, if the model needed one.
+
+    ``model=model_input()`` is a list (empty when the model needs no materializing), so Snakemake
+    hands the script a one-item list, not a string.
+    """
+    value = snakemake.input.get(name)
+    if isinstance(value, str):
+        return value or None
+    if value is None or len(value) == 0:
+        return None
+    if len(value) != 1:
+        raise ValueError(f"input {name!r} must name one materialized directory, got {list(value)!r}")
+    return str(value[0])
 
 
 def layer_paths(files, layers) -> dict[str, str]:

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------- shared helpers
 
 def model_source(config: Mapping, materialized_dir: str | None = None) -> lm.ModelSource:
-    """The materialized copy of a GGUF model when there is one, else the configured model."""
+    """The materialized copy of a GGUF model (or of its tokenizer) when there is one, else the configured model."""
     if materialized_dir:
         return lm.ModelSource(str(materialized_dir))
     return lm.resolve_source(config["model"])
@@ -86,17 +86,21 @@ def materialize_model(config: Mapping, out_dir: str) -> None:
     lm.materialize(lm.resolve_source(config["model"]), out_dir)
 
 
+def materialize_tokenizer(config: Mapping, out_dir: str) -> None:
+    lm.materialize_tokenizer(lm.resolve_source(config["model"]), out_dir)
+
+
 def embedded_corpus(config: Mapping, out_jsonl: str, out_manifest: str) -> None:
     summary = build_embedded_corpus(Path(out_jsonl), Path(out_manifest),
                                     max_files_per_domain=config["corpus"]["embedded"]["max_files_per_domain"])
     log.info("embedded corpus: %s", summary)
 
 
-def make_windows(config: Mapping, materialized_dir: str | None, corpus_jsonl: str | None,
+def make_windows(config: Mapping, tokenizer_dir: str | None, corpus_jsonl: str | None,
                  outputs: Mapping[str, str]) -> None:
     """Windows of every split; ``outputs`` maps predictor_train, predictor_eval, probe, summary to paths, and
     predictor_train_tokens to the token store of the predictor_train documents (stream mode's window pool)."""
-    tokenizer = lm.load_tokenizer(model_source(config, materialized_dir))
+    tokenizer = lm.load_tokenizer(model_source(config, tokenizer_dir))
     section = config["windows"]
     probe_tasks = [tasks.get(name) for name in config["probes"]["tasks"]]
     probe_caps = cfg.probe_caps(config)

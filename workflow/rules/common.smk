@@ -17,6 +17,7 @@ TASKS = config["probes"]["tasks"]
 # GGUF weights (the embedded default among them) are dequantized once into a model directory.
 MATERIALIZE_MODEL = config["model"]["id"] == "embedded" or config["model"]["id"].endswith(".gguf")
 MODEL_DIR = f"{OUT}/model"
+TOKENIZER_DIR = f"{OUT}/tokenizer"
 
 # Every semantic check runs here, before any job starts.
 MODEL_SHAPE, MODEL_SHAPE_NOTE = pnconfig.model_shape(config, MODEL_DIR if MATERIALIZE_MODEL else None)
@@ -47,8 +48,14 @@ localrules:
 
 
 def model_input():
-    """The materialized model directory, for rules that load the LM or its tokenizer."""
+    """The materialized model directory, for rules that load the LM."""
     return [MODEL_DIR] if MATERIALIZE_MODEL else []
+
+
+def tokenizer_input():
+    """The materialized tokenizer directory, for rules that need only the tokenizer (they need not
+    wait for the weights)."""
+    return [TOKENIZER_DIR] if MATERIALIZE_MODEL else []
 
 
 def corpus_files():

@@ -28,7 +28,7 @@ rule score_baselines:
 
 rule layer_scores:
     input:
-        model=model_input(),
+        tokenizer=tokenizer_input(),
         hidden=f"{OUT}/activations/predictor_eval/layer-{{layer}}.safetensors",
         residual=rules.decompose_eval.output.residual,
         scores=rules.decompose_eval.output.scores,

@@ -13,3 +13,20 @@ rule materialize_model:
         config=view("model"),
     script:
         "../scripts/materialize_model.py"
+
+
+rule materialize_tokenizer:
+    output:
+        directory(TOKENIZER_DIR),
+    log:
+        f"{OUT}/logs/materialize_tokenizer.log",
+    conda:
+        "../../envs/pndecomp.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        config=view("model"),
+    script:
+        "../scripts/materialize_tokenizer.py"

@@ -1,6 +1,6 @@
 rule make_windows:
     input:
-        model=model_input(),
+        tokenizer=tokenizer_input(),
         corpus=[rules.embedded_corpus.output.documents] if config["corpus"]["source"] == "embedded" else [],
         corpus_files=corpus_files(),
     output:

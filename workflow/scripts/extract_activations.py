@@ -1,8 +1,8 @@
-from pndecomp.script import layer_paths, materialized_model, setup
+from pndecomp.script import layer_paths, materialized, setup
 from pndecomp.stages import extract_activations
 
 config = setup(snakemake)
-extract_activations(config, materialized_model(snakemake), snakemake.input.windows,
+extract_activations(config, materialized(snakemake), snakemake.input.windows,
                     layer_paths(snakemake.output, config["layers"]),
                     snakemake.output.get("surprisal"), snakemake.input.get("storage_dtype"),
                     snakemake.output.get("storage_dtype"))

@@ -1,7 +1,7 @@
-from pndecomp.script import materialized_model, setup
+from pndecomp.script import materialized, setup
 from pndecomp.stages import make_windows
 
 config = setup(snakemake)
 corpus = snakemake.input.corpus
-make_windows(config, materialized_model(snakemake), corpus[0] if corpus else None,
+make_windows(config, materialized(snakemake, "tokenizer"), corpus[0] if corpus else None,
              dict(snakemake.output.items()))

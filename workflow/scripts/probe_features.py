@@ -1,7 +1,7 @@
-from pndecomp.script import layer_paths, materialized_model, setup
+from pndecomp.script import layer_paths, materialized, setup
 from pndecomp.stages import probe_features
 
 config = setup(snakemake)
-probe_features(config, materialized_model(snakemake), snakemake.input.windows,
+probe_features(config, materialized(snakemake), snakemake.input.windows,
                layer_paths(snakemake.input, config["layers"]), layer_paths(snakemake.output, config["layers"]),
                snakemake.input.get("storage_dtype"))
