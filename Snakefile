@@ -1,5 +1,6 @@
 # pndecomp: split a frozen LM's hidden states into a predictable and a novel component.
-# Stages, in order: model -> corpus -> windows -> extract -> train -> decompose -> metrics/probes -> figures.
+# One model: workflow/pipeline.smk. A model study (config `models:`): the pipeline once per model, under
+# results/<experiment>/<model>/, plus the comparison across models (workflow/rules/models.smk).
 
 from snakemake.utils import min_version
 
@@ -9,19 +10,16 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
-include: "workflow/rules/common.smk"
-include: "workflow/rules/model.smk"
-include: "workflow/rules/corpus.smk"
-include: "workflow/rules/windows.smk"
-include: "workflow/rules/extract.smk"
-include: "workflow/rules/train.smk"
-include: "workflow/rules/decompose.smk"
-include: "workflow/rules/metrics.smk"
-include: "workflow/rules/probes.smk"
-include: "workflow/rules/figures.smk"
+if config.get("models"):
+
+    include: "workflow/rules/models.smk"
+
+else:
+
+    include: "workflow/pipeline.smk"
 
 
 rule all:
     default_target: True
     input:
-        all_targets(),
+        ALL_TARGETS,

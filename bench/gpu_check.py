@@ -231,7 +231,7 @@ def workflow_lines(config: dict, logs: Path, since: float, wall: float, rc: int)
     if failed:
         lines.append(f"  FAILED rules (the others ran: --keep-going): {', '.join(failed)}; see job_logs.tar.gz")
     model_config = AutoConfig.from_pretrained(config["model"]["id"])
-    predictor_files = sorted(out.glob("predictors/layer-*/predictor.safetensors"))
+    predictor_files = sorted(out.glob("predictors/*/layer-*/predictor.safetensors"))
     n_pred = tensor_parameters(predictor_files[0]) if predictor_files else 0
     # Joint: one job trains every layer from one LM pass up to the deepest; else one job per layer.
     jobs = {joint: (layers, max(layers))} if joint.is_file() else {

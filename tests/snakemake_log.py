@@ -16,3 +16,17 @@ def job_stats(log: str) -> dict[str, int]:
             elif parts and not set(line.strip()) <= {"-", " "}:
                 break
     return counts
+
+
+def planned_jobs(log: str) -> list[dict[str, str]]:
+    """Each job of a dry run (``snakemake -n``) as {"rule", "output", "reason"}: the rule's name, its
+    output line and Snakemake's own reason for running it."""
+    jobs: list[dict[str, str]] = []
+    for line in log.splitlines():
+        stripped = line.strip()
+        if line.startswith(("rule ", "localrule ")) and stripped.endswith(":"):
+            jobs.append({"rule": stripped.split()[1].rstrip(":"), "output": "", "reason": ""})
+        elif jobs and stripped.startswith(("output:", "reason:")):
+            key, _, value = stripped.partition(":")
+            jobs[-1][key] = value.strip()
+    return jobs

@@ -22,11 +22,13 @@ REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--cores", "1"]
 OUT = Path("results/tiny")
 LAYERS = ["3"]
-TARGETS = [OUT / "metrics/layer_summary.tsv", OUT / "probes/domain.tsv", OUT / "probes/next_token_type_8.tsv",
-           *[OUT / f"metrics/per_position/layer-{layer}.parquet" for layer in LAYERS]]
+TARGETS = [OUT / "metrics/attn1/layer_summary.tsv", OUT / "probes/attn1/domain.tsv",
+           OUT / "probes/attn1/next_token_type_8.tsv",
+           *[OUT / f"metrics/attn1/per_position/layer-{layer}.parquet" for layer in LAYERS]]
 # Compared byte for byte.
-EXACT = ["metrics/layer_summary.tsv", "metrics/per_position/*.parquet", "metrics/eval_scores/*.json", "probes/*.tsv",
-         "probes/*/*.parquet", "predictors/*/curve.parquet", "windows/*.parquet", "windows/summary.json"]
+EXACT = ["metrics/attn1/layer_summary.tsv", "metrics/attn1/per_position/*.parquet", "metrics/attn1/eval_scores/*.json",
+         "probes/attn1/*.tsv", "probes/attn1/*/*.parquet", "predictors/attn1/*/curve.parquet", "windows/*.parquet",
+         "windows/summary.json"]
 PACKAGES = ("torch", "transformers", "numpy", "scikit-learn", "pandas", "pndecomp")
 
 pytestmark = pytest.mark.slow
@@ -95,7 +97,7 @@ def test_every_output_records_seed_versions_and_model_hash(two_runs, tiny_model_
     first, _ = two_runs
     weights_sha256 = hashlib.sha256((tiny_model_dir / "model.safetensors").read_bytes()).hexdigest()
     files = [*outputs(first, "**/*.safetensors"), *outputs(first, "**/*.parquet"),
-             *outputs(first, "metrics/eval_scores/*.json"), Path("windows/summary.json")]
+             *outputs(first, "metrics/attn1/eval_scores/*.json"), Path("windows/summary.json")]
     assert len(files) >= 12
     for path in files:
         metadata = metadata_of(first / path)

@@ -60,7 +60,7 @@ def test_a_registered_task_runs_through_the_workflow(tmp_path, tiny_model_dir):
                  **{"probes.tasks": ["in_code_comment"],
                     "probes.caps": {"in_code_comment": {"probe_train": 40, "probe_val": 10, "probe_test": 20}}})
     out = Path("results/tiny")
-    targets = [out / "probes/in_code_comment.tsv", out / "figures/probe_in_code_comment.png"]
+    targets = [out / "probes/attn1/in_code_comment.tsv", out / "figures/probe_in_code_comment.png"]
     result = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--cores", "2",
                              "--directory", str(tmp_path), *map(str, targets)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -43,17 +43,17 @@ NICE = ["nice", "-n", "19"] if shutil.which("nice") else []
 
 # Declared `localrules` in workflow/rules/common.smk: they run in the Snakemake process.
 LOCAL_RULES = {"all", "probe_table", "layer_summary", "draw_learning_curve", "draw_per_position", "draw_layer_scores",
-               "draw_probe_heatmap"}
+               "draw_probe_heatmap", "predictor_comparison", "draw_predictor_comparison"}
 # The stages the profiles give `gpu: 1` (-> sbatch --gpus=1).
 GPU_RULES = {"extract_train_activations", "extract_eval_activations", "train_predictor", "train_predictors_joint",
              "decompose_eval", "probe_features", "score_baselines"}
 # What both runs must agree on.
-METRIC_FILES = ["metrics/layer_summary.tsv", "probes/*.tsv", "metrics/per_position/*.parquet",
-                "predictors/layer-*/curve.parquet"]
+METRIC_FILES = ["metrics/attn1/layer_summary.tsv", "probes/attn1/*.tsv", "metrics/attn1/per_position/*.parquet",
+                "predictors/attn1/layer-*/curve.parquet"]
 RUN_TIMEOUT_S = 1800
 # The fault test: one layer, trained long enough (a few seconds) that a job cancelled at its first
 # checkpoint is cancelled mid-run.
-FAULT_LAYER_DIR = Path("results/tiny/predictors/layer-2")
+FAULT_LAYER_DIR = Path("results/tiny/predictors/attn1/layer-2")
 FAULT_WEIGHTS, FAULT_CURVE = FAULT_LAYER_DIR / "predictor.safetensors", FAULT_LAYER_DIR / "curve.parquet"
 FAULT_CHECKPOINT = FAULT_LAYER_DIR / ".resume.pt"  # params.resume of train_predictor
 FAULT_TRAIN_LOG = Path("results/tiny/logs/train_predictor/layer-2.log")

@@ -239,7 +239,7 @@ def test_joint_rule_trains_every_layer_in_one_job(tmp_path, tiny_model_dir, tiny
     every layer's predictor and curve."""
     write_config(tmp_path / "config.yaml", tiny_model_dir, tiny_corpus,
                  **{"layers": [int(layer) for layer in LAYERS], "train.data": "stream", "train.joint_layers": True})
-    targets = [f"results/tiny/predictors/layer-{layer}/{name}" for layer in LAYERS
+    targets = [f"results/tiny/predictors/attn1/layer-{layer}/{name}" for layer in LAYERS
                for name in ("predictor.safetensors", "curve.parquet")]
     result = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--cores", "1",
                              "--directory", str(tmp_path), *targets], capture_output=True, text=True, timeout=600)
@@ -249,5 +249,5 @@ def test_joint_rule_trains_every_layer_in_one_job(tmp_path, tiny_model_dir, tiny
     train_log = (tmp_path / "results/tiny/logs/train_predictors_joint.log").read_text()
     assert "stream pool: " in train_log and "training needs 160 " in train_log  # 20 steps x 8 windows
     for layer in LAYERS:
-        curve = pd.read_parquet(tmp_path / f"results/tiny/predictors/layer-{layer}/curve.parquet")
+        curve = pd.read_parquet(tmp_path / f"results/tiny/predictors/attn1/layer-{layer}/curve.parquet")
         assert list(curve["step"]) == [5, 10, 15, 20] and list(curve["windows_seen"]) == [40, 80, 120, 160]

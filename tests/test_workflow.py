@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from safetensors import safe_open
-from snakemake_log import job_stats
+from snakemake_log import job_stats, planned_jobs
 from tiny import write_config
 
 from pndecomp import storage
@@ -40,10 +40,10 @@ def test_full_run_makes_every_figure_and_table(tiny_run):
     out = workdir / "results" / "tiny"
     for name in FIGURES:
         assert (out / "figures" / name).stat().st_size > 1000, name
-    summary = pd.read_csv(out / "metrics" / "layer_summary.tsv", sep="\t", dtype={"layer": str})
+    summary = pd.read_csv(out / "metrics" / "attn1" / "layer_summary.tsv", sep="\t", dtype={"layer": str})
     assert list(summary["layer"]) == ["0", "2", "3"]
     for task in ("domain", "next_token_type_8", "domain_control", "next_token_type_8_control"):
-        table = pd.read_csv(out / "probes" / f"{task}.tsv", sep="\t", dtype={"layer": str})
+        table = pd.read_csv(out / "probes" / "attn1" / f"{task}.tsv", sep="\t", dtype={"layer": str})
         assert len(table) == 3 * 5
         assert list(table["representation"][:5]) == ["h", "h_mean", "hhat", "r", "hhat_r"]
         assert table["test_macro_f1"].between(0, 1).all()
@@ -51,12 +51,12 @@ def test_full_run_makes_every_figure_and_table(tiny_run):
         assert (table["test_macro_f1_lo"] <= table["test_macro_f1"]).all()
         assert (table["test_macro_f1"] <= table["test_macro_f1_hi"]).all()
         assert (table["n_classes_excluded"] >= 0).all() and (table["n_resamples"] == 1000).all()
-        differences = pd.read_csv(out / "probes" / f"{task}_differences.tsv", sep="\t", dtype={"layer": str})
+        differences = pd.read_csv(out / "probes" / "attn1" / f"{task}_differences.tsv", sep="\t", dtype={"layer": str})
         assert len(differences) == 3 * 3 and set(differences["representation_b"]) == {"r", "h", "h_mean"}
         assert (differences["difference_lo"] <= differences["difference"]).all()
         assert (differences["difference"] <= differences["difference_hi"]).all()
         if not task.endswith("_control"):
-            control = pd.read_csv(out / "probes" / f"{task}_control.tsv", sep="\t", dtype={"layer": str})
+            control = pd.read_csv(out / "probes" / "attn1" / f"{task}_control.tsv", sep="\t", dtype={"layer": str})
             assert (table["control_task"] == f"{task}_control").all()
             assert list(table["control_test_macro_f1"]) == list(control["test_macro_f1"])
             selectivity = table["test_macro_f1"] - table["control_test_macro_f1"]
@@ -65,7 +65,7 @@ def test_full_run_makes_every_figure_and_table(tiny_run):
             assert "selectivity" not in table
     for figure in ("probe_domain_control", "probe_next_token_type_8_control"):
         assert (out / "figures" / f"{figure}.png").stat().st_size > 1000, figure
-    per_position = pd.read_parquet(out / "metrics" / "per_position" / "layer-2.parquet")
+    per_position = pd.read_parquet(out / "metrics" / "attn1" / "per_position" / "layer-2.parquet")
     assert list(per_position["position"]) == list(range(2, 25))
 
 
@@ -76,7 +76,7 @@ def test_auto_storage_dtype_is_chosen_once_and_stored_everywhere(tiny_run):
     out = workdir / "results" / "tiny"
     choice = storage.read_json(out / "activations" / "storage_dtype.json")
     assert choice["dtype"] == "float16" and set(choice["max_abs_hidden"]) == {"0", "2", "3"}
-    for path in [*out.glob("activations/*/layer-*.safetensors"), *out.glob("residuals/*/layer-*.safetensors")]:
+    for path in [*out.glob("activations/*/layer-*.safetensors"), *out.glob("residuals/*/*/layer-*.safetensors")]:
         with safe_open(str(path), framework="pt") as handle:
             assert {handle.get_slice(name).get_dtype() for name in handle.keys()} == {"F16"}, path
 
@@ -116,6 +116,20 @@ def test_predictor_change_reruns_training_and_downstream_not_extraction(tiny_run
         assert downstream in jobs, downstream
     for upstream in ("make_windows", "extract_train_activations", "extract_eval_activations"):
         assert upstream not in jobs, upstream
+
+
+def test_added_predictor_runs_only_its_own_jobs(tiny_run):
+    """A second predictor in `predictors:` adds its own jobs (and the comparison); nothing of the first reruns."""
+    workdir, _ = tiny_run
+    changed = changed_copy(workdir, "metrics:", "predictors: {attn1: null, wide: {kind: attn1, d_head: 16}}\nmetrics:")
+    jobs = [job for job in planned_jobs(snakemake(changed, "-n")) if job["rule"] != "all"]
+    assert {job["rule"] for job in jobs} == {
+        "train_predictor", "decompose_eval", "layer_scores", "layer_summary", "probe_features", "fit_probe",
+        "probe_table", "predictor_comparison", "draw_predictor_comparison"}
+    for job in jobs:
+        assert "/wide/" in job["output"] or "predictor_comparison" in job["output"], job
+        assert job["reason"].startswith("Missing output files"), job
+    assert sum(job["rule"] == "train_predictor" for job in jobs) == 3  # one per layer
 
 
 def test_figure_setting_reruns_only_figures(tiny_run):

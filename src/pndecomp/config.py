@@ -27,6 +27,35 @@ def layer_names(config: Mapping) -> list[str]:
     return [str(layer) for layer in config["layers"]]
 
 
+def resolve_layers(layers, shape: lm.ModelShape | None, model_id: str) -> list:
+    """``layers`` with relative depths (floats in [0, 1], e.g. 0.5) turned into block indices
+    round(depth × (n_blocks − 1)); block indices and named layers pass through."""
+    relative = [layer for layer in layers if isinstance(layer, float)]
+    if not relative:
+        return list(layers)
+    if shape is None:
+        raise ConfigError(f"layers: relative depths {relative} need {model_id!r}'s block count, which is not known "
+                          "before the model is downloaded: give block indices, or download the model first")
+    resolved = [round(layer * (shape.n_blocks - 1)) if isinstance(layer, float) else layer for layer in layers]
+    duplicates = sorted({str(layer) for layer in resolved if resolved.count(layer) > 1})
+    if duplicates:
+        raise ConfigError(f"layers: {list(layers)} resolve to the same block(s) {duplicates} of {model_id!r} "
+                          f"({shape.n_blocks} blocks): give fewer or farther-apart depths")
+    return resolved
+
+
+def model_configs(config: Mapping) -> dict[str, dict]:
+    """A model study's per-model configs (``models``): the shared config with that model's keys in the
+    ``model`` section, its own ``layers`` if given, and results under ``<experiment>/<name>``."""
+    configs = {}
+    for name, spec in (config.get("models") or {}).items():
+        spec = dict(spec)
+        layers = spec.pop("layers", config["layers"])
+        configs[name] = {**config, "model": {**config["model"], **spec}, "layers": layers,
+                         "experiment": f"{config['experiment']}/{name}", "models": None}
+    return configs
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -205,3 +234,29 @@ def config_view(config: Mapping, *keys: str) -> dict:
         else:
             view[section] = config[section]
     return view
+
+
+def predictor_names(config: Mapping) -> list[str]:
+    """The configured predictors' names in config order (``predictors``; null: just ``predictor.kind``)."""
+    predictors = config.get("predictors")
+    if not predictors:
+        return [config["predictor"]["kind"]]
+    names = list(predictors)
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ConfigError(f"predictors: {duplicates} listed more than once; each name must be unique")
+    return names
+
+
+def with_predictor(config: Mapping, name: str) -> dict:
+    """The config as one predictor's jobs see it: ``predictor`` is that predictor's section (the shared
+    section, its kind defaulting to the name, then the name's own overrides)."""
+    predictors = config.get("predictors")
+    if not predictors:
+        if name != config["predictor"]["kind"]:
+            raise ConfigError(f"predictor {name!r} is not configured; configured is {config['predictor']['kind']!r}")
+        return dict(config)
+    if name not in predictors:
+        raise ConfigError(f"predictor {name!r} is not in predictors {list(predictors)}")
+    overrides = predictors.get(name) if isinstance(predictors, Mapping) else None
+    return {**config, "predictor": {**config["predictor"], "kind": name, **(overrides or {})}}

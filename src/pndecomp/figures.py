@@ -115,30 +115,51 @@ def per_position(tables: Mapping[str, pd.DataFrame], column: str, hide_first: in
     _save(fig, png, pdf, dpi)
 
 
+def summary_models(summary: pd.DataFrame, predictor: str = "predictor") -> pd.DataFrame:
+    """A layer summary (metrics/<predictor>/layer_summary.tsv) as long rows: model, kind (predictor or
+    baseline), layer, r2, r2_lo, r2_hi (NaN where no interval was computed)."""
+    columns = {predictor: "r2", **{column.removeprefix("r2_"): column for column in summary.columns
+                                   if column.startswith("r2_") and not column.endswith(("_lo", "_hi"))
+                                   and column not in ("r2_minus_best", "r2_no_outliers", "r2_late_positions")}}
+    rows = []
+    for name, column in columns.items():
+        for _, row in summary.iterrows():
+            rows.append({"model": name, "kind": "predictor" if name == predictor else "baseline",
+                         "layer": str(row["layer"]), "r2": row[column],
+                         "r2_lo": row.get(f"{column}_lo", np.nan), "r2_hi": row.get(f"{column}_hi", np.nan)})
+    return pd.DataFrame(rows)
+
+
 def layer_scores(summary: pd.DataFrame, png, pdf, dpi: int = 150) -> None:
     """Figure 2_baselines: final eval R² per layer, the predictor and each baseline, with intervals."""
-    layers = summary["layer"].astype(str).tolist()
-    models = {"predictor": "r2", **{column.removeprefix("r2_"): column for column in summary.columns
-                                     if column.startswith("r2_") and not column.endswith(("_lo", "_hi"))
-                                     and column not in ("r2_minus_best", "r2_no_outliers", "r2_late_positions")}}
+    r2_by_layer(summary_models(summary), "Predictor vs baselines (95 % bootstrap intervals)", png, pdf, dpi)
+
+
+def r2_by_layer(models: pd.DataFrame, title: str, png, pdf, dpi: int = 150) -> None:
+    """Eval R² per layer from long rows (model, kind, layer, r2, r2_lo, r2_hi): predictors solid, baselines
+    dashed, intervals as vertical bars."""
+    layers = list(dict.fromkeys(models["layer"].astype(str)))
     sns.set_theme(style="whitegrid")
     fig, ax = plt.subplots(figsize=(6, 4))
     x = np.arange(len(layers))
-    for index, (name, column) in enumerate(models.items()):
-        values = summary[column].to_numpy(dtype=float)
-        offset = (index - (len(models) - 1) / 2) * 0.06  # side by side, so the intervals stay readable
+    names = list(dict.fromkeys(models["model"]))
+    for index, name in enumerate(names):
+        rows = models[models["model"] == name]
+        rows = rows.set_index(rows["layer"].astype(str)).reindex(layers)
+        is_predictor = rows["kind"].iloc[0] == "predictor"
+        values = rows["r2"].to_numpy(dtype=float)
+        offset = (index - (len(names) - 1) / 2) * 0.06  # side by side, so the intervals stay readable
         (line,) = ax.plot(x + offset, values, label=name, marker="o", markersize=4,
-                          linestyle="-" if name == "predictor" else "--", linewidth=2 if name == "predictor" else 1)
-        if f"{column}_lo" in summary:
+                          linestyle="-" if is_predictor else "--", linewidth=2 if is_predictor else 1)
+        lo, hi = rows["r2_lo"].to_numpy(dtype=float), rows["r2_hi"].to_numpy(dtype=float)
+        if np.isfinite(lo).any():
             # Drawn from lo to hi, not as ± errors: a percentile interval of a ratio such as R² need not
             # contain the point estimate (it does not for the mean baseline of an untrained LM).
-            ax.vlines(x + offset, summary[f"{column}_lo"].to_numpy(dtype=float),
-                      summary[f"{column}_hi"].to_numpy(dtype=float), color=line.get_color(), linewidth=1)
+            ax.vlines(x + offset, lo, hi, color=line.get_color(), linewidth=1)
         for position, value in zip(x + offset, values):
             if value < R2_FLOOR:  # off the axis: a marker at its foot says where it went
                 ax.annotate(f"{value:.2g}", (position, R2_FLOOR), xytext=(0, 3), textcoords="offset points",
                             ha="center", fontsize=6, color=line.get_color(), rotation=90)
-    title = "Predictor vs baselines (95 % bootstrap intervals)"
     if ax.get_ylim()[0] < R2_FLOOR:
         ax.set_ylim(bottom=R2_FLOOR)
         title += f"\naxis cut at {R2_FLOOR}: lower values are written at its foot"

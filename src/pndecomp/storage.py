@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import shutil
@@ -173,6 +174,14 @@ def load_metadata(path: str | os.PathLike) -> dict:
 
     with safe_open(str(path), framework="numpy") as handle:  # "pt" would import torch
         return {key: json.loads(value) for key, value in (handle.metadata() or {}).items()}
+
+
+def parameter_count(path: str | os.PathLike) -> int:
+    """The number of values in a safetensors file (a predictor's parameters), read from its header."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as handle:
+        return sum(math.prod(handle.get_slice(name).get_shape()) for name in handle.keys())
 
 
 class _Aborted(Exception):

@@ -12,18 +12,29 @@ config.update(coerce_to_schema(config, load_schema(workflow.source_path("../sche
 validate(config, "../schemas/config.schema.yaml")
 
 OUT = f"results/{config['experiment']}"
-LAYERS = pnconfig.layer_names(config)
-TASKS = config["probes"]["tasks"]
 # GGUF weights (the embedded default among them) are dequantized once into a model directory.
 MATERIALIZE_MODEL = config["model"]["id"] == "embedded" or config["model"]["id"].endswith(".gguf")
 MODEL_DIR = f"{OUT}/model"
 TOKENIZER_DIR = f"{OUT}/tokenizer"
 
-# Every semantic check runs here, before any job starts.
+# Every semantic check runs here, before any job starts; relative depths become block indices first.
 MODEL_SHAPE, MODEL_SHAPE_NOTE = pnconfig.model_shape(config, MODEL_DIR if MATERIALIZE_MODEL else None)
 if MODEL_SHAPE_NOTE:
     logger.warning(MODEL_SHAPE_NOTE)
+config["layers"] = pnconfig.resolve_layers(config["layers"], MODEL_SHAPE, config["model"]["id"])
 pnconfig.check(config, MODEL_SHAPE)
+
+LAYERS = pnconfig.layer_names(config)
+# Every predictor gets its own paths (predictors/<name>/, residuals/<name>/, metrics/<name>/,
+# probes/<name>/); figures 1-6 are drawn for the first.
+PREDICTORS = pnconfig.predictor_names(config)
+MAIN_PREDICTOR = PREDICTORS[0]
+TASKS = config["probes"]["tasks"]
+# Where one predictor's outputs live ({predictor} and {layer} stay wildcards).
+PREDICTOR_DIR = f"{OUT}/predictors/{{predictor}}/layer-{{layer}}"
+RESIDUALS = f"{OUT}/residuals/{{predictor}}"
+METRICS = f"{OUT}/metrics/{{predictor}}"
+PROBES = f"{OUT}/probes/{{predictor}}"
 
 # What output_metadata records in every output it writes: rules that write metadata read these.
 PROVENANCE = ("experiment", "seed", "model")
@@ -35,16 +46,20 @@ HEATMAPS = {pntasks.get(task).figure: task for task in TASKS}
 wildcard_constraints:
     layer="embed|final|[0-9]+",
     task="|".join(TASKS) or "none",
+    predictor="|".join(PREDICTORS),
 
 
 localrules:
     all,
+    pipeline,
     probe_table,
     layer_summary,
     draw_learning_curve,
     draw_per_position,
     draw_layer_scores,
     draw_probe_heatmap,
+    predictor_comparison,
+    draw_predictor_comparison,
 
 
 def model_input():
@@ -95,6 +110,12 @@ def view(*keys):
     return pnconfig.config_view(config, *keys)
 
 
+def predictor_view(*keys):
+    """As :func:`view`, for a rule with a ``{predictor}`` wildcard: its ``predictor`` section is that
+    predictor's own, so adding or changing one predictor reruns only its jobs."""
+    return lambda wildcards: pnconfig.config_view(pnconfig.with_predictor(config, wildcards.predictor), *keys)
+
+
 def per_layer(pattern):
     """``pattern`` with its ``{layer}`` field filled, keyed by layer, for every configured layer in order.
 
@@ -107,12 +128,14 @@ def probe_table_input(wildcards):
     """Per-layer probe tables and paired differences of the task, and of its control task when one is
     configured (for ``selectivity``), as lists in config layer order."""
     inputs = {
-        "scores": expand(f"{OUT}/probes/{wildcards.task}/layer-{{layer}}.parquet", layer=LAYERS),
-        "differences": expand(f"{OUT}/probes/{wildcards.task}/layer-{{layer}}_differences.parquet", layer=LAYERS),
+        "scores": expand(f"{PROBES}/{wildcards.task}/layer-{{layer}}.parquet", layer=LAYERS, **wildcards),
+        "differences": expand(
+            f"{PROBES}/{wildcards.task}/layer-{{layer}}_differences.parquet", layer=LAYERS, **wildcards
+        ),
     }
     control = pntasks.control_for(wildcards.task, TASKS)
     if control is not None:
-        inputs["control"] = expand(f"{OUT}/probes/{control}/layer-{{layer}}.parquet", layer=LAYERS)
+        inputs["control"] = expand(f"{PROBES}/{control}/layer-{{layer}}.parquet", layer=LAYERS, **wildcards)
     return inputs
 
 
@@ -128,8 +151,10 @@ def figure_targets():
 
 
 def all_targets():
-    return [
-        *figure_targets(),
-        f"{OUT}/metrics/layer_summary.tsv",
-        *[f"{OUT}/probes/{task}.tsv" for task in TASKS],
-    ]
+    targets = [*figure_targets()]
+    for predictor in PREDICTORS:
+        targets.append(f"{OUT}/metrics/{predictor}/layer_summary.tsv")
+        targets.extend(f"{OUT}/probes/{predictor}/{task}.tsv" for task in TASKS)
+    if len(PREDICTORS) > 1:
+        targets += [f"{OUT}/metrics/predictor_comparison.tsv", f"{OUT}/figures/predictor_comparison.png"]
+    return targets

@@ -2,12 +2,12 @@ rule decompose_eval:
     input:
         **storage_dtype_choice(),
         hidden=f"{OUT}/activations/predictor_eval/layer-{{layer}}.safetensors",
-        predictor=f"{OUT}/predictors/layer-{{layer}}/predictor.safetensors",
+        predictor=f"{PREDICTOR_DIR}/predictor.safetensors",
     output:
-        residual=f"{OUT}/residuals/predictor_eval/layer-{{layer}}.safetensors",
-        scores=f"{OUT}/metrics/eval_scores/layer-{{layer}}.json",
+        residual=f"{RESIDUALS}/predictor_eval/layer-{{layer}}.safetensors",
+        scores=f"{METRICS}/eval_scores/layer-{{layer}}.json",
     log:
-        f"{OUT}/logs/decompose_eval/layer-{{layer}}.log",
+        f"{OUT}/logs/decompose_eval/{{predictor}}/layer-{{layer}}.log",
     conda:
         "../../envs/pndecomp.yaml"
     threads: 1
@@ -20,18 +20,18 @@ rule decompose_eval:
         "../scripts/decompose_eval.py"
 
 
-# One LM pass over the probe windows serves every layer: whole probe windows are never stored,
-# only h_T, ĥ_T and r_T.
+# One LM pass over the probe windows serves every layer of one predictor: whole probe windows are
+# never stored, only h_T, ĥ_T, r_T and h_mean.
 rule probe_features:
     input:
-        **per_layer(f"{OUT}/predictors/layer-{{layer}}/predictor.safetensors"),
+        **per_layer(f"{PREDICTOR_DIR}/predictor.safetensors"),
         **storage_dtype_choice(),
         model=model_input(),
         windows=rules.make_windows.output.probe,
     output:
-        **per_layer(f"{OUT}/probe_features/layer-{{layer}}.safetensors"),
+        **per_layer(f"{OUT}/probe_features/{{predictor}}/layer-{{layer}}.safetensors"),
     log:
-        f"{OUT}/logs/probe_features.log",
+        f"{OUT}/logs/probe_features/{{predictor}}.log",
     conda:
         "../../envs/pndecomp.yaml"
     threads: 2

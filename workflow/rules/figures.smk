@@ -1,11 +1,12 @@
 # Each figure is its own target, drawn from small metric files: `snakemake <OUT>/figures/fig3.png`
 # regenerates one in seconds. One rule per kind of figure; which figures exist, their data column
-# and caption are entries of pndecomp.figures.FIGURES and (heatmaps) pndecomp.tasks.TASKS.
+# and caption are entries of pndecomp.figures.FIGURES and (heatmaps) pndecomp.tasks.TASKS. They show the
+# first configured predictor (MAIN_PREDICTOR); comparisons across predictors are drawn by compare.smk.
 
 
 rule draw_learning_curve:
     input:
-        **per_layer(f"{OUT}/predictors/layer-{{layer}}/curve.parquet"),
+        **per_layer(f"{OUT}/predictors/{MAIN_PREDICTOR}/layer-{{layer}}/curve.parquet"),
     output:
         png=report(f"{OUT}/figures/{{figure}}.png", category="Predictor training", caption="../report/figure.rst"),
         pdf=f"{OUT}/figures/{{figure}}.pdf",
@@ -25,7 +26,7 @@ rule draw_learning_curve:
 
 rule draw_per_position:
     input:
-        **per_layer(f"{OUT}/metrics/per_position/layer-{{layer}}.parquet"),
+        **per_layer(f"{OUT}/metrics/{MAIN_PREDICTOR}/per_position/layer-{{layer}}.parquet"),
     output:
         png=report(f"{OUT}/figures/{{figure}}.png", category="Per position", caption="../report/figure.rst"),
         pdf=f"{OUT}/figures/{{figure}}.pdf",
@@ -45,7 +46,7 @@ rule draw_per_position:
 
 rule draw_layer_scores:
     input:
-        f"{OUT}/metrics/layer_summary.tsv",
+        f"{OUT}/metrics/{MAIN_PREDICTOR}/layer_summary.tsv",
     output:
         png=report(f"{OUT}/figures/{{figure}}.png", category="Predictor training", caption="../report/figure.rst"),
         pdf=f"{OUT}/figures/{{figure}}.pdf",
@@ -64,8 +65,8 @@ rule draw_layer_scores:
 
 rule draw_probe_heatmap:
     input:
-        table=lambda wildcards: f"{OUT}/probes/{HEATMAPS[wildcards.figure]}.tsv",
-        differences=lambda wildcards: f"{OUT}/probes/{HEATMAPS[wildcards.figure]}_differences.tsv",
+        table=lambda wildcards: f"{OUT}/probes/{MAIN_PREDICTOR}/{HEATMAPS[wildcards.figure]}.tsv",
+        differences=lambda wildcards: f"{OUT}/probes/{MAIN_PREDICTOR}/{HEATMAPS[wildcards.figure]}_differences.tsv",
     output:
         png=report(f"{OUT}/figures/{{figure}}.png", category="Linear probes", caption="../report/figure.rst"),
         pdf=f"{OUT}/figures/{{figure}}.pdf",

@@ -35,15 +35,15 @@ rule layer_scores:
         baselines=rules.score_baselines.output[0],
         windows=rules.make_windows.output.predictor_eval,
     output:
-        scores=f"{OUT}/metrics/layer_scores/layer-{{layer}}.json",
+        scores=f"{METRICS}/layer_scores/layer-{{layer}}.json",
         tail=report(
-            f"{OUT}/metrics/tail/layer-{{layer}}.tsv",
+            f"{METRICS}/tail/layer-{{layer}}.tsv",
             category="Tables",
             caption="../report/tail.rst",
-            labels={"table": "worst rows", "layer": "{layer}"},
+            labels={"table": "worst rows", "predictor": "{predictor}", "layer": "{layer}"},
         ),
     log:
-        f"{OUT}/logs/layer_scores/layer-{{layer}}.log",
+        f"{OUT}/logs/layer_scores/{{predictor}}/layer-{{layer}}.log",
     conda:
         "../../envs/pndecomp.yaml"
     threads: 1
@@ -63,9 +63,9 @@ rule per_position_metrics:
         surprisal=rules.extract_eval_activations.output.surprisal,
         windows=rules.make_windows.output.predictor_eval,
     output:
-        f"{OUT}/metrics/per_position/layer-{{layer}}.parquet",
+        f"{METRICS}/per_position/layer-{{layer}}.parquet",
     log:
-        f"{OUT}/logs/per_position_metrics/layer-{{layer}}.log",
+        f"{OUT}/logs/per_position_metrics/{{predictor}}/layer-{{layer}}.log",
     conda:
         "../../envs/pndecomp.yaml"
     threads: 1
@@ -80,11 +80,16 @@ rule per_position_metrics:
 
 rule layer_summary:
     input:
-        **per_layer(f"{OUT}/metrics/layer_scores/layer-{{layer}}.json"),
+        **per_layer(f"{METRICS}/layer_scores/layer-{{layer}}.json"),
     output:
-        report(f"{OUT}/metrics/layer_summary.tsv", category="Tables", caption="../report/layer_summary.rst"),
+        report(
+            f"{METRICS}/layer_summary.tsv",
+            category="Tables",
+            caption="../report/layer_summary.rst",
+            labels={"table": "layer summary", "predictor": "{predictor}"},
+        ),
     log:
-        f"{OUT}/logs/layer_summary.log",
+        f"{OUT}/logs/layer_summary/{{predictor}}.log",
     conda:
         "../../envs/pndecomp.yaml"
     threads: 1

@@ -1,12 +1,12 @@
 rule fit_probe:
     input:
         windows=rules.make_windows.output.probe,
-        features=f"{OUT}/probe_features/layer-{{layer}}.safetensors",
+        features=f"{OUT}/probe_features/{{predictor}}/layer-{{layer}}.safetensors",
     output:
-        scores=f"{OUT}/probes/{{task}}/layer-{{layer}}.parquet",
-        differences=f"{OUT}/probes/{{task}}/layer-{{layer}}_differences.parquet",
+        scores=f"{PROBES}/{{task}}/layer-{{layer}}.parquet",
+        differences=f"{PROBES}/{{task}}/layer-{{layer}}_differences.parquet",
     log:
-        f"{OUT}/logs/fit_probe/{{task}}/layer-{{layer}}.log",
+        f"{OUT}/logs/fit_probe/{{predictor}}/{{task}}/layer-{{layer}}.log",
     conda:
         "../../envs/pndecomp.yaml"
     threads: 1
@@ -29,14 +29,20 @@ rule probe_table:
     input:
         unpack(probe_table_input),
     output:
-        table=report(f"{OUT}/probes/{{task}}.tsv", category="Tables", caption="../report/probe_table.rst"),
+        table=report(
+            f"{PROBES}/{{task}}.tsv",
+            category="Tables",
+            caption="../report/probe_table.rst",
+            labels={"table": "{task}", "predictor": "{predictor}"},
+        ),
         differences=report(
-            f"{OUT}/probes/{{task}}_differences.tsv",
+            f"{PROBES}/{{task}}_differences.tsv",
             category="Tables",
             caption="../report/probe_differences.rst",
+            labels={"table": "{task} differences", "predictor": "{predictor}"},
         ),
     log:
-        f"{OUT}/logs/probe_table/{{task}}.log",
+        f"{OUT}/logs/probe_table/{{predictor}}/{{task}}.log",
     conda:
         "../../envs/pndecomp.yaml"
     threads: 1

@@ -12,10 +12,10 @@ if config["train"]["joint_layers"]:
             train=rules.make_windows.output.predictor_train_tokens,
             eval=expand(f"{OUT}/activations/predictor_eval/layer-{{layer}}.safetensors", layer=LAYERS),
         output:
-            weights=expand(f"{OUT}/predictors/layer-{{layer}}/predictor.safetensors", layer=LAYERS),
-            curves=expand(f"{OUT}/predictors/layer-{{layer}}/curve.parquet", layer=LAYERS),
+            weights=expand(f"{PREDICTOR_DIR}/predictor.safetensors", layer=LAYERS, allow_missing=True),
+            curves=expand(f"{PREDICTOR_DIR}/curve.parquet", layer=LAYERS, allow_missing=True),
         log:
-            f"{OUT}/logs/train_predictors_joint.log",
+            f"{OUT}/logs/train_predictors_joint/{{predictor}}.log",
         conda:
             "../../envs/pndecomp.yaml"
         threads: 1
@@ -23,9 +23,9 @@ if config["train"]["joint_layers"]:
             mem_mb=16000,
             runtime=600,
         params:
-            config=view(*PROVENANCE, "device", "layers", "predictor", "train", "extraction.dtype"),
+            config=predictor_view(*PROVENANCE, "device", "layers", "predictor", "train", "extraction.dtype"),
             # Not outputs: Snakemake deletes the outputs of an interrupted job, and these must survive.
-            resume=expand(f"{OUT}/predictors/layer-{{layer}}/.resume.pt", layer=LAYERS),
+            resume=lambda wildcards: expand(f"{PREDICTOR_DIR}/.resume.pt", layer=LAYERS, **wildcards),
         script:
             "../scripts/train_predictors_joint.py"
 
@@ -38,10 +38,10 @@ else:
             train=predictor_training_data(),
             eval=f"{OUT}/activations/predictor_eval/layer-{{layer}}.safetensors",
         output:
-            weights=f"{OUT}/predictors/layer-{{layer}}/predictor.safetensors",
-            curve=f"{OUT}/predictors/layer-{{layer}}/curve.parquet",
+            weights=f"{PREDICTOR_DIR}/predictor.safetensors",
+            curve=f"{PREDICTOR_DIR}/curve.parquet",
         log:
-            f"{OUT}/logs/train_predictor/layer-{{layer}}.log",
+            f"{OUT}/logs/train_predictor/{{predictor}}/layer-{{layer}}.log",
         conda:
             "../../envs/pndecomp.yaml"
         # One thread: a small predictor gains little from more, so layers train side by side instead.
@@ -50,8 +50,8 @@ else:
             mem_mb=8000,
             runtime=600,
         params:
-            config=view(*PROVENANCE, "device", "predictor", "train", "extraction.dtype"),
+            config=predictor_view(*PROVENANCE, "device", "predictor", "train", "extraction.dtype"),
             # Not an output: Snakemake deletes the outputs of an interrupted job, and this must survive.
-            resume=f"{OUT}/predictors/layer-{{layer}}/.resume.pt",
+            resume=f"{PREDICTOR_DIR}/.resume.pt",
         script:
             "../scripts/train_predictor.py"

@@ -1,0 +1,25 @@
+# The whole pipeline for one model: the Snakefile includes it directly, or (a model study, config
+# `models:`) once per model as a module. Stages, in order:
+# model -> corpus -> windows -> extract -> train -> decompose -> metrics/probes -> figures -> comparisons.
+
+
+include: "rules/common.smk"
+include: "rules/model.smk"
+include: "rules/corpus.smk"
+include: "rules/windows.smk"
+include: "rules/extract.smk"
+include: "rules/train.smk"
+include: "rules/decompose.smk"
+include: "rules/metrics.smk"
+include: "rules/probes.smk"
+include: "rules/figures.smk"
+include: "rules/compare.smk"
+
+
+# Everything this model's run makes; the Snakefile's `all` (or a model study's) asks for it.
+rule pipeline:
+    input:
+        all_targets(),
+
+
+ALL_TARGETS = rules.pipeline.input

@@ -1,0 +1,79 @@
+# A model study (config `models:`): the whole pipeline (../pipeline.smk) once per model as a Snakemake
+# module, its rules prefixed <model>_ and its files under results/<experiment>/<model>/, then the
+# comparison across models. Adding a model adds its own jobs and reruns only the comparison.
+
+from snakemake.utils import validate
+
+from pndecomp import config as pnconfig
+from pndecomp.overrides import coerce_to_schema, load_schema
+
+config.update(coerce_to_schema(config, load_schema(workflow.source_path("../schemas/config.schema.yaml"))))
+validate(config, "../schemas/config.schema.yaml")
+
+STUDY = f"results/{config['experiment']}"
+MODEL_CONFIGS = pnconfig.model_configs(config)
+# The models' names come from the config, so the modules are declared through the API that the
+# `module` and `use rule * from ... as ...` statements compile to.
+for model_name, model_config in MODEL_CONFIGS.items():
+    workflow.module(name=f"model_{model_name}", snakefile=workflow.source_path("../pipeline.smk"), config=model_config)
+    workflow.userule(rules=["*"], from_module=f"model_{model_name}", exclude_rules=[],
+                     name_modifier=f"{model_name}_*", lineno=1)(lambda: None)
+# Relative depth of each model's layers: what the comparison plots against.
+DEPTHS = {name: pnconfig.relative_depths(model_config) for name, model_config in MODEL_CONFIGS.items()}
+MAIN = {name: pnconfig.predictor_names(model_config)[0] for name, model_config in MODEL_CONFIGS.items()}
+GAP_TASKS = [task for task in ("domain", "next_token_type_8") if task in config["probes"]["tasks"]]
+
+
+rule model_comparison:
+    input:
+        summaries=[f"{STUDY}/{name}/metrics/{MAIN[name]}/layer_summary.tsv" for name in MODEL_CONFIGS],
+        differences=[
+            f"{STUDY}/{name}/probes/{MAIN[name]}/{task}_differences.tsv"
+            for name in MODEL_CONFIGS
+            for task in GAP_TASKS
+        ],
+    output:
+        report(f"{STUDY}/model_comparison.tsv", category="Model comparison", caption="../report/model_comparison.rst"),
+    log:
+        f"{STUDY}/logs/model_comparison.log",
+    conda:
+        "../../envs/pndecomp.yaml"
+    params:
+        models=list(MODEL_CONFIGS),
+        depths=DEPTHS,
+        tasks=GAP_TASKS,
+    script:
+        "../scripts/model_comparison.py"
+
+
+rule draw_model_comparison:
+    input:
+        rules.model_comparison.output[0],
+    output:
+        png=report(
+            f"{STUDY}/figures/model_comparison.png",
+            category="Model comparison",
+            caption="../report/model_comparison_figure.rst",
+        ),
+        pdf=f"{STUDY}/figures/model_comparison.pdf",
+    log:
+        f"{STUDY}/logs/figures/model_comparison.log",
+    conda:
+        "../../envs/pndecomp.yaml"
+    params:
+        config=pnconfig.config_view(config, "figures"),
+    script:
+        "../scripts/draw_model_comparison.py"
+
+
+localrules:
+    all,
+    model_comparison,
+    draw_model_comparison,
+
+
+ALL_TARGETS = [
+    *[path for name in MODEL_CONFIGS for path in getattr(rules, f"{name}_pipeline").input],
+    *rules.model_comparison.output,
+    rules.draw_model_comparison.output.png,
+]
