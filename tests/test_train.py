@@ -1,9 +1,18 @@
 import math
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
+import yaml
+from conftest import REPO
+from snakemake.utils import validate
+from tiny import write_config
 
-from pndecomp.predictor import PredictorConfig
+from pndecomp import config as cfg
+from pndecomp import stages, storage
+from pndecomp.baselines import make_baseline
+from pndecomp.predictor import PredictorConfig, RidgeARConfig, load_predictor, predictor_kind, predictor_settings
 from pndecomp.train import (
     CURVE_COLUMNS,
     NonFiniteLoss,
@@ -12,6 +21,7 @@ from pndecomp.train import (
     TrainConfig,
     batch_indices,
     check_stream_pool,
+    fit_predictor,
     get_lr,
     train_predictor,
     train_predictors,
@@ -180,3 +190,140 @@ def test_joint_training_equals_separate_runs_and_resumes_each_predictor(tmp_path
         for key, value in reference.state_dict().items():
             assert torch.equal(value, model.state_dict()[key]), (name, key)
         assert curve.equals(reference_curve), name
+
+
+# ---------------------------------------------------------------- every predictor kind
+
+SECTION = {"d_head": 4, "n_heads": 2, "width_multiplier": 1, "rotary": False, "input_norm": False,
+           "mlp_hidden": None}
+SGD_KINDS = ["attn1", "attn1_rope", "attn1_local4", "attn2", "mlp_k3"]
+
+
+def ar1_hidden(n_windows=64, length=12, d=8, seed=0, noise=0.1):
+    """h_{t+1} = A h_t + noise, with A a contraction (spectral radius 0.9)."""
+    generator = torch.Generator().manual_seed(seed)
+    a = 0.9 * torch.linalg.qr(torch.randn(d, d, generator=generator))[0]
+    hidden = [torch.randn(n_windows, d, generator=generator)]
+    for _ in range(length - 1):
+        hidden.append(hidden[-1] @ a.T + noise * torch.randn(n_windows, d, generator=generator))
+    return torch.stack(hidden, dim=1)
+
+
+@pytest.mark.parametrize("name", SGD_KINDS)
+def test_a_short_run_of_every_sgd_kind_lowers_the_loss(name):
+    hidden = ar1_hidden()
+    settings = predictor_settings(name, SECTION, 8, 8)
+    cfg_ = TrainConfig(steps=30, batch_size=16, lr=1e-2, warmup_steps=2, eval_every=1)
+    model, curve = train_predictor(settings, cfg_, lambda step: hidden[batch_indices(64, 16, 0, step)], hidden[:16],
+                                   n_windows=64)
+    assert curve["eval_mse"].iloc[-1] < 0.7 * curve["eval_mse"].iloc[0], curve["eval_mse"].tolist()
+    assert model.config == settings
+
+
+@pytest.mark.parametrize("name", SGD_KINDS)
+def test_joint_training_of_every_sgd_kind_equals_separate_runs(name):
+    data = {"a": ar1_hidden(n_windows=32, seed=1), "b": ar1_hidden(n_windows=32, seed=2)}
+    settings = predictor_settings(name, SECTION, 8, 8)
+    cfg_ = TrainConfig(steps=4, batch_size=8, lr=1e-2, warmup_steps=1, eval_every=2)
+    alone = {key: train_predictor(settings, cfg_, lambda step, h=hidden: h[batch_indices(32, 8, 0, step)],
+                                  hidden[:8], n_windows=32) for key, hidden in data.items()}
+    trainers = {key: PredictorTrainer(settings, cfg_, hidden[:8], name=key) for key, hidden in data.items()}
+    joint = train_predictors(trainers, cfg_, lambda step: {key: hidden[batch_indices(32, 8, 0, step)]
+                                                           for key, hidden in data.items()}, 32)
+    for key, (model, curve) in joint.items():
+        for param, value in alone[key][0].state_dict().items():
+            assert torch.equal(value, model.state_dict()[param]), (key, param)
+        assert curve.equals(alone[key][1])
+
+
+def test_sgd_trainer_refuses_a_closed_form_kind():
+    with pytest.raises(ValueError, match="ridge_ar2 predictor is fitted in closed form"):
+        PredictorTrainer(RidgeARConfig(d_model=8, k=2), TrainConfig(steps=2, batch_size=2), ar1_hidden()[:4])
+
+
+def numpy_ridge(hidden: np.ndarray, lam_alpha: float):
+    """Independent closed form of ridge_ar1: rows x = h_t, y = h_{t+1}; centred, λ = α · tr(XcᵀXc) / p,
+    W = (XcᵀXc + λI)⁻¹ Xcᵀyc, b = ȳ − x̄ W."""
+    x = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+    y = hidden[:, 1:].reshape(-1, hidden.shape[-1])
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    lam = lam_alpha * np.trace(xc.T @ xc) / x.shape[1]
+    coef = np.linalg.solve(xc.T @ xc + lam * np.eye(x.shape[1]), xc.T @ yc)
+    return coef, y.mean(0) - x.mean(0) @ coef
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5])
+def test_ridge_ar1_fit_equals_the_numpy_closed_form(alpha):
+    hidden = ar1_hidden(n_windows=40, length=10, d=6, seed=3)
+    batches = [hidden[:15], hidden[15:]]
+    model, curve = fit_predictor(RidgeARConfig(d_model=6, k=1, alphas=(alpha,)), lambda: iter(batches),
+                                 hidden[:8], eval_batch_size=4)
+    coef, intercept = numpy_ridge(hidden.double().numpy(), alpha)
+    if alpha == 0.0:  # λ = 0: also ordinary least squares with an intercept column
+        x = hidden[:, :-1].reshape(-1, 6).double().numpy()
+        solution = np.linalg.lstsq(np.hstack([x, np.ones((len(x), 1))]), hidden[:, 1:].reshape(-1, 6).double().numpy(),
+                                   rcond=None)[0]
+        np.testing.assert_allclose(solution[:-1], coef, atol=1e-9)
+        np.testing.assert_allclose(solution[-1], intercept, atol=1e-9)
+    np.testing.assert_allclose(model.linear.weight.double().numpy(), coef.T, atol=1e-6)
+    np.testing.assert_allclose(model.linear.bias.double().numpy(), intercept, atol=1e-6)
+    assert model.fit_info["alpha"] == alpha
+    assert model.fit_info["n_train_rows"] + model.fit_info["n_holdout_rows"] == 40 * 9
+    assert list(curve.columns) == CURVE_COLUMNS and len(curve) == 1
+    row = curve.iloc[0]
+    assert row["step"] == 0 and math.isnan(row["lr"])
+    assert row["windows_seen"] == 40 and row["tokens_seen"] == 400
+    prediction = hidden[:, :-1].double().numpy() @ coef + intercept
+    assert row["train_loss"] == pytest.approx(((hidden[:, 1:].double().numpy() - prediction) ** 2).mean(), rel=1e-5)
+    eval_prediction = prediction[:8]
+    eval_mse = ((hidden[:8, 1:].double().numpy() - eval_prediction) ** 2).mean()
+    assert row["eval_mse"] == pytest.approx(eval_mse, rel=1e-5)
+    assert row["eval_r2"] > 0.5
+
+
+def test_training_stage_fits_ridge_ar_on_cached_states_and_refuses_stream_mode(tmp_path, tiny_model_dir, tiny_corpus):
+    config = yaml.safe_load(write_config(tmp_path / "config.yaml", tiny_model_dir, tiny_corpus,
+                                         **{"predictor.kind": "ridge_ar2"}).read_text())
+    validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
+    cfg.check(config)
+    d_model = 32  # the tiny model's width
+    hidden = ar1_hidden(n_windows=40, d=d_model, seed=4)
+    train_hidden, eval_hidden = hidden[:30], hidden[30:]
+    paths = {name: str(tmp_path / f"{name}.safetensors") for name in ("train", "eval", "weights")}
+    storage.save_tensors({"hidden": train_hidden.half()}, paths["train"], {"layer": 2})
+    storage.save_tensors({"hidden": eval_hidden.half()}, paths["eval"], {"layer": 2})
+    curve_path, resume = tmp_path / "curve.parquet", tmp_path / ".resume.pt"
+    stages.train_predictor(config, None, "2", paths["train"], paths["eval"], paths["weights"], str(curve_path),
+                           str(resume))
+    model = load_predictor(paths["weights"])
+    assert storage.load_metadata(paths["weights"])["predictor_kind"] == "ridge_ar2"
+    assert storage.load_metadata(paths["weights"])["fit"]["n_train_rows"] == 30 * 11 - 3 * 11  # every 10th held out
+    reference = make_baseline("ridge_ar2").fit(train_hidden.half())  # the baseline, on the same windows
+    with torch.no_grad():
+        predicted = model(eval_hidden.half().float()[:, :-1]).double().numpy()
+    np.testing.assert_allclose(predicted, reference.predict(eval_hidden.half()), atol=1e-4)
+    curve = pd.read_parquet(curve_path)
+    assert list(curve.columns) == CURVE_COLUMNS and curve["step"].tolist() == [0]
+    assert curve["windows_seen"].tolist() == [30] and curve["eval_r2"].iloc[0] > 0.5
+    assert not resume.exists()
+
+    stream = {**config, "train": {**config["train"], "data": "stream"}}
+    with pytest.raises(cfg.ConfigError, match="ridge_ar predictors need train.data: cache"):
+        cfg.check(stream)
+    with pytest.raises(cfg.ConfigError, match="ridge_ar predictors need train.data: cache"):
+        stages.train_predictor(stream, None, "2", "unused", paths["eval"], paths["weights"], str(curve_path),
+                               str(resume))
+
+
+def test_config_check_accepts_suffixed_names_and_refuses_others(tmp_path, tiny_model_dir, tiny_corpus):
+    config = yaml.safe_load(write_config(tmp_path / "config.yaml", tiny_model_dir, tiny_corpus).read_text())
+    validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
+    for name in ("attn1", "attn1_rope", "attn1_local16", "attn2", "mlp_k4", "ridge_ar4"):
+        cfg.check({**config, "predictor": {**config["predictor"], "kind": name}})
+        assert predictor_kind(name) is not None
+    for name in ("attn1_local", "attn1_local0", "mlp_kx", "lstm"):
+        with pytest.raises(cfg.ConfigError, match=f"predictor.kind: unknown predictor '{name}'; known are 'attn1', "
+                                                  "'attn1_rope', 'attn1_local<w>', 'attn2', 'mlp_k<k>', 'ridge_ar<k>'"):
+            cfg.check({**config, "predictor": {**config["predictor"], "kind": name}})
+    with pytest.raises(cfg.ConfigError, match="predictor.d_head is 7: rotary"):
+        cfg.check({**config, "predictor": {**config["predictor"], "kind": "attn1_rope", "d_head": 7}})

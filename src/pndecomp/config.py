@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from . import lm, storage, tasks
-from .predictor import PREDICTORS, predictor_kind
+from .predictor import predictor_kind, predictor_settings
 from .train import TrainConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -85,9 +85,10 @@ def storage_dtype(config: Mapping, choice_path: str | None) -> torch.dtype:
 
 
 def predictor_config(config: Mapping, shape: lm.ModelShape):
-    """The settings dataclass of the configured predictor kind, for this LM's widths."""
+    """The settings dataclass of the configured predictor kind (``predictor.kind``: a name such as attn1 or
+    mlp_k4), for this LM's widths."""
     section = config["predictor"]
-    return predictor_kind(section["kind"]).from_config(section, shape.d_model, shape.attention_width)
+    return predictor_settings(section["kind"], section, shape.d_model, shape.attention_width)
 
 
 def train_config(config: Mapping) -> TrainConfig:
@@ -156,14 +157,25 @@ def check(config: Mapping, shape: lm.ModelShape | None = None) -> None:
     for split, value in config["windows"]["split_fractions"].items():
         if value <= 0:
             raise ConfigError(f"windows.split_fractions.{split} is {value}: every split needs a positive share")
-    if config["predictor"]["kind"] not in PREDICTORS:
-        raise ConfigError(f"predictor.kind: unknown predictor {config['predictor']['kind']!r}; known are "
-                          f"{sorted(PREDICTORS)} (add one in src/pndecomp/predictor.py)")
-    if config["predictor"]["rotary"] and config["predictor"]["d_head"] % 2:
-        raise ConfigError(f"predictor.d_head is {config['predictor']['d_head']}: rotary embeddings need an even "
-                          "head size")
+    for name in predictor_names(config):
+        check_predictor(with_predictor(config, name)["predictor"], train)
     if shape is not None:
         check_model(config["model"]["id"], config["layers"], config["windows"]["length"], shape)
+
+
+def check_predictor(section: Mapping, train: Mapping) -> None:
+    """A known predictor name, an even head size for rotary attention, cache mode for closed-form kinds."""
+    name = section["kind"]
+    try:
+        kind = predictor_kind(name)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    rotary = section["rotary"] or name == "attn1_rope"
+    if rotary and name.startswith("attn") and section["d_head"] % 2:
+        raise ConfigError(f"predictor.d_head is {section['d_head']}: rotary embeddings need an even head size")
+    if kind.fit is not None and train["data"] != "cache":
+        raise ConfigError(f"predictor.kind is {name!r} with train.data {train['data']!r}: ridge_ar predictors need "
+                          "train.data: cache (they are fitted in closed form on the cached activations)")
 
 
 def check_probes(probes: Mapping, corpus: Mapping) -> None:
@@ -258,5 +270,9 @@ def with_predictor(config: Mapping, name: str) -> dict:
         return dict(config)
     if name not in predictors:
         raise ConfigError(f"predictor {name!r} is not in predictors {list(predictors)}")
-    overrides = predictors.get(name) if isinstance(predictors, Mapping) else None
-    return {**config, "predictor": {**config["predictor"], "kind": name, **(overrides or {})}}
+    overrides = (predictors.get(name) if isinstance(predictors, Mapping) else None) or {}
+    unknown = sorted(set(overrides) - set(config["predictor"]))
+    if unknown:
+        raise ConfigError(f"predictors.{name}: unknown setting(s) {unknown}; valid are the predictor section's keys "
+                          f"{sorted(config['predictor'])}")
+    return {**config, "predictor": {**config["predictor"], "kind": name, **overrides}}

@@ -1,26 +1,50 @@
-"""The predictor f_θ (SPEC §3): one layer of causally masked multi-head self-attention.
+"""The predictor f_θ (SPEC §3) and the other architectures of the architecture study.
 
-The output at position t attends to h_1..h_t only and is the prediction ĥ_{t+1} of the hidden
-state at position t+1.
+Every predictor maps hidden states [batch, pos, d_model] to predictions [batch, pos, d_model]: the
+output at position t sees h_1..h_t only and is the prediction ĥ_{t+1} of the hidden state at t+1.
+The architectures, by name (``predictor.kind`` in the config; <w>, <k> positive integers):
+
+- ``attn1``: one layer of causally masked multi-head self-attention, the paper's f_θ;
+- ``attn1_rope``: attn1 with rotary position embeddings on queries and keys;
+- ``attn1_local<w>``: attn1 whose position t attends to the last w positions t−w+1..t only;
+- ``attn2``: a small pre-LN transformer: two blocks of causal self-attention + MLP (4 × d_model, GELU),
+  a final LayerNorm and a linear output (nanoGPT's layout, without embeddings);
+- ``mlp_k<k>``: an MLP on the last k states (h_t, h_{t−1}, …, h_{t−k+1}; zeros before position 1);
+- ``ridge_ar<k>``: ĥ_{t+1} = Σ_{j<k} A_j h_{t−j} + b, one linear map of the same lag features, fitted in
+  closed form by :class:`pndecomp.baselines.RidgeARBaseline` instead of trained by SGD.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+import functools
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .baselines import DEFAULT_ALPHAS, DEFAULT_HOLDOUT_EVERY, RidgeARBaseline
+
+# ---------------------------------------------------------------- attention: attn1, attn1_rope, attn1_local<w>
 
 @dataclass(frozen=True)
 class PredictorConfig:
+    """Settings of one causal attention layer (attn1, attn1_rope, attn1_local<w>)."""
+
     d_model: int
     n_heads: int
     d_head: int
     rotary: bool = False      # rotary position embedding on queries and keys (off in the paper)
     input_norm: bool = False  # LayerNorm on the input hidden states (off in the paper)
     rotary_base: float = 10000.0
+    window: int | None = None  # attend to the last ``window`` positions only (None: all of h_1..h_t)
+
+    @property
+    def kind(self) -> str:
+        if self.window is not None:
+            return f"attn1_local{self.window}"
+        return "attn1_rope" if self.rotary else "attn1"
 
 
 def _rotate(x: torch.Tensor, base: float) -> torch.Tensor:
@@ -33,11 +57,20 @@ def _rotate(x: torch.Tensor, base: float) -> torch.Tensor:
     return torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2)
 
 
+@functools.lru_cache(maxsize=16)
+def banded_causal_mask(n_pos: int, window: int, device: torch.device) -> torch.Tensor:
+    """[n_pos, n_pos] bool, True where query t may attend to key s: t − window < s ≤ t."""
+    offset = torch.arange(n_pos, device=device)[:, None] - torch.arange(n_pos, device=device)[None, :]
+    return (offset >= 0) & (offset < window)
+
+
 class CausalPredictor(nn.Module):
     def __init__(self, config: PredictorConfig):
         super().__init__()
         if config.rotary and config.d_head % 2:
             raise ValueError(f"predictor.d_head must be even with rotary embeddings, got {config.d_head}")
+        if config.window is not None and config.window < 1:
+            raise ValueError(f"attn1_local: the window must be a positive integer, got {config.window}")
         self.config = config
         width = config.n_heads * config.d_head
         self.norm = nn.LayerNorm(config.d_model) if config.input_norm else nn.Identity()
@@ -51,9 +84,145 @@ class CausalPredictor(nn.Module):
         q, k, v = (t.view(batch, n_pos, self.config.n_heads, self.config.d_head).transpose(1, 2) for t in (q, k, v))
         if self.config.rotary:
             q, k = _rotate(q, self.config.rotary_base), _rotate(k, self.config.rotary_base)
-        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if self.config.window is not None and self.config.window < n_pos:
+            mask = banded_causal_mask(n_pos, self.config.window, hidden.device)
+            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.out(attended.transpose(1, 2).reshape(batch, n_pos, -1))
 
+
+# ---------------------------------------------------------------- attn2: a two-block pre-LN transformer
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    d_model: int
+    n_heads: int
+    d_head: int
+    n_layers: int = 2
+    mlp_ratio: int = 4  # MLP hidden width = mlp_ratio × d_model
+    rotary: bool = False
+    rotary_base: float = 10000.0
+
+    @property
+    def kind(self) -> str:
+        return "attn2"
+
+
+class _Block(nn.Module):
+    """x + attn(LN(x)), then x + MLP(LN(x)); the attention is one :class:`CausalPredictor`."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.ln_attn = nn.LayerNorm(config.d_model)
+        self.attn = CausalPredictor(PredictorConfig(config.d_model, config.n_heads, config.d_head,
+                                                    rotary=config.rotary, rotary_base=config.rotary_base))
+        self.ln_mlp = nn.LayerNorm(config.d_model)
+        hidden = config.mlp_ratio * config.d_model
+        self.mlp = nn.Sequential(nn.Linear(config.d_model, hidden), nn.GELU(), nn.Linear(hidden, config.d_model))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_attn(x))
+        return x + self.mlp(self.ln_mlp(x))
+
+
+class TransformerPredictor(nn.Module):
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.config = config
+        self.blocks = nn.ModuleList(_Block(config) for _ in range(config.n_layers))
+        self.ln_final = nn.LayerNorm(config.d_model)
+        self.head = nn.Linear(config.d_model, config.d_model)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [batch, pos, d_model] -> predictions [batch, pos, d_model]; row t predicts h_{t+1}."""
+        x = hidden
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln_final(x))
+
+
+# ---------------------------------------------------------------- lag-feature models: mlp_k<k>, ridge_ar<k>
+
+def lag_stack(hidden: torch.Tensor, k: int) -> torch.Tensor:
+    """[batch, pos, d] -> [batch, pos, k·d]: row t is (h_t, h_{t−1}, …, h_{t−k+1}), zeros before position 1
+    (the layout of :func:`pndecomp.baselines.lag_features`)."""
+    n_pos = hidden.shape[1]
+    return torch.cat([F.pad(hidden, (0, 0, lag, 0))[:, :n_pos] for lag in range(k)], dim=-1)
+
+
+@dataclass(frozen=True)
+class MLPConfig:
+    d_model: int
+    k: int        # the last k states are the input
+    hidden: int   # width of the hidden layer
+
+    @property
+    def kind(self) -> str:
+        return f"mlp_k{self.k}"
+
+
+class LagMLPPredictor(nn.Module):
+    """Linear(k·d -> hidden), GELU, Linear(hidden -> d) on the last k states."""
+
+    def __init__(self, config: MLPConfig):
+        super().__init__()
+        if config.k < 1:
+            raise ValueError(f"mlp_k: k must be a positive integer, got {config.k}")
+        self.config = config
+        self.mlp = nn.Sequential(nn.Linear(config.k * config.d_model, config.hidden), nn.GELU(),
+                                 nn.Linear(config.hidden, config.d_model))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.mlp(lag_stack(hidden, self.config.k))
+
+
+@dataclass(frozen=True)
+class RidgeARConfig:
+    d_model: int
+    k: int  # the last k states are the input
+    alphas: tuple[float, ...] = DEFAULT_ALPHAS  # ridge penalties tried (see pndecomp.baselines)
+    holdout_every: int = DEFAULT_HOLDOUT_EVERY                 # every n-th train window chooses α
+
+    def __post_init__(self):
+        object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))  # a JSON list becomes a tuple
+
+    @property
+    def kind(self) -> str:
+        return f"ridge_ar{self.k}"
+
+
+class RidgeARPredictor(nn.Module):
+    """ĥ_{t+1} = Σ_{j<k} A_j h_{t−j} + b: one Linear(k·d, d) on the lag features, set by :func:`fit_ridge_ar`.
+
+    ``fit_info`` (after fitting): the chosen α, λ, the rows fitted on and the held-out grid scores."""
+
+    def __init__(self, config: RidgeARConfig):
+        super().__init__()
+        if config.k < 1:
+            raise ValueError(f"ridge_ar: k must be a positive integer, got {config.k}")
+        self.config = config
+        self.linear = nn.Linear(config.k * config.d_model, config.d_model)
+        self.fit_info: dict = {}
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.linear(lag_stack(hidden, self.config.k))
+
+
+def fit_ridge_ar(settings: RidgeARConfig, batches: Iterable) -> RidgeARPredictor:
+    """The closed-form ridge fit on train hidden states (``batches``: [n, T, d] tensors, read once)."""
+    baseline = RidgeARBaseline(settings.k, settings.alphas, settings.holdout_every).fit(batches)
+    predictor = RidgeARPredictor(settings)
+    with torch.no_grad():
+        predictor.linear.weight.copy_(torch.from_numpy(baseline.coef_.T))
+        predictor.linear.bias.copy_(torch.from_numpy(baseline.intercept_))
+    predictor.fit_info = {"alpha": baseline.alpha_, "lambda": baseline.lambda_,
+                          "n_train_rows": baseline.n_train_rows_, "n_holdout_rows": baseline.n_holdout_rows_,
+                          "grid_scores": baseline.grid_scores_}
+    return predictor
+
+
+# ---------------------------------------------------------------- loss and residuals
 
 def prediction_loss(predictor: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """L = mean over windows and positions 2..T of ||h_{t+1} - ĥ_{t+1}||² / d_model."""
@@ -73,49 +242,122 @@ def _param_dtype(module: nn.Module) -> torch.dtype:
     return next(module.parameters()).dtype
 
 
-def _attention_config(section: Mapping, d_model: int, attention_width: int) -> PredictorConfig:
-    """Paper rule: n_heads × d_head = width_multiplier (4) × the LM's own attention width."""
+def parameter_count(predictor: nn.Module) -> int:
+    return sum(parameter.numel() for parameter in predictor.parameters())
+
+
+# ---------------------------------------------------------------- the registry
+
+def _heads(section: Mapping, attention_width: int) -> tuple[int, int]:
+    """(n_heads, d_head); paper rule: n_heads × d_head = width_multiplier (4) × the LM's own attention width."""
     d_head, n_heads = section["d_head"], section["n_heads"]
     if n_heads is None:
         n_heads = max(1, round(section["width_multiplier"] * attention_width / d_head))
-    return PredictorConfig(d_model=d_model, n_heads=int(n_heads), d_head=int(d_head), rotary=section["rotary"],
+    return int(n_heads), int(d_head)
+
+
+def _attention_config(section: Mapping, d_model: int, attention_width: int, _parameter: None = None) -> PredictorConfig:
+    n_heads, d_head = _heads(section, attention_width)
+    return PredictorConfig(d_model=d_model, n_heads=n_heads, d_head=d_head, rotary=section["rotary"],
                            input_norm=section["input_norm"])
+
+
+def _rope_config(section: Mapping, d_model: int, attention_width: int, _parameter: None = None) -> PredictorConfig:
+    return replace(_attention_config(section, d_model, attention_width), rotary=True)
+
+
+def _local_config(section: Mapping, d_model: int, attention_width: int, window: int) -> PredictorConfig:
+    return replace(_attention_config(section, d_model, attention_width), window=window)
+
+
+def _transformer_config(section: Mapping, d_model: int, attention_width: int,
+                        _parameter: None = None) -> TransformerConfig:
+    n_heads, d_head = _heads(section, attention_width)
+    return TransformerConfig(d_model=d_model, n_heads=n_heads, d_head=d_head, rotary=section["rotary"])
+
+
+def _mlp_config(section: Mapping, d_model: int, attention_width: int, k: int) -> MLPConfig:
+    return MLPConfig(d_model=d_model, k=k, hidden=section.get("mlp_hidden") or d_model)
+
+
+def _ridge_config(section: Mapping, d_model: int, attention_width: int, k: int) -> RidgeARConfig:
+    return RidgeARConfig(d_model=d_model, k=k)
 
 
 @dataclass(frozen=True)
 class PredictorKind:
-    """A predictor architecture: its module, its settings dataclass, and how the config section
-    (``predictor``) and the LM's widths make those settings."""
+    """A predictor architecture: its module, its settings dataclass, how the config section
+    (``predictor``), the LM's widths and the name's integer suffix make those settings, and, for a
+    closed-form kind, how it is fitted instead of trained by SGD."""
 
     module: type[nn.Module]
     settings: type
-    from_config: Callable[[Mapping, int, int], object]  # (predictor section, d_model, LM attention width)
+    # (predictor section, d_model, LM attention width, the name's suffix or None) -> settings
+    from_config: Callable[[Mapping, int, int, int | None], object]
+    parameter: str | None = None  # the name ends in this positive integer (family + <parameter>)
+    fit: Callable[[object, Iterable], nn.Module] | None = None  # (settings, train batches) -> fitted predictor
 
 
-# The single place to add a predictor architecture (``predictor.kind`` in the config).
+# The single place to add a predictor architecture (``predictor.kind`` in the config). A kind with a
+# ``parameter`` is a family: its names are the key followed by a positive integer (attn1_local16).
 PREDICTORS: dict[str, PredictorKind] = {
     "attn1": PredictorKind(CausalPredictor, PredictorConfig, _attention_config),
+    "attn1_rope": PredictorKind(CausalPredictor, PredictorConfig, _rope_config),
+    "attn1_local": PredictorKind(CausalPredictor, PredictorConfig, _local_config, parameter="w"),
+    "attn2": PredictorKind(TransformerPredictor, TransformerConfig, _transformer_config),
+    "mlp_k": PredictorKind(LagMLPPredictor, MLPConfig, _mlp_config, parameter="k"),
+    "ridge_ar": PredictorKind(RidgeARPredictor, RidgeARConfig, _ridge_config, parameter="k", fit=fit_ridge_ar),
 }
+
+_SUFFIXED = re.compile(r"(.*\D)([1-9][0-9]*)")
+
+
+def known_forms() -> str:
+    """'attn1', 'attn1_rope', 'attn1_local<w>', …: every valid form of a predictor name."""
+    return ", ".join(repr(name if kind.parameter is None else f"{name}<{kind.parameter}>")
+                     for name, kind in PREDICTORS.items())
+
+
+def parse_kind(name: str) -> tuple[PredictorKind, int | None]:
+    """(the kind, its integer suffix or None) of a predictor name such as 'attn1' or 'mlp_k4'."""
+    if isinstance(name, str):
+        kind = PREDICTORS.get(name)
+        if kind is not None and kind.parameter is None:
+            return kind, None
+        match = _SUFFIXED.fullmatch(name)
+        if match and match[1] in PREDICTORS and PREDICTORS[match[1]].parameter is not None:
+            return PREDICTORS[match[1]], int(match[2])
+    raise ValueError(f"predictor.kind: unknown predictor {name!r}; known are {known_forms()} (<w>, <k>: positive "
+                     "integers; add one in src/pndecomp/predictor.py)")
 
 
 def predictor_kind(name: str) -> PredictorKind:
-    if name not in PREDICTORS:
-        raise ValueError(f"predictor.kind: unknown predictor {name!r}; known are {sorted(PREDICTORS)} "
-                         "(add one in src/pndecomp/predictor.py)")
-    return PREDICTORS[name]
+    return parse_kind(name)[0]
+
+
+def predictor_settings(name: str, section: Mapping, d_model: int, attention_width: int):
+    """The settings dataclass of the predictor called ``name`` for the ``predictor`` config section and the
+    LM's widths."""
+    kind, parameter = parse_kind(name)
+    return kind.from_config(section, d_model, attention_width, parameter)
+
+
+def kind_of(settings) -> PredictorKind:
+    """The kind whose name the settings carry (``settings.kind``)."""
+    return predictor_kind(settings.kind)
 
 
 def kind_name(predictor: nn.Module) -> str:
-    return next(name for name, kind in PREDICTORS.items() if isinstance(predictor, kind.module))
+    return predictor.config.kind
 
 
 def build_predictor(settings) -> nn.Module:
-    """The untrained predictor of the kind whose settings dataclass ``settings`` is."""
-    return next(kind.module(settings) for kind in PREDICTORS.values() if type(settings) is kind.settings)
+    """The untrained (unfitted) predictor of the kind ``settings`` describe."""
+    return kind_of(settings).module(settings)
 
 
 def save_predictor(predictor: nn.Module, path, metadata: dict | None = None) -> None:
-    """Weights as safetensors; the architecture (kind and settings) travels in the file's metadata."""
+    """Weights as safetensors; the architecture (kind name and settings) travels in the file's metadata."""
     from .storage import save_tensors
 
     save_tensors(predictor.state_dict(), path, {"predictor_kind": kind_name(predictor),

@@ -17,7 +17,7 @@ from safetensors import safe_open
 from . import config as cfg
 from . import corpus, extract, lm, metrics, predictor, storage, tasks, token_store, windows
 from .embedded_corpus import build_embedded_corpus  # the name embedded_corpus is a stage here
-from .train import PredictorTrainer, batch_indices, check_stream_pool
+from .train import PredictorTrainer, batch_indices, check_stream_pool, fit_predictor
 from .train import train_predictors as train_loop
 
 log = logging.getLogger(__name__)
@@ -182,40 +182,54 @@ def train_predictors(config: Mapping, materialized_dir: str | None, train_data_p
     and runs the LM once per step, up to the deepest of ``layers``: one job trains every layer with
     ``train.joint_layers``, or one layer per job. It first checks that the run fits in
     ``train.max_epochs`` passes over the pool. Cache mode reads one layer's activations per job.
+    A closed-form kind (``ridge_ar<k>``) is fitted instead, in cache mode only, on every window of the
+    layer's activations read batch by batch; its curve has one row (step 0).
     ``storage_dtype_path``: see :func:`pndecomp.config.storage_dtype`.
     """
     train_cfg = cfg.train_config(config)
+    closed_form = predictor.predictor_kind(config["predictor"]["kind"]).fit is not None
+    if closed_form and config["train"]["data"] != "cache":
+        raise cfg.ConfigError(f"predictor.kind is {config['predictor']['kind']!r} with train.data "
+                              f"{config['train']['data']!r}: ridge_ar predictors need train.data: cache")
     if config["train"]["data"] == "stream":
         pool = token_store.open_pool(train_data_path)
         check_stream_pool(len(pool), train_cfg)  # before the LM and the eval states are loaded
         n_windows, data_file = len(pool), pool.path / token_store.TOKENS_FILE
-    else:
-        if len(layers) != 1:
-            raise ValueError(f"cache mode trains one layer per job, not {list(layers)} (train.joint_layers needs "
-                             "train.data: stream)")
+    elif len(layers) != 1:
+        raise ValueError(f"cache mode trains one layer per job, not {list(layers)} (train.joint_layers needs "
+                         "train.data: stream)")
+    elif not closed_form:
         train_hidden = read_hidden(train_data_path)
         n_windows, data_file = len(train_hidden), Path(train_data_path)
     predictor_cfg = cfg.predictor_config(config, lm.read_model_shape(model_source(config, materialized_dir)))
     device = cfg.resolve_device(config["device"])
-    stat = data_file.stat()
-    trainers = {
-        layer: PredictorTrainer(
-            predictor_cfg, train_cfg, read_hidden(files.eval_hidden, limit=config["train"]["eval_windows"]),
-            device=device, resume_path=Path(files.resume), name=f"layer {layer}",
-            data_id=f"{config['train']['data']}:{layer}:{stat.st_size}:{stat.st_mtime_ns}")
-        for layer, files in layers.items()}
-    if config["train"]["data"] == "stream":
-        next_batch = streamed_batches(config, materialized_dir, list(layers), pool, train_cfg, storage_dtype_path)
+    if closed_form:
+        ((layer, files),) = layers.items()
+        results = {layer: fit_predictor(
+            predictor_cfg, lambda: hidden_batches(train_data_path, train_cfg.batch_size),
+            read_hidden(files.eval_hidden, limit=config["train"]["eval_windows"]),
+            eval_batch_size=train_cfg.eval_batch_size, device=device)}
     else:
-        (only_layer,) = layers
+        stat = data_file.stat()
+        trainers = {
+            layer: PredictorTrainer(
+                predictor_cfg, train_cfg, read_hidden(files.eval_hidden, limit=config["train"]["eval_windows"]),
+                device=device, resume_path=Path(files.resume), name=f"layer {layer}",
+                data_id=f"{config['train']['data']}:{layer}:{stat.st_size}:{stat.st_mtime_ns}")
+            for layer, files in layers.items()}
+        if config["train"]["data"] == "stream":
+            next_batch = streamed_batches(config, materialized_dir, list(layers), pool, train_cfg, storage_dtype_path)
+        else:
+            (only_layer,) = layers
 
-        def next_batch(step: int) -> dict[str, torch.Tensor]:
-            return {only_layer: train_hidden[batch_indices(n_windows, train_cfg.batch_size, train_cfg.seed, step)]}
+            def next_batch(step: int) -> dict[str, torch.Tensor]:
+                return {only_layer: train_hidden[batch_indices(n_windows, train_cfg.batch_size, train_cfg.seed, step)]}
 
-    results = train_loop(trainers, train_cfg, next_batch, n_windows)
+        results = train_loop(trainers, train_cfg, next_batch, n_windows)
     for layer, (model, curve) in results.items():
         metadata = output_metadata(config, layer=lm.parse_layer(layer), train=config["train"])
-        predictor.save_predictor(model, layers[layer].weights, metadata)
+        fit_info = getattr(model, "fit_info", None)
+        predictor.save_predictor(model, layers[layer].weights, {**metadata, "fit": fit_info} if fit_info else metadata)
         storage.write_parquet(curve, layers[layer].curve, metadata)
     for files in layers.values():  # once every output is in place
         Path(files.resume).unlink(missing_ok=True)

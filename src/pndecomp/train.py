@@ -1,5 +1,8 @@
 """Training the predictor (SPEC §4), nanoGPT style: one loop, warm-up + cosine, periodic eval.
 
+Closed-form kinds (``ridge_ar<k>``) are fitted instead, by :func:`fit_predictor`, which writes a learning
+curve of one row (step 0) with the same columns.
+
 Batches are drawn by a generator seeded with (seed, step), so a run resumed from a checkpoint
 draws exactly the batches the uninterrupted run would have drawn. One loop drives one predictor or
 several (one per layer, fed from one LM pass per step in stream mode); each predictor keeps its own
@@ -12,7 +15,7 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,7 +23,7 @@ import pandas as pd
 import torch
 
 from .metrics import RegressionAccumulator
-from .predictor import build_predictor, prediction_loss
+from .predictor import build_predictor, kind_of, prediction_loss
 from .storage import atomic_path
 
 log = logging.getLogger(__name__)
@@ -126,6 +129,9 @@ class PredictorTrainer:
                  name: str = "predictor"):
         self.cfg, self.eval_hidden, self.device, self.name = cfg, eval_hidden, torch.device(device), name
         self.resume_path = None if resume_path is None else Path(resume_path)
+        if kind_of(predictor_cfg).fit is not None:
+            raise ValueError(f"{name}: a {predictor_cfg.kind} predictor is fitted in closed form (fit_predictor), "
+                             "not trained by SGD")
         torch.manual_seed(cfg.seed)  # the same initial weights whichever job (per layer or joint) trains it
         self.predictor = build_predictor(predictor_cfg).to(self.device)
         self.optimizer = torch.optim.AdamW(self.predictor.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -212,3 +218,32 @@ def train_predictor(predictor_cfg, cfg: TrainConfig, next_batch: Callable[[int],
                                data_id=data_id)
     return train_predictors({"predictor": trainer}, cfg, lambda step: {"predictor": next_batch(step)},
                             n_windows)["predictor"]
+
+
+def fit_predictor(predictor_cfg, train_batches: Callable[[], Iterable[torch.Tensor]], eval_hidden: torch.Tensor, *,
+                  eval_batch_size: int = 32,
+                  device: str | torch.device = "cpu") -> tuple[torch.nn.Module, pd.DataFrame]:
+    """Fit a closed-form predictor (a kind with ``fit``) on one pass over ``train_batches()`` (hidden
+    [batch, T, d_model] tensors: every predictor_train window once), then score it on a second pass (the
+    train loss) and on ``eval_hidden``. Returns the fitted predictor and a curve of one row: step 0, lr
+    NaN, the train loss and the eval scores, with :data:`CURVE_COLUMNS`."""
+    predictor = kind_of(predictor_cfg).fit(predictor_cfg, train_batches())
+    device = torch.device(device)
+    predictor = predictor.to(device).requires_grad_(False)
+    sse, values, windows, length = 0.0, 0, 0, 0
+    with torch.no_grad():
+        for batch in train_batches():
+            batch = batch.to(device)
+            residual = batch[:, 1:].to(torch.float64) - predictor(batch[:, :-1].float()).to(torch.float64)
+            sse += float((residual ** 2).sum())
+            values, windows, length = values + residual.numel(), windows + batch.shape[0], batch.shape[1]
+    scores = evaluate(predictor, eval_hidden, eval_batch_size, device)
+    predictor.eval()
+    train_loss = sse / values if values else math.nan
+    log.info("%s fitted on %d windows: train loss %.5g  eval mse %.5g  r2 %.4f  (%s)", predictor_cfg.kind, windows,
+             train_loss, scores["mse"], scores["r2"],
+             {key: value for key, value in getattr(predictor, "fit_info", {}).items() if key != "grid_scores"})
+    curve = pd.DataFrame([{"step": 0, "lr": math.nan, "train_loss": train_loss, "windows_seen": windows,
+                           "tokens_seen": windows * length, **{f"eval_{k}": v for k, v in scores.items()}}],
+                         columns=CURVE_COLUMNS)
+    return predictor, curve
