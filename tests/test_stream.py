@@ -53,14 +53,14 @@ def prepared(tmp_path_factory, tiny_model_dir, tiny_corpus):
 def files_of(root, name, layer):
     return stages.PredictorFiles(str(root / f"predictor_eval-layer-{layer}.safetensors"),
                                  str(root / f"{name}-{layer}.safetensors"), str(root / f"{name}-{layer}-curve.parquet"),
-                                 str(root / f"{name}-{layer}.resume.pt"))
+                                 str(root / f"{name}-{layer}.resume.pt"), str(root / f"{name}-{layer}-cost.json"))
 
 
 def train_one(prepared, name, layer, config=None, train_data=None):
     config = config or prepared["config"]
     files = files_of(prepared["root"], name, layer)
     stages.train_predictor(config, None, layer, train_data or prepared["store"], files.eval_hidden, files.weights,
-                           files.curve, files.resume)
+                           files.curve, files.resume, files.cost)
     return files
 
 

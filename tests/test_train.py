@@ -293,9 +293,12 @@ def test_training_stage_fits_ridge_ar_on_cached_states_and_refuses_stream_mode(t
     storage.save_tensors({"hidden": train_hidden.half()}, paths["train"], {"layer": 2})
     storage.save_tensors({"hidden": eval_hidden.half()}, paths["eval"], {"layer": 2})
     curve_path, resume = tmp_path / "curve.parquet", tmp_path / ".resume.pt"
+    cost_path = tmp_path / "cost.json"
     stages.train_predictor(config, None, "2", paths["train"], paths["eval"], paths["weights"], str(curve_path),
-                           str(resume))
+                           str(resume), str(cost_path))
     model = load_predictor(paths["weights"])
+    cost = storage.read_json(cost_path)
+    assert cost["parameters"] == 2 * d_model * d_model + d_model and cost["steps"] == 1 and cost["train_seconds"] > 0
     assert storage.load_metadata(paths["weights"])["predictor_kind"] == "ridge_ar2"
     assert storage.load_metadata(paths["weights"])["fit"]["n_train_rows"] == 30 * 11 - 3 * 11  # every 10th held out
     reference = make_baseline("ridge_ar2").fit(train_hidden.half())  # the baseline, on the same windows
@@ -312,7 +315,7 @@ def test_training_stage_fits_ridge_ar_on_cached_states_and_refuses_stream_mode(t
         cfg.check(stream)
     with pytest.raises(cfg.ConfigError, match="ridge_ar predictors need train.data: cache"):
         stages.train_predictor(stream, None, "2", "unused", paths["eval"], paths["weights"], str(curve_path),
-                               str(resume))
+                               str(resume), str(cost_path))
 
 
 def test_config_check_accepts_suffixed_names_and_refuses_others(tmp_path, tiny_model_dir, tiny_corpus):

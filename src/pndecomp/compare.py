@@ -11,39 +11,54 @@ from . import storage
 from .figures import summary_models
 
 
-def predictor_comparison(summaries: Mapping[str, str], weights: Mapping[str, Mapping[str, str]],
-                         curves: Mapping[str, Mapping[str, str]]) -> pd.DataFrame:
+def predictor_comparison(summaries: Mapping[str, str], costs: Mapping[str, Mapping[str, str]]) -> pd.DataFrame:
     """One row per (model, layer): every predictor's eval R² with its interval, its parameter count, its
-    training seconds (per 1,000 steps for SGD predictors; a closed-form fit has one step) and R² per
-    million parameters, then the baselines (kind "baseline"), taken from the first predictor's summary:
-    they are fit once per layer and scored on the same windows for every predictor."""
+    training seconds (optimizer steps only; a closed-form fit counts as one step) per 1,000 steps and R²
+    per million parameters, then the baselines (kind "baseline"), taken from the first predictor's
+    summary: they are fit once per layer and scored on the same windows for every predictor.
+    ``costs``: predictor -> layer -> the training job's cost.json."""
     frames = []
     for index, (name, path) in enumerate(summaries.items()):
         summary = pd.read_csv(path, sep="\t", dtype={"layer": str})
         models = summary_models(summary, predictor=name)
-        keep = (models["kind"] == "predictor") | (index == 0)
-        models = models[keep].copy()
-        n_windows = dict(zip(summary["layer"], summary["n_windows"]))
-        models["n_windows"] = models["layer"].map(n_windows)
+        models = models[(models["kind"] == "predictor") | (index == 0)].copy()
+        models["n_windows"] = models["layer"].map(dict(zip(summary["layer"], summary["n_windows"])))
         mine = models["kind"] == "predictor"
-        models.loc[mine, "parameters"] = [storage.parameter_count(weights[name][layer])
-                                          for layer in models.loc[mine, "layer"]]
-        seconds, steps = zip(*(_training_cost(curves[name][layer]) for layer in models.loc[mine, "layer"]))
-        models.loc[mine, "train_seconds"] = seconds
-        models.loc[mine, "train_steps"] = steps
+        cost = [storage.read_json(costs[name][layer]) for layer in models.loc[mine, "layer"]]
+        for key in ("parameters", "train_seconds", "steps"):
+            models.loc[mine, key] = [entry[key] for entry in cost]
         frames.append(models)
     table = pd.concat(frames, ignore_index=True)
-    table["seconds_per_1000_steps"] = table["train_seconds"] / table["train_steps"] * 1000
+    table["seconds_per_1000_steps"] = table["train_seconds"] / table["steps"] * 1000
     table["r2_per_million_parameters"] = table["r2"] / (table["parameters"] / 1e6)
-    order = ["model", "kind", "layer", "r2", "r2_lo", "r2_hi", "n_windows", "parameters", "train_seconds",
-             "train_steps", "seconds_per_1000_steps", "r2_per_million_parameters"]
-    return table[order]
+    return table[["model", "kind", "layer", "r2", "r2_lo", "r2_hi", "n_windows", "parameters", "train_seconds",
+                  "steps", "seconds_per_1000_steps", "r2_per_million_parameters"]]
 
 
-def _training_cost(curve_path: str) -> tuple[float, float]:
-    """(seconds spent training, steps) from a predictor's curve: its last row's train_seconds and step;
-    NaN seconds for a curve written before training was timed."""
-    curve = pd.read_parquet(curve_path)
-    last = curve.iloc[-1]
-    seconds = float(last["train_seconds"]) if "train_seconds" in curve else np.nan
-    return seconds, float(max(last["step"], 1))
+# The probe gaps the model study plots: (task, sign, label); sign −1 turns ĥ − r into r − ĥ.
+PROBE_GAPS = (("domain", 1, "domain F1: ĥ − r"), ("next_token_type_8", -1, "next-token type F1: r − ĥ"))
+
+
+def model_comparison(summaries: Mapping[str, str], differences: Mapping[str, Mapping[str, str]],
+                     depths: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
+    """Long rows (model, layer, depth, metric, value, lo, hi) for a model study: each model's main predictor's
+    eval R² and the probe gaps of :data:`PROBE_GAPS` (paired bootstrap intervals), at the layers' relative
+    depths."""
+    rows = []
+    for model, path in summaries.items():
+        summary = pd.read_csv(path, sep="\t", dtype={"layer": str})
+        for _, row in summary.iterrows():
+            rows.append({"model": model, "layer": row["layer"], "metric": "eval R²", "value": row["r2"],
+                         "lo": row.get("r2_lo", np.nan), "hi": row.get("r2_hi", np.nan)})
+        for task, sign, label in PROBE_GAPS:
+            if task not in differences.get(model, {}):
+                continue
+            table = pd.read_csv(differences[model][task], sep="\t", dtype={"layer": str})
+            gaps = table[(table["representation_a"] == "hhat") & (table["representation_b"] == "r")]
+            for _, row in gaps.iterrows():
+                bounds = sorted((sign * row["difference_lo"], sign * row["difference_hi"]))
+                rows.append({"model": model, "layer": row["layer"], "metric": label,
+                             "value": sign * row["difference"], "lo": bounds[0], "hi": bounds[1]})
+    table = pd.DataFrame(rows)
+    table.insert(2, "depth", [depths[model][layer] for model, layer in zip(table["model"], table["layer"])])
+    return table

@@ -276,3 +276,16 @@ def with_predictor(config: Mapping, name: str) -> dict:
         raise ConfigError(f"predictors.{name}: unknown setting(s) {unknown}; valid are the predictor section's keys "
                           f"{sorted(config['predictor'])}")
     return {**config, "predictor": {**config["predictor"], "kind": name, **overrides}}
+
+
+def relative_depths(config: Mapping) -> dict[str, float]:
+    """Each configured layer's relative depth in its model: block b of n is b / (n − 1); 'final' (after
+    the final norm) is 1; 'embed' is one block before block 0, −1 / (n − 1)."""
+    model_dir = Path("results") / config["experiment"] / "model"
+    shape, note = model_shape(config, str(model_dir))
+    if shape is None:
+        raise ConfigError(f"models: the block count of {config['model']['id']!r} is needed for relative depths: {note}")
+    last = max(shape.n_blocks - 1, 1)
+    named = {"embed": -1 / last, "final": 1.0}
+    layers = resolve_layers(config["layers"], shape, config["model"]["id"])
+    return {str(layer): named[layer] if layer in named else int(layer) / last for layer in layers}

@@ -234,3 +234,21 @@ def probe_heatmap(table: pd.DataFrame, task: str, png, pdf, differences: pd.Data
     xlabel = "representation" + ("\n" + "; ".join(notes) if notes else "")
     ax.set(xlabel=xlabel, ylabel="layer", title=tasks.get(task).title)
     _save(fig, png, pdf, dpi)
+
+
+def model_comparison(table: pd.DataFrame, png, pdf, dpi: int = 150) -> None:
+    """A model study: each metric (eval R², the probe gaps) against relative depth, one line per model,
+    95 % bootstrap intervals as bars."""
+    metrics = list(dict.fromkeys(table["metric"]))
+    sns.set_theme(style="whitegrid")
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        rows = table[table["metric"] == metric]
+        for model in dict.fromkeys(table["model"]):
+            mine = rows[rows["model"] == model].sort_values("depth")
+            (line,) = ax.plot(mine["depth"], mine["value"], marker="o", markersize=4, label=model)
+            ax.vlines(mine["depth"], mine["lo"], mine["hi"], color=line.get_color(), linewidth=1)
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+        ax.set(xlabel="relative depth", title=metric)
+    axes[0][-1].legend(title="model", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    _save(fig, png, pdf, dpi)

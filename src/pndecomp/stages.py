@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,16 +163,18 @@ class PredictorFiles:
     weights: str
     curve: str
     resume: str
+    cost: str  # training seconds and parameters: machine-dependent, so apart from the deterministic outputs
 
 
 def train_predictor(config: Mapping, materialized_dir: str | None, layer: str, train_data_path: str,
-                    eval_hidden_path: str, out_weights: str, out_curve: str, resume_path: str,
+                    eval_hidden_path: str, out_weights: str, out_curve: str, resume_path: str, out_cost: str,
                     storage_dtype_path: str | None = None) -> None:
     """Train one layer's predictor from cached hidden states (``train.data: cache``, reading the layer's
     activations) or from hidden states the frozen LM computes for every batch (``stream``, reading the
     predictor_train token store); see :func:`train_predictors`."""
     train_predictors(config, materialized_dir, train_data_path,
-                     {layer: PredictorFiles(eval_hidden_path, out_weights, out_curve, resume_path)}, storage_dtype_path)
+                     {layer: PredictorFiles(eval_hidden_path, out_weights, out_curve, resume_path, out_cost)},
+                     storage_dtype_path)
 
 
 def train_predictors(config: Mapping, materialized_dir: str | None, train_data_path: str,
@@ -205,10 +208,12 @@ def train_predictors(config: Mapping, materialized_dir: str | None, train_data_p
     device = cfg.resolve_device(config["device"])
     if closed_form:
         ((layer, files),) = layers.items()
+        started = time.perf_counter()
         results = {layer: fit_predictor(
             predictor_cfg, lambda: hidden_batches(train_data_path, train_cfg.batch_size),
             read_hidden(files.eval_hidden, limit=config["train"]["eval_windows"]),
             eval_batch_size=train_cfg.eval_batch_size, device=device)}
+        seconds = {layer: time.perf_counter() - started}  # the fit plus its scoring passes
     else:
         stat = data_file.stat()
         trainers = {
@@ -226,11 +231,15 @@ def train_predictors(config: Mapping, materialized_dir: str | None, train_data_p
                 return {only_layer: train_hidden[batch_indices(n_windows, train_cfg.batch_size, train_cfg.seed, step)]}
 
         results = train_loop(trainers, train_cfg, next_batch, n_windows)
+        seconds = {layer: trainer.train_seconds for layer, trainer in trainers.items()}
     for layer, (model, curve) in results.items():
         metadata = output_metadata(config, layer=lm.parse_layer(layer), train=config["train"])
         fit_info = getattr(model, "fit_info", None)
         predictor.save_predictor(model, layers[layer].weights, {**metadata, "fit": fit_info} if fit_info else metadata)
         storage.write_parquet(curve, layers[layer].curve, metadata)
+        storage.write_json({"train_seconds": seconds[layer], "steps": int(max(curve["step"].max(), 1)),
+                            "parameters": predictor.parameter_count(model), "device": str(device)},
+                           layers[layer].cost)
     for files in layers.values():  # once every output is in place
         Path(files.resume).unlink(missing_ok=True)
 

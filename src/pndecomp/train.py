@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import math
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -137,6 +138,8 @@ class PredictorTrainer:
         self.optimizer = torch.optim.AdamW(self.predictor.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.fingerprint = _run_fingerprint(predictor_cfg, cfg, data_id)
         self.next_step, self.curve = 0, []
+        # Wall seconds of the optimizer steps alone (no evaluation, no batch loading): the predictor's cost.
+        self.train_seconds = 0.0
         if self.resume_path is not None and self.resume_path.exists():
             # weights_only: a checkpoint can hold tensors and plain values, never code.
             state = torch.load(self.resume_path, map_location=self.device, weights_only=True)
@@ -144,6 +147,7 @@ class PredictorTrainer:
                 self.predictor.load_state_dict(state["model"])
                 self.optimizer.load_state_dict(state["optimizer"])
                 self.next_step, self.curve = state["step"], state["curve"]
+                self.train_seconds = state.get("train_seconds", 0.0)
                 log.info("%s: resumed from %s at step %d", name, self.resume_path, self.next_step)
             else:
                 log.warning("%s: ignoring %s: it was written for another configuration", name, self.resume_path)
@@ -152,6 +156,7 @@ class PredictorTrainer:
     def step(self, step: int, hidden: torch.Tensor, windows_seen: int) -> None:
         """One optimizer step on hidden [batch, T, d_model]; evaluates and checkpoints when due."""
         cfg = self.cfg
+        started = time.perf_counter()
         lr = get_lr(step, cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -169,6 +174,9 @@ class PredictorTrainer:
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.predictor.parameters(), cfg.grad_clip)
         self.optimizer.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.train_seconds += time.perf_counter() - started
         done = self.next_step = step + 1
         if done % cfg.eval_every == 0 or done == cfg.steps:
             scores = evaluate(self.predictor, self.eval_hidden, cfg.eval_batch_size, self.device)
@@ -180,7 +188,8 @@ class PredictorTrainer:
         if self.resume_path is not None and done % cfg.checkpoint_every == 0 and done < cfg.steps:
             with atomic_path(self.resume_path) as tmp:
                 torch.save({"model": self.predictor.state_dict(), "optimizer": self.optimizer.state_dict(),
-                            "step": done, "curve": self.curve, "fingerprint": self.fingerprint}, tmp)
+                            "step": done, "curve": self.curve, "fingerprint": self.fingerprint,
+                            "train_seconds": self.train_seconds}, tmp)
 
     def result(self) -> tuple[torch.nn.Module, pd.DataFrame]:
         self.predictor.eval()

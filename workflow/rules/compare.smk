@@ -5,8 +5,7 @@
 rule predictor_comparison:
     input:
         summaries=expand(f"{OUT}/metrics/{{predictor}}/layer_summary.tsv", predictor=PREDICTORS),
-        weights=expand(f"{PREDICTOR_DIR}/predictor.safetensors", predictor=PREDICTORS, layer=LAYERS),
-        curves=expand(f"{PREDICTOR_DIR}/curve.parquet", predictor=PREDICTORS, layer=LAYERS),
+        costs=expand(f"{PREDICTOR_DIR}/cost.json", predictor=PREDICTORS, layer=LAYERS),
     output:
         report(
             f"{OUT}/metrics/predictor_comparison.tsv",
@@ -20,9 +19,8 @@ rule predictor_comparison:
     params:
         predictors=PREDICTORS,
         layers=LAYERS,
-        # the inputs' patterns, for the script to find each (predictor, layer)'s file by name
-        weights=lambda wildcards: f"{PREDICTOR_DIR}/predictor.safetensors",
-        curves=lambda wildcards: f"{PREDICTOR_DIR}/curve.parquet",
+        # the costs' pattern, for the script to find each (predictor, layer)'s file by name
+        costs=lambda wildcards: f"{PREDICTOR_DIR}/cost.json",
     script:
         "../scripts/predictor_comparison.py"
 

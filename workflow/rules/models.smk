@@ -15,7 +15,7 @@ MODEL_CONFIGS = pnconfig.model_configs(config)
 # The models' names come from the config, so the modules are declared through the API that the
 # `module` and `use rule * from ... as ...` statements compile to.
 for model_name, model_config in MODEL_CONFIGS.items():
-    workflow.module(name=f"model_{model_name}", snakefile=workflow.source_path("../pipeline.smk"), config=model_config)
+    workflow.module(name=f"model_{model_name}", snakefile="../pipeline.smk", config=model_config)
     workflow.userule(rules=["*"], from_module=f"model_{model_name}", exclude_rules=[],
                      name_modifier=f"{model_name}_*", lineno=1)(lambda: None)
 # Relative depth of each model's layers: what the comparison plots against.

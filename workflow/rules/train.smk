@@ -14,6 +14,7 @@ if config["train"]["joint_layers"]:
         output:
             weights=expand(f"{PREDICTOR_DIR}/predictor.safetensors", layer=LAYERS, allow_missing=True),
             curves=expand(f"{PREDICTOR_DIR}/curve.parquet", layer=LAYERS, allow_missing=True),
+            costs=expand(f"{PREDICTOR_DIR}/cost.json", layer=LAYERS, allow_missing=True),
         log:
             f"{OUT}/logs/train_predictors_joint/{{predictor}}.log",
         conda:
@@ -40,6 +41,7 @@ else:
         output:
             weights=f"{PREDICTOR_DIR}/predictor.safetensors",
             curve=f"{PREDICTOR_DIR}/curve.parquet",
+            cost=f"{PREDICTOR_DIR}/cost.json",
         log:
             f"{OUT}/logs/train_predictor/{{predictor}}/layer-{{layer}}.log",
         conda:

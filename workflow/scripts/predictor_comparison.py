@@ -4,9 +4,7 @@ from pndecomp.script import setup
 
 setup(snakemake)
 params = snakemake.params
-files = {kind: {name: {layer: getattr(params, kind).format(predictor=name, layer=layer) for layer in params.layers}
-                for name in params.predictors}
-         for kind in ("weights", "curves")}
-table = predictor_comparison(dict(zip(params.predictors, snakemake.input.summaries)), files["weights"],
-                             files["curves"])
-storage.write_tsv(table, snakemake.output[0])
+costs = {name: {layer: params.costs.format(predictor=name, layer=layer) for layer in params.layers}
+         for name in params.predictors}
+storage.write_tsv(predictor_comparison(dict(zip(params.predictors, snakemake.input.summaries)), costs),
+                  snakemake.output[0])
