@@ -246,7 +246,7 @@ def test_joint_rule_trains_every_layer_in_one_job(tmp_path, tiny_model_dir, tiny
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-3000:]
     assert "train_predictors_joint" in log and "rule train_predictor:" not in log
-    train_log = (tmp_path / "results/tiny/logs/train_predictors_joint.log").read_text()
+    train_log = (tmp_path / "results/tiny/logs/train_predictors_joint/attn1.log").read_text()
     assert "stream pool: " in train_log and "training needs 160 " in train_log  # 20 steps x 8 windows
     for layer in LAYERS:
         curve = pd.read_parquet(tmp_path / f"results/tiny/predictors/attn1/layer-{layer}/curve.parquet")

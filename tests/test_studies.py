@@ -1,0 +1,140 @@
+"""The predictor and model studies (configs/predictor-study.yaml, configs/model-study.yaml) as dry runs,
+the config helpers behind them, and the comparison tables against hand-made inputs."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from snakemake_log import job_stats
+
+from pndecomp import compare, lm
+from pndecomp import config as cfg
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def dry_run(config: Path, workdir: Path) -> dict[str, int]:
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-n", "all", "--snakefile", str(REPO / "Snakefile"),
+                             "--directory", str(workdir), "--configfile", str(config)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return job_stats(result.stdout)
+
+
+def study(name: str) -> dict:
+    return yaml.safe_load((REPO / "configs" / f"{name}.yaml").read_text())
+
+
+def test_predictor_study_lists_one_job_per_predictor_layer_and_stage(tmp_path):
+    config = study("predictor-study")
+    predictors, layers, tasks = len(config["predictors"]), len(config["layers"]), len(config["probes"]["tasks"])
+    jobs = dry_run(REPO / "configs" / "predictor-study.yaml", tmp_path)
+    per_predictor_layer = {"train_predictor": 1, "decompose_eval": 1, "layer_scores": 1, "fit_probe": tasks}
+    for rule, count in per_predictor_layer.items():
+        assert jobs.pop(rule) == predictors * layers * count, rule
+    for rule in ("probe_features", "layer_summary"):
+        assert jobs.pop(rule) == predictors, rule
+    assert jobs.pop("probe_table") == predictors * tasks
+    assert jobs.pop("score_baselines") == layers  # the baselines are shared by every predictor
+    assert jobs.pop("per_position_metrics") == layers  # figures 3-4: the first predictor only
+    for rule in ("predictor_comparison", "draw_predictor_comparison", "materialize_model", "materialize_tokenizer",
+                 "embedded_corpus", "make_windows", "extract_train_activations", "extract_eval_activations", "all"):
+        assert jobs.pop(rule) == 1, rule
+    figures = {"draw_learning_curve": 2, "draw_per_position": 3, "draw_layer_scores": 1, "draw_probe_heatmap": tasks}
+    assert jobs == figures
+
+
+def test_model_study_runs_the_pipeline_once_per_model_and_compares(tmp_path):
+    config = study("model-study")
+    models, layers = list(config["models"]), len(config["layers"])
+    jobs = dry_run(REPO / "configs" / "model-study.yaml", tmp_path)
+    assert jobs.pop("model_comparison") == 1 and jobs.pop("draw_model_comparison") == 1 and jobs.pop("all") == 1
+    for model in models:
+        mine = {rule.removeprefix(f"{model}_"): count for rule, count in jobs.items() if rule.startswith(f"{model}_")}
+        assert mine["train_predictor"] == layers and mine["score_baselines"] == layers, model
+        assert mine["extract_eval_activations"] == 1 and mine["probe_features"] == 1, model
+        assert "predictor_comparison" not in mine, model  # one predictor: nothing to compare
+    # every job belongs to one model (the prefixes do not overlap for these names)
+    assert sum(jobs.values()) == sum(count for rule, count in jobs.items() if rule.startswith(tuple(models)))
+
+
+def test_relative_depths_resolve_per_model():
+    shape = lm.ModelShape(n_blocks=30, context_length=None, d_model=8, attention_width=8, model_type="llama")
+    assert cfg.resolve_layers([0.0, 0.25, 0.5, 1.0, 3, "final"], shape, "m") == [0, 7, 14, 29, 3, "final"]
+    assert cfg.resolve_layers([0, 1], None, "m") == [0, 1]  # block indices need no shape
+    with pytest.raises(cfg.ConfigError, match="relative depths"):
+        cfg.resolve_layers([0.5], None, "hub/model")
+    with pytest.raises(cfg.ConfigError, match="same block"):
+        cfg.resolve_layers([0.5, 0.49], shape, "m")
+
+
+def test_model_configs_put_each_model_under_its_own_experiment():
+    config = {"experiment": "study", "layers": [0.0, 1.0], "model": {"id": "embedded", "random_init": False},
+              "models": {"a": {"id": "embedded"}, "b": {"random_init": True, "layers": [0.5]}}}
+    configs = cfg.model_configs(config)
+    assert configs["a"]["experiment"] == "study/a" and configs["a"]["layers"] == [0.0, 1.0]
+    assert configs["b"]["model"] == {"id": "embedded", "random_init": True} and configs["b"]["layers"] == [0.5]
+    assert all(entry["models"] is None for entry in configs.values())
+
+
+def test_with_predictor_gives_each_name_its_section_and_refuses_unknown_settings():
+    config = {"predictor": {"kind": "attn1", "d_head": 64, "rotary": False},
+              "predictors": {"attn1": None, "wide": {"kind": "attn1", "d_head": 128}, "mlp_k4": {}}}
+    assert cfg.predictor_names(config) == ["attn1", "wide", "mlp_k4"]
+    assert cfg.with_predictor(config, "wide")["predictor"] == {"kind": "attn1", "d_head": 128, "rotary": False}
+    assert cfg.with_predictor(config, "mlp_k4")["predictor"]["kind"] == "mlp_k4"
+    with pytest.raises(cfg.ConfigError, match="unknown setting"):
+        cfg.with_predictor({**config, "predictors": {"x": {"kind": "attn1", "heads": 2}}}, "x")
+    assert cfg.predictor_names({"predictor": {"kind": "attn2"}, "predictors": None}) == ["attn2"]
+
+
+def write_summary(path: Path, r2: list[float], baseline: list[float]) -> str:
+    frame = pd.DataFrame({"layer": ["0", "7"], "n_windows": [128, 128], "r2": r2, "r2_lo": np.subtract(r2, 0.1),
+                          "r2_hi": np.add(r2, 0.1), "r2_mean": baseline, "r2_mean_lo": baseline, "r2_mean_hi": baseline,
+                          "r2_minus_best": np.subtract(r2, baseline), "r2_no_outliers": r2})
+    frame.to_csv(path, sep="\t", index=False)
+    return str(path)
+
+
+def write_cost(path: Path, seconds: float, steps: int, parameters: int) -> str:
+    path.write_text(json.dumps({"train_seconds": seconds, "steps": steps, "parameters": parameters}))
+    return str(path)
+
+
+def test_predictor_comparison_table(tmp_path):
+    summaries = {"attn1": write_summary(tmp_path / "a.tsv", [0.1, 0.2], [0.0, -0.5]),
+                 "mlp_k4": write_summary(tmp_path / "b.tsv", [0.3, 0.4], [0.0, -0.5])}
+    costs = {name: {layer: write_cost(tmp_path / f"{name}-{layer}.json", seconds, 200, parameters)
+                    for layer in ("0", "7")}
+             for name, seconds, parameters in (("attn1", 10.0, 2_000_000), ("mlp_k4", 4.0, 500_000))}
+    table = compare.predictor_comparison(summaries, costs)
+    assert list(table["model"]) == ["attn1", "attn1", "mean", "mean", "mlp_k4", "mlp_k4"]
+    assert list(table["kind"]) == ["predictor"] * 2 + ["baseline"] * 2 + ["predictor"] * 2
+    mlp = table[table["model"] == "mlp_k4"].set_index("layer")
+    assert mlp.loc["7", "r2"] == 0.4 and mlp.loc["7", "r2_lo"] == pytest.approx(0.3)
+    assert mlp.loc["0", "seconds_per_1000_steps"] == pytest.approx(4.0 / 200 * 1000)
+    assert mlp.loc["0", "r2_per_million_parameters"] == pytest.approx(0.3 / 0.5)
+    assert table[table["kind"] == "baseline"]["parameters"].isna().all()
+
+
+def test_model_comparison_table_flips_the_next_token_gap(tmp_path):
+    summaries = {"m": write_summary(tmp_path / "m.tsv", [0.1, 0.2], [0.0, 0.0])}
+    differences = {}
+    for task, value in (("domain", 0.3), ("next_token_type_8", -0.2)):
+        path = tmp_path / f"{task}.tsv"
+        pd.DataFrame({"layer": ["0", "7", "0"], "representation_a": ["hhat", "hhat", "hhat"],
+                      "representation_b": ["r", "r", "h"], "difference": [value, value, 9.0],
+                      "difference_lo": [value - 0.1] * 3, "difference_hi": [value + 0.05] * 3}).to_csv(
+            path, sep="\t", index=False)
+        differences[task] = str(path)
+    table = compare.model_comparison(summaries, {"m": differences}, {"m": {"0": 0.0, "7": 0.25}})
+    gap = table[table["metric"].str.startswith("next-token")].set_index("layer")
+    assert gap.loc["7", "value"] == pytest.approx(0.2)  # r − ĥ = −(ĥ − r)
+    assert (gap.loc["7", "lo"], gap.loc["7", "hi"]) == (pytest.approx(0.15), pytest.approx(0.3))
+    assert set(table["depth"]) == {0.0, 0.25} and len(table) == 2 * 3  # R² and two gaps per layer
