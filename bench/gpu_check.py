@@ -219,7 +219,7 @@ def workflow_lines(config: dict, logs: Path, since: float, wall: float, rc: int)
 
     out = C.REPO / "results" / config["experiment"]
     T, batch, layers = config["windows"]["length"], config["train"]["batch_size"], config["layers"]
-    joint = out / "logs" / "train_predictors_joint.log"
+    joint = out / "logs" / "train_predictors_joint" / "attn1.log"
     lines = [f"workflow: snakemake all, cold ({len(layers)} layers, T {T}, {config['train']['steps']} stream steps "
              f"of {batch} windows, {'joint layers' if joint.is_file() else 'one job per layer'}): {wall:.0f} s wall, "
              f"rc {rc}",
@@ -235,7 +235,7 @@ def workflow_lines(config: dict, logs: Path, since: float, wall: float, rc: int)
     n_pred = tensor_parameters(predictor_files[0]) if predictor_files else 0
     # Joint: one job trains every layer from one LM pass up to the deepest; else one job per layer.
     jobs = {joint: (layers, max(layers))} if joint.is_file() else {
-        out / "logs" / "train_predictor" / f"layer-{layer}.log": ([layer], layer) for layer in layers}
+        out / "logs" / "train_predictor" / "attn1" / f"layer-{layer}.log": ([layer], layer) for layer in layers}
     for log_path, (trained, deepest) in jobs.items():
         rate = steady_steps_per_second(log_path) if log_path.is_file() else None
         if rate is None:

@@ -111,7 +111,7 @@ def view(*keys):
 
 
 def predictor_view(*keys):
-    """As :func:`view`, for a rule with a ``{predictor}`` wildcard: its ``predictor`` section is that
+    """As :func:`view`, for rules with a ``{predictor}`` wildcard; their ``predictor`` section is that
     predictor's own, so adding or changing one predictor reruns only its jobs."""
     return lambda wildcards: pnconfig.config_view(pnconfig.with_predictor(config, wildcards.predictor), *keys)
 

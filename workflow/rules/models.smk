@@ -16,8 +16,9 @@ MODEL_CONFIGS = pnconfig.model_configs(config)
 # `module` and `use rule * from ... as ...` statements compile to.
 for model_name, model_config in MODEL_CONFIGS.items():
     workflow.module(name=f"model_{model_name}", snakefile="../pipeline.smk", config=model_config)
-    workflow.userule(rules=["*"], from_module=f"model_{model_name}", exclude_rules=[],
-                     name_modifier=f"{model_name}_*", lineno=1)(lambda: None)
+    workflow.userule(
+        rules=["*"], from_module=f"model_{model_name}", exclude_rules=[], name_modifier=f"{model_name}_*", lineno=1
+    )(lambda: None)
 # Relative depth of each model's layers: what the comparison plots against.
 DEPTHS = {name: pnconfig.relative_depths(model_config) for name, model_config in MODEL_CONFIGS.items()}
 MAIN = {name: pnconfig.predictor_names(model_config)[0] for name, model_config in MODEL_CONFIGS.items()}
