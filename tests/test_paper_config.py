@@ -26,9 +26,11 @@ WINDOWS = [OUT / "windows" / name for name in
 TOKEN_STORE = OUT / "windows" / "predictor_train_tokens"  # a directory
 # Rules the paper's config does not need: its model is a hub id (nothing to materialize), its corpus
 # is files (no embedded corpus), and it trains in stream mode (no cached training activations), every
-# layer in one job (train.joint_layers: the per-layer rule is not defined).
+# layer in one job (train.joint_layers: the per-layer rule is not defined); one predictor and one model
+# leave nothing to compare.
 NOT_NEEDED = {"embedded_corpus", "materialize_model", "materialize_tokenizer", "extract_train_activations",
-              "train_predictor"}
+              "train_predictor", "predictor_comparison", "draw_predictor_comparison", "model_comparison",
+              "draw_model_comparison"}
 
 
 def dry_run(workdir: Path) -> subprocess.CompletedProcess:
