@@ -4,6 +4,7 @@
     .venv/bin/python bench/pipeline.py --skip-cold  # no-op rerun + one figure on results/embedded-smollm2
     .venv/bin/python bench/pipeline.py --quick      # --skip-cold, one round
     .venv/bin/python bench/pipeline.py --copy-of embedded-smollm2  # on a copy, if that dir has pending jobs
+    .venv/bin/python bench/pipeline.py --configfile configs/predictor-study.yaml --rounds 1  # a study, cold
 
 * ``cold``   -- ``snakemake --cores 2 all --config experiment=bench-cold`` into a fresh
   results/bench-cold (deleted first; results/embedded-smollm2 is never touched by this step).
@@ -62,6 +63,8 @@ HIDE_SCONTROL: str | None = None  # a directory holding a failing `scontrol`, pu
 def snakemake(args, targets: list[str], *extra: str, timeout: float, label: str = "") -> tuple[float, str, int]:
     """(wall seconds, output, rc); the CPU seconds of Snakemake and its jobs go to CPU[label]."""
     command = [sys.executable, "-m", "snakemake", "--cores", str(args.cores), *extra, *targets]
+    if args.configfile:
+        command += ["--configfile", args.configfile]
     if args.experiment != DEFAULT_EXPERIMENT:
         command += ["--config", f"experiment={args.experiment}"]
     env = {key: value for key, value in os.environ.items() if key not in C.ENV_SET}
@@ -144,6 +147,9 @@ def main() -> None:
                         help="diagnosis: run Snakemake with a PATH whose `scontrol` fails at once, to show the "
                              "start-up cost without the SLURM plugin's probe")
     parser.add_argument("--quick", action="store_true", help="--skip-cold and one round")
+    parser.add_argument("--configfile", default=None,
+                        help="a config on top of config.yaml, e.g. configs/predictor-study.yaml (its experiment is "
+                             "replaced by --experiment, bench-cold by default)")
     args = parser.parse_args()
     args.skip_cold = args.skip_cold or args.quick or bool(args.copy_of)
     if args.copy_of:
@@ -252,6 +258,10 @@ def main() -> None:
     slurm_text = f"; scontrol at start-up {slurm_wait:.1f} s" if slurm_wait is not None else ""
     where = f"{args.experiment} (copy of {args.copy_of})" if args.copy_of else args.experiment
     where += ", scontrol hidden" if args.hide_scontrol else ""
+    where += f", {args.configfile}" if args.configfile else ""
+    target_minutes = 30 if args.configfile else 15  # a study config: <= 30 min; the embedded default: <= 15
+    if cold is not None:
+        cold_text += f" [<={target_minutes} min]"
     if HIDE_SCONTROL:
         shutil.rmtree(HIDE_SCONTROL)
     C.say(f"SUMMARY pipeline {where}: {cold_text}, no-op rerun {noop:.1f} s [<=10 s] "
