@@ -143,3 +143,26 @@ def test_auto_makes_the_other_stores_wait_for_the_eval_extraction(tmp_path, tiny
     assert {"train_predictor", "decompose_eval"} <= explicit
     assert auto - explicit == {"extract_train_activations", "probe_features"}
     assert explicit <= auto
+
+
+def test_probe_features_stream_to_the_file_that_whole_tensors_make(model, tmp_path):
+    """extract_probe_features writes each batch's rows as it goes (memory: one batch): the file is byte for
+    byte the one save_tensors makes of the whole h, h_mean, ĥ and r (names, float32, metadata unchanged)."""
+    from pndecomp.predictor import PredictorConfig, build_predictor
+
+    tokens = np.random.default_rng(1).integers(0, model.config.vocab_size, size=(5, 12))
+    torch.manual_seed(0)
+    predictor = build_predictor(PredictorConfig(d_model=model.config.hidden_size, n_heads=2, d_head=8)).eval()
+    metadata = {"seed": 0, "model": {"id": "tiny"}}
+    out = tmp_path / "layer-2.safetensors"
+    extract.extract_probe_features(model, tokens, {2: predictor}, {2: str(out)}, batch_size=2,
+                                   device=torch.device("cpu"), storage_dtype=torch.float16, metadata=metadata)
+    with torch.no_grad():  # the same batches, so that the same kernels run
+        capture = lm.ResidualCapture(model, [2])
+        h = torch.cat([capture.run(torch.from_numpy(tokens[start:start + 2]))[2] for start in range(0, 5, 2)])
+        h = h.to(torch.float16).float()
+        hhat = torch.cat([predictor(h[start:start + 2, :-1])[:, -1] for start in range(0, 5, 2)])
+    whole = tmp_path / "whole.safetensors"
+    storage.save_tensors({"h": h[:, -1], "h_mean": h[:, :-1].mean(dim=1), "hhat": hhat, "r": h[:, -1] - hhat}, whole,
+                         {**metadata, "layer": 2, "convention": lm.LAYER_CONVENTION, "position": "T (last)"})
+    assert out.read_bytes() == whole.read_bytes()

@@ -182,16 +182,27 @@ def slurm_cluster():
 
 
 def test_slurm_profiles_cover_every_submitted_rule_alike():
-    """No cluster needed: both profiles give resources to exactly the non-local rules, GPUs to the same stages."""
+    """No cluster needed: every non-local rule computes its mem_mb and runtime from the config
+    (pndecomp.resources, one estimate per rule), no profile overrides them per rule, and both profiles
+    give GPUs to exactly the same stages."""
+    from pndecomp import resources
+
     rules = workflow_rules()
     assert LOCAL_RULES <= rules
+    assert set(resources.STAGES) == rules - LOCAL_RULES == set(resources.FALLBACK)
+    texts = "\n".join(path.read_text() for path in (REPO / "workflow" / "rules").glob("*.smk"))
+    for rule in rules - LOCAL_RULES:
+        body = re.search(rf"^\s*rule {rule}:\n(.*?)(?=^\s*rule |\Z)", texts, re.MULTILINE | re.DOTALL).group(1)
+        assert f'mem_mb=stage_mem_mb("{rule}")' in body and f'runtime=stage_runtime("{rule}")' in body, rule
     for profile in (CLUSTER_PROFILE, TEST_PROFILE):
         settings = yaml.safe_load((profile / "config.yaml").read_text())
         assert settings["executor"] == "slurm"
         assert "slurm-array-jobs" not in settings, "array jobs are unsafe with plugin 2.8.0 (docs/slurm.md)"
-        resources = settings["set-resources"]
-        assert set(resources) == rules - LOCAL_RULES, profile
-        assert {rule for rule, values in resources.items() if values.get("gpu")} == GPU_RULES, profile
+        per_rule = settings["set-resources"]
+        assert set(per_rule) <= rules - LOCAL_RULES, profile
+        assert {rule for rule, values in per_rule.items() if values.get("gpu")} == GPU_RULES, profile
+        overridden = {rule: sorted({"mem_mb", "runtime"} & set(values)) for rule, values in per_rule.items()}
+        assert not any(overridden.values()), (profile, overridden)
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from pndecomp import embedded_corpus
-from pndecomp.storage import StreamingTensorWriter, atomic_path, load_metadata
+from pndecomp.storage import StreamingTensorsWriter, StreamingTensorWriter, atomic_path, load_metadata, save_tensors
 
 
 def usual_mode(base: int) -> int:
@@ -34,6 +34,44 @@ def test_incomplete_stream_leaves_nothing(tmp_path):
     with pytest.raises(ValueError, match="does not match"):
         with StreamingTensorWriter(path, "hidden", (10, 2), torch.float32) as writer:
             writer.write(torch.zeros(3, 4))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_several_streamed_tensors_equal_save_tensors_byte_for_byte(tmp_path):
+    """Rows of four tensors (two dtypes, different widths) written batch by batch, in an order other than
+    the file's, make exactly the bytes save_tensors writes for the whole tensors."""
+    g = torch.Generator().manual_seed(0)
+    tensors = {"r": torch.randn(7, 3, generator=g), "h": torch.randn(7, 3, generator=g),
+               "hhat": torch.randn(7, 2, 2, generator=g).to(torch.bfloat16), "h_mean": torch.randn(7, 5, generator=g)}
+    metadata = {"layer": 2, "position": "T (last)", "model": {"id": "x"}}
+    save_tensors(tensors, tmp_path / "whole.safetensors", metadata)
+    spec = {name: (tuple(tensor.shape), tensor.dtype) for name, tensor in tensors.items()}
+    with StreamingTensorsWriter(tmp_path / "streamed.safetensors", spec, metadata) as writer:
+        for start in range(0, 7, 3):
+            writer.write({name: tensors[name][start:start + 3] for name in ("r", "hhat", "h", "h_mean")})
+    assert (tmp_path / "streamed.safetensors").read_bytes() == (tmp_path / "whole.safetensors").read_bytes()
+    loaded = load_file(str(tmp_path / "streamed.safetensors"))
+    assert all(torch.equal(loaded[name], tensor) for name, tensor in tensors.items())
+
+
+def test_several_streamed_tensors_leave_nothing_on_an_error_or_a_missing_row(tmp_path):
+    path = tmp_path / "x.safetensors"
+    spec = {"h": ((4, 2), torch.float32), "r": ((4, 2), torch.float32)}
+    with pytest.raises(ZeroDivisionError):
+        with StreamingTensorsWriter(path, spec) as writer:
+            writer.write({"h": torch.zeros(2, 2), "r": torch.zeros(2, 2)})
+            raise ZeroDivisionError  # a failure mid-way, e.g. in the LM
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(RuntimeError, match="incomplete tensors: r 2 of 4 rows written"):
+        with StreamingTensorsWriter(path, spec) as writer:
+            writer.write({"h": torch.zeros(4, 2), "r": torch.zeros(2, 2)})
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="more than 4 rows"):
+        with StreamingTensorsWriter(path, spec) as writer:
+            writer.write({"h": torch.zeros(5, 2)})
+    with pytest.raises(KeyError, match="no tensor 'x'"):
+        with StreamingTensorsWriter(path, spec) as writer:
+            writer.write({"x": torch.zeros(1, 2)})
     assert list(tmp_path.iterdir()) == []
 
 

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from .lm import LAYER_CONVENTION, Layer, ResidualCapture, surprisal
-from .storage import StreamingTensorWriter, save_tensors
+from .storage import StreamingTensorsWriter, StreamingTensorWriter, release_freed_memory
 from .windows import tokens_array
 
 log = logging.getLogger(__name__)
@@ -59,9 +59,11 @@ def choose_storage_dtype(hidden: Mapping[Layer, torch.Tensor]) -> dict:
 
 
 def batches(tokens: np.ndarray, batch_size: int, description: str):
-    """(offset, input_ids [batch, T] int64) over the windows, with a progress bar."""
+    """(offset, input_ids [batch, T] int64) over the windows, with a progress bar; between batches the
+    C heap's free pages go back to the OS (:func:`pndecomp.storage.release_freed_memory`)."""
     for start in tqdm(range(0, len(tokens), batch_size), desc=description, unit="batch", mininterval=5):
         yield start, torch.from_numpy(np.ascontiguousarray(tokens[start:start + batch_size])).long()
+        release_freed_memory()
 
 
 @torch.no_grad()
@@ -87,6 +89,7 @@ def extract_hidden_states(model, tokens: np.ndarray, layers: Sequence[Layer], ou
             if surprisal_writer is not None:
                 hidden, logits = capture.run(input_ids, logits=True)
                 surprisal_writer.write(surprisal(logits, input_ids))
+                del logits  # [batch, T, vocab] float32: not alive during the next batch's forward
             else:
                 hidden = capture.run(input_ids)
             if writers is None:
@@ -104,6 +107,7 @@ def extract_hidden_states(model, tokens: np.ndarray, layers: Sequence[Layer], ou
             for layer in layers:
                 _check_finite(hidden[layer], layer, storage_dtype, offset)
                 writers[layer].write(hidden[layer])
+            del hidden
     return choice
 
 
@@ -112,7 +116,7 @@ def extract_probe_features(model, tokens: np.ndarray, predictors: Mapping[Layer,
                            out_paths: Mapping[Layer, str], *, batch_size: int, device: torch.device,
                            storage_dtype: torch.dtype, metadata: Mapping) -> None:
     """h_T, ĥ_T = f(h_{≤T-1}), r_T = h_T − ĥ_T and h_mean = mean(h_1..h_{T-1}) per layer, each
-    [n_windows, d_model] float32.
+    [n_windows, d_model] float32, streamed to disk batch by batch (memory: one batch).
 
     Only these are kept: whole probe windows would be ~290 GB of fp16 at paper scale. h_mean (the
     comparator of ĥ_T, which summarises the same h_1..h_{T-1}) is the float32 mean of the states
@@ -120,21 +124,22 @@ def extract_probe_features(model, tokens: np.ndarray, predictors: Mapping[Layer,
     """
     layers = list(predictors)
     capture = ResidualCapture(model, layers)
-    features = {layer: {"h": [], "h_mean": [], "hhat": []} for layer in layers}
-    for _, input_ids in batches(tokens, batch_size, "probe features"):
-        hidden = capture.run(input_ids.to(device, non_blocking=True))
-        for layer, predictor in predictors.items():
-            # Round through the storage dtype: the predictor was trained on stored hidden states.
-            h = hidden[layer].to(storage_dtype).to(next(predictor.parameters()).dtype)
-            features[layer]["h"].append(h[:, -1].float().cpu())
-            features[layer]["h_mean"].append(h[:, :-1].float().mean(dim=1).cpu())
-            features[layer]["hhat"].append(predictor(h[:, :-1])[:, -1].float().cpu())
-    for layer in layers:
-        h = torch.cat(features[layer]["h"])
-        hhat = torch.cat(features[layer]["hhat"])
-        save_tensors({"h": h, "h_mean": torch.cat(features[layer]["h_mean"]), "hhat": hhat, "r": h - hhat},
-                     out_paths[layer],
-                     {**metadata, "layer": layer, "convention": LAYER_CONVENTION, "position": "T (last)"})
+    shape = (len(tokens), model.config.hidden_size)
+    with contextlib.ExitStack() as stack:
+        writers = {layer: stack.enter_context(StreamingTensorsWriter(
+            out_paths[layer], {name: (shape, torch.float32) for name in ("h", "h_mean", "hhat", "r")},
+            {**metadata, "layer": layer, "convention": LAYER_CONVENTION, "position": "T (last)"}))
+            for layer in layers}
+        for _, input_ids in batches(tokens, batch_size, "probe features"):
+            hidden = capture.run(input_ids.to(device, non_blocking=True))
+            for layer, predictor in predictors.items():
+                # Round through the storage dtype: the predictor was trained on stored hidden states.
+                h = hidden[layer].to(storage_dtype).to(next(predictor.parameters()).dtype)
+                h_last = h[:, -1].float().cpu()
+                hhat = predictor(h[:, :-1])[:, -1].float().cpu()
+                writers[layer].write({"h": h_last, "h_mean": h[:, :-1].float().mean(dim=1).cpu(), "hhat": hhat,
+                                      "r": h_last - hhat})
+            del hidden, h  # not alive during the next batch's forward
 
 
 def window_tokens(windows_path: str) -> np.ndarray:

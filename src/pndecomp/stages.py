@@ -67,12 +67,21 @@ def read_hidden(path: str, limit: int | None = None) -> torch.Tensor:
 
 def hidden_batches(path: str, batch_size: int, name: str = "hidden", limit: int | None = None):
     """[batch, ...] slices of a file's tensor ``name`` along its first axis, one batch at a time (memory:
-    one batch); ``limit`` stops after that many rows."""
+    one batch); ``limit`` stops after that many rows.
+
+    Each batch is read through a mapping of its own, closed before the batch is handed out: the pages
+    of one long-lived mapping stay resident as the reads go on, and a process that read a 4 GB file
+    batch by batch would end up with all of it in its RSS (page cache, reclaimable, but counted).
+    """
     with safe_open(path, framework="pt") as handle:
-        tensor = handle.get_slice(name)
-        n_rows = tensor.get_shape()[0] if limit is None else min(limit, tensor.get_shape()[0])
-        for start in range(0, n_rows, batch_size):
-            yield tensor[start:min(start + batch_size, n_rows)]
+        n_rows = handle.get_slice(name).get_shape()[0]
+    n_rows = n_rows if limit is None else min(limit, n_rows)
+    for start in range(0, n_rows, batch_size):
+        with safe_open(path, framework="pt") as handle:
+            batch = handle.get_slice(name)[start:min(start + batch_size, n_rows)]
+        yield batch
+        del batch
+        storage.release_freed_memory()  # the caller is done with the batch's temporaries
 
 
 def hidden_and_residual_batches(hidden_path: str, residual_path: str, batch_size: int):

@@ -1,9 +1,12 @@
+import functools
+
 from snakemake.logging import logger
 from snakemake.utils import validate
 
 
 from pndecomp import config as pnconfig
 from pndecomp import figures as pnfigures
+from pndecomp import resources as pnresources
 from pndecomp import tasks as pntasks
 from pndecomp.overrides import coerce_to_schema, load_schema
 
@@ -103,6 +106,23 @@ def storage_dtype_choice():
     if config["extraction"]["dtype"] != "auto":
         return {}
     return {"storage_dtype": f"{OUT}/activations/storage_dtype.json"}
+
+
+@functools.cache
+def resource_requests():
+    """{rule: mem_mb and runtime (minutes)} of every rule that runs as a job, from the config's sizes and the
+    model's shape (pndecomp.resources; its fallback constants when the shape is unknown at DAG time)."""
+    return pnresources.requests(config, MODEL_SHAPE, MODEL_DIR if MATERIALIZE_MODEL else None)
+
+
+def stage_mem_mb(rule):
+    """The rule's memory request in MB, computed once when Snakemake builds the DAG."""
+    return resource_requests()[rule].mem_mb
+
+
+def stage_runtime(rule):
+    """The rule's time request in minutes, computed once when Snakemake builds the DAG."""
+    return resource_requests()[rule].runtime
 
 
 def view(*keys):

@@ -8,8 +8,8 @@ rule embedded_corpus:
         "../../envs/pndecomp.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=20,
+        mem_mb=stage_mem_mb("embedded_corpus"),
+        runtime=stage_runtime("embedded_corpus"),
     params:
         config=view("corpus.embedded"),
     script:

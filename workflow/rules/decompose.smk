@@ -12,8 +12,8 @@ rule decompose_eval:
         "../../envs/pndecomp.yaml"
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=60,
+        mem_mb=stage_mem_mb("decompose_eval"),
+        runtime=stage_runtime("decompose_eval"),
     params:
         config=view(*PROVENANCE, "device", "extraction"),
     script:
@@ -36,8 +36,8 @@ rule probe_features:
         "../../envs/pndecomp.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
-        runtime=240,
+        mem_mb=stage_mem_mb("probe_features"),
+        runtime=stage_runtime("probe_features"),
     params:
         config=view(*PROVENANCE, "device", "layers", "extraction"),
     script:

@@ -17,8 +17,8 @@ rule extract_train_activations:
         "../../envs/pndecomp.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
-        runtime=240,
+        mem_mb=stage_mem_mb("extract_train_activations"),
+        runtime=stage_runtime("extract_train_activations"),
     params:
         config=view(*PROVENANCE, "device", "layers", "extraction"),
     script:
@@ -39,8 +39,8 @@ rule extract_eval_activations:
         "../../envs/pndecomp.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
-        runtime=240,
+        mem_mb=stage_mem_mb("extract_eval_activations"),
+        runtime=stage_runtime("extract_eval_activations"),
     params:
         config=view(*PROVENANCE, "device", "layers", "extraction"),
     script:

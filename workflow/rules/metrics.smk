@@ -16,8 +16,8 @@ rule score_baselines:
         "../../envs/pndecomp.yaml"
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=120,
+        mem_mb=stage_mem_mb("score_baselines"),
+        runtime=stage_runtime("score_baselines"),
     params:
         config=view(
             *PROVENANCE, "device", "metrics.baselines", "metrics.baseline_train_windows", "train.data", "extraction"
@@ -48,8 +48,8 @@ rule layer_scores:
         "../../envs/pndecomp.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=stage_mem_mb("layer_scores"),
+        runtime=stage_runtime("layer_scores"),
     params:
         config=view(*PROVENANCE, "metrics", "extraction.batch_size"),
     script:
@@ -70,8 +70,8 @@ rule per_position_metrics:
         "../../envs/pndecomp.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=stage_mem_mb("per_position_metrics"),
+        runtime=stage_runtime("per_position_metrics"),
     params:
         config=view(*PROVENANCE, "metrics.bootstrap", "extraction.batch_size"),
     script:

@@ -7,8 +7,8 @@ rule materialize_model:
         "../../envs/pndecomp.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=20,
+        mem_mb=stage_mem_mb("materialize_model"),
+        runtime=stage_runtime("materialize_model"),
     params:
         config=view("model"),
     script:
@@ -24,8 +24,8 @@ rule materialize_tokenizer:
         "../../envs/pndecomp.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=stage_mem_mb("materialize_tokenizer"),
+        runtime=stage_runtime("materialize_tokenizer"),
     params:
         config=view("model"),
     script:

@@ -11,8 +11,8 @@ rule fit_probe:
         "../../envs/pndecomp.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=stage_mem_mb("fit_probe"),
+        runtime=stage_runtime("fit_probe"),
     params:
         config=view(
             *PROVENANCE,

@@ -21,8 +21,8 @@ if config["train"]["joint_layers"]:
             "../../envs/pndecomp.yaml"
         threads: 1
         resources:
-            mem_mb=16000,
-            runtime=600,
+            mem_mb=stage_mem_mb("train_predictors_joint"),
+            runtime=stage_runtime("train_predictors_joint"),
         params:
             config=predictor_view(*PROVENANCE, "device", "layers", "predictor", "train", "extraction.dtype"),
             # Not outputs: Snakemake deletes the outputs of an interrupted job, and these must survive.
@@ -49,8 +49,8 @@ else:
         # One thread: a small predictor gains little from more, so layers train side by side instead.
         threads: 1
         resources:
-            mem_mb=8000,
-            runtime=600,
+            mem_mb=stage_mem_mb("train_predictor"),
+            runtime=stage_runtime("train_predictor"),
         params:
             config=predictor_view(*PROVENANCE, "device", "predictor", "train", "extraction.dtype"),
             # Not an output: Snakemake deletes the outputs of an interrupted job, and this must survive.

@@ -16,8 +16,8 @@ rule make_windows:
         "../../envs/pndecomp.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=stage_mem_mb("make_windows"),
+        runtime=stage_runtime("make_windows"),
     params:
         config=view(*PROVENANCE, "corpus", "windows", "probes.tasks", "probes.caps"),
     script:
