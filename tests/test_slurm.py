@@ -41,9 +41,10 @@ CLUSTER_PROFILE = REPO / "profiles" / "slurm"
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
 NICE = ["nice", "-n", "19"] if shutil.which("nice") else []
 
-# Declared `localrules` in workflow/rules/common.smk: they run in the Snakemake process.
+# Declared `localrules` in workflow/rules/common.smk and models.smk: they run in the Snakemake process.
 LOCAL_RULES = {"all", "probe_table", "layer_summary", "draw_learning_curve", "draw_per_position", "draw_layer_scores",
-               "draw_probe_heatmap", "predictor_comparison", "draw_predictor_comparison"}
+               "draw_probe_heatmap", "predictor_comparison", "draw_predictor_comparison", "model_comparison",
+               "draw_model_comparison"}
 # The stages the profiles give `gpu: 1` (-> sbatch --gpus=1).
 GPU_RULES = {"extract_train_activations", "extract_eval_activations", "train_predictor", "train_predictors_joint",
              "decompose_eval", "probe_features", "score_baselines"}
