@@ -31,9 +31,9 @@ from tiny import write_config
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--cores", "1"]
 OUT = Path("results/tiny")
-LAYER_DIR = OUT / "predictors" / "layer-2"
+LAYER_DIR = OUT / "predictors" / "attn1" / "layer-2"
 WEIGHTS, CURVE, RESUME = LAYER_DIR / "predictor.safetensors", LAYER_DIR / "curve.parquet", LAYER_DIR / ".resume.pt"
-TRAIN_LOG = OUT / "logs" / "train_predictor" / "layer-2.log"
+TRAIN_LOG = OUT / "logs" / "train_predictor" / "attn1" / "layer-2.log"
 STEPS, CHECKPOINT_EVERY = 3000, 200  # ~3 s of training: time to see the first checkpoint and kill
 
 pytestmark = pytest.mark.slow  # ~1 min: five Snakemake runs, three jobs upstream of training

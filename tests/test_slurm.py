@@ -57,7 +57,7 @@ RUN_TIMEOUT_S = 1800
 FAULT_LAYER_DIR = Path("results/tiny/predictors/attn1/layer-2")
 FAULT_WEIGHTS, FAULT_CURVE = FAULT_LAYER_DIR / "predictor.safetensors", FAULT_LAYER_DIR / "curve.parquet"
 FAULT_CHECKPOINT = FAULT_LAYER_DIR / ".resume.pt"  # params.resume of train_predictor
-FAULT_TRAIN_LOG = Path("results/tiny/logs/train_predictor/layer-2.log")
+FAULT_TRAIN_LOG = Path("results/tiny/logs/train_predictor/attn1/layer-2.log")
 FAULT_UPSTREAM = ["results/tiny/activations/predictor_train/layer-2.safetensors",
                   "results/tiny/activations/predictor_eval/layer-2.safetensors"]
 FAULT_STEPS, FAULT_CHECKPOINT_EVERY, FAULT_EVAL_EVERY = 3000, 200, 100
