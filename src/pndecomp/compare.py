@@ -8,7 +8,21 @@ import numpy as np
 import pandas as pd
 
 from . import storage
-from .figures import summary_models
+
+
+def summary_models(summary: pd.DataFrame, predictor: str = "predictor") -> pd.DataFrame:
+    """A layer summary (metrics/<predictor>/layer_summary.tsv) as long rows: model, kind (predictor or
+    baseline), layer, r2, r2_lo, r2_hi (NaN where no interval was computed)."""
+    columns = {predictor: "r2", **{column.removeprefix("r2_"): column for column in summary.columns
+                                   if column.startswith("r2_") and not column.endswith(("_lo", "_hi"))
+                                   and column not in ("r2_minus_best", "r2_no_outliers", "r2_late_positions")}}
+    rows = []
+    for name, column in columns.items():
+        for _, row in summary.iterrows():
+            rows.append({"model": name, "kind": "predictor" if name == predictor else "baseline",
+                         "layer": str(row["layer"]), "r2": row[column],
+                         "r2_lo": row.get(f"{column}_lo", np.nan), "r2_hi": row.get(f"{column}_hi", np.nan)})
+    return pd.DataFrame(rows)
 
 
 def predictor_comparison(summaries: Mapping[str, str], costs: Mapping[str, Mapping[str, str]]) -> pd.DataFrame:

@@ -16,6 +16,7 @@ import seaborn as sns  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from . import tasks  # noqa: E402
+from .compare import summary_models  # noqa: E402
 from .representations import REPRESENTATIONS  # noqa: E402
 from .storage import atomic_path  # noqa: E402
 
@@ -113,21 +114,6 @@ def per_position(tables: Mapping[str, pd.DataFrame], column: str, hide_first: in
     ax.set(xlabel=f"token position (> {hide_first})", ylabel=ylabel, title=f"{labels[column]} by position{bands}")
     ax.legend(title="layer", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     _save(fig, png, pdf, dpi)
-
-
-def summary_models(summary: pd.DataFrame, predictor: str = "predictor") -> pd.DataFrame:
-    """A layer summary (metrics/<predictor>/layer_summary.tsv) as long rows: model, kind (predictor or
-    baseline), layer, r2, r2_lo, r2_hi (NaN where no interval was computed)."""
-    columns = {predictor: "r2", **{column.removeprefix("r2_"): column for column in summary.columns
-                                   if column.startswith("r2_") and not column.endswith(("_lo", "_hi"))
-                                   and column not in ("r2_minus_best", "r2_no_outliers", "r2_late_positions")}}
-    rows = []
-    for name, column in columns.items():
-        for _, row in summary.iterrows():
-            rows.append({"model": name, "kind": "predictor" if name == predictor else "baseline",
-                         "layer": str(row["layer"]), "r2": row[column],
-                         "r2_lo": row.get(f"{column}_lo", np.nan), "r2_hi": row.get(f"{column}_hi", np.nan)})
-    return pd.DataFrame(rows)
 
 
 def layer_scores(summary: pd.DataFrame, png, pdf, dpi: int = 150) -> None:
