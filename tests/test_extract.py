@@ -3,6 +3,7 @@ batch, records the choice, and every other store reads it through ``pndecomp.con
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -166,3 +167,28 @@ def test_probe_features_stream_to_the_file_that_whole_tensors_make(model, tmp_pa
     storage.save_tensors({"h": h[:, -1], "h_mean": h[:, :-1].mean(dim=1), "hhat": hhat, "r": h[:, -1] - hhat}, whole,
                          {**metadata, "layer": 2, "convention": lm.LAYER_CONVENTION, "position": "T (last)"})
     assert out.read_bytes() == whole.read_bytes()
+
+
+@pytest.mark.parametrize("storage_dtype", [torch.float16, torch.bfloat16])
+def test_probe_features_from_shared_states_are_those_of_the_lm_pass(model, tmp_path, storage_dtype):
+    """probes.shared_states: the probe windows' states stored by extract_hidden_states, then each predictor's
+    features read from them, give the file the fused LM pass gives, byte for byte (two layers, a last
+    batch shorter than the others)."""
+    from pndecomp.predictor import PredictorConfig, build_predictor
+
+    tokens = np.random.default_rng(2).integers(0, model.config.vocab_size, size=(5, 12))
+    torch.manual_seed(0)
+    predictors = {layer: build_predictor(PredictorConfig(d_model=model.config.hidden_size, n_heads=2, d_head=8)).eval()
+                  for layer in (1, 2)}
+    metadata = {"seed": 0, "model": {"id": "tiny"}}
+    cpu = torch.device("cpu")
+    fused = {layer: str(tmp_path / f"fused-{layer}.safetensors") for layer in predictors}
+    extract.extract_probe_features(model, tokens, predictors, fused, batch_size=2, device=cpu,
+                                   storage_dtype=storage_dtype, metadata=metadata)
+    states = {layer: str(tmp_path / f"states-{layer}.safetensors") for layer in predictors}
+    extract.extract_hidden_states(model, tokens, list(predictors), states, surprisal_path=None, batch_size=2,
+                                  device=cpu, storage_dtype=storage_dtype, metadata=metadata)
+    shared = {layer: str(tmp_path / f"shared-{layer}.safetensors") for layer in predictors}
+    extract.probe_features_from_states(states, predictors, shared, batch_size=2, device=cpu, metadata=metadata)
+    for layer in predictors:
+        assert Path(shared[layer]).read_bytes() == Path(fused[layer]).read_bytes(), layer

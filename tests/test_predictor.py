@@ -137,6 +137,17 @@ def test_names_with_a_suffix_and_their_settings():
     assert predictor_settings("attn2", {**SECTION, "n_heads": None}, D, 16).n_heads == 4  # 1 × 16 / 4
 
 
+@pytest.mark.parametrize(("mlp_hidden", "width"), [(None, 4 * D), (5, 5)])
+def test_attn2_mlp_width_is_configurable(mlp_hidden, width):
+    """predictor.mlp_hidden sets each attn2 block's MLP width (None: 4 × d_model); the parameters are two
+    blocks of (attention, two LayerNorms, MLP) plus the final LayerNorm and head."""
+    settings = predictor_settings("attn2", {**SECTION, "mlp_hidden": mlp_hidden}, D, 16)
+    attention = D * 3 * 8 + 3 * 8 + 8 * D + D  # qkv and out at n_heads × d_head = 2 × 4
+    mlp = D * width + width + width * D + D
+    block = attention + 2 * (2 * D) + mlp
+    assert parameter_count(build_predictor(settings)) == 2 * block + 2 * D + D * D + D
+
+
 @pytest.mark.parametrize("name", ["attn1_local", "attn1_local0", "attn1_local-2", "mlp_kx", "mlp_k", "ridge_ar04",
                                   "lstm", "attn3", "attn1_rope2", None])
 def test_bad_names_are_refused_naming_the_valid_forms(name):

@@ -48,8 +48,8 @@ LOCAL_RULES = {"all", "probe_table", "layer_summary", "draw_learning_curve", "dr
 # Local rules that only a study runs (two or more predictors, or `models:`).
 STUDY_RULES = {"predictor_comparison", "draw_predictor_comparison", "model_comparison", "draw_model_comparison"}
 # The stages the profiles give `gpu: 1` (-> sbatch --gpus=1).
-GPU_RULES = {"extract_train_activations", "extract_eval_activations", "train_predictor", "train_predictors_joint",
-             "decompose_eval", "probe_features", "score_baselines"}
+GPU_RULES = {"extract_train_activations", "extract_eval_activations", "extract_probe_activations", "train_predictor",
+             "train_predictors_joint", "decompose_eval", "probe_features", "score_baselines"}
 # What both runs must agree on.
 METRIC_FILES = ["metrics/attn1/layer_summary.tsv", "probes/attn1/*.tsv", "metrics/attn1/per_position/*.parquet",
                 "predictors/attn1/layer-*/curve.parquet"]
@@ -271,7 +271,9 @@ def test_tiny_workflow_on_slurm_equals_local_run(slurm_cluster, tiny_model_dir, 
             assert re.fullmatch(r"gres[:/]gpu(:\w+)?:1", tres), (rule, ids[0], tres)
         else:
             assert "gpu" not in tres, (rule, ids[0], tres)
-    assert {jobs[jobid][0] for jobid in submitted} >= GPU_RULES - {"train_predictors_joint"}  # tiny: per layer
+    # tiny: per-layer training, and probe features from their own LM pass (no probes.shared_states)
+    submitted_rules = {jobs[jobid][0] for jobid in submitted}
+    assert submitted_rules >= GPU_RULES - {"train_predictors_joint", "extract_probe_activations"}
 
     # 4. the same numbers as the local run
     outs = {name: runs[name] / "results" / "tiny" for name in runs}

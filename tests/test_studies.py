@@ -44,7 +44,8 @@ def test_predictor_study_lists_one_job_per_predictor_layer_and_stage(tmp_path):
     assert jobs.pop("score_baselines") == layers  # the baselines are shared by every predictor
     assert jobs.pop("per_position_metrics") == layers  # figures 3-4: the first predictor only
     for rule in ("predictor_comparison", "draw_predictor_comparison", "materialize_model", "materialize_tokenizer",
-                 "embedded_corpus", "make_windows", "extract_train_activations", "extract_eval_activations", "all"):
+                 "embedded_corpus", "make_windows", "extract_train_activations", "extract_eval_activations",
+                 "extract_probe_activations", "all"):
         assert jobs.pop(rule) == 1, rule
     figures = {"draw_learning_curve": 2, "draw_per_position": 3, "draw_layer_scores": 1, "draw_probe_heatmap": tasks}
     assert jobs == figures

@@ -132,6 +132,19 @@ def test_added_predictor_runs_only_its_own_jobs(tiny_run):
     assert sum(job["rule"] == "train_predictor" for job in jobs) == 3  # one per layer
 
 
+def test_shared_probe_states_give_the_same_probe_features(tiny_run):
+    """probes.shared_states: one stored LM pass over the probe windows (extract_probe_activations) feeds
+    probe_features, which then runs no LM; its files are the fused pass's byte for byte."""
+    workdir, _ = tiny_run
+    changed = changed_copy(workdir, "probes:", "probes:\n  shared_states: true")
+    features = sorted((workdir / "results" / "tiny" / "probe_features" / "attn1").glob("layer-*.safetensors"))
+    assert len(features) == 3
+    log = snakemake(changed, *[str(path.relative_to(workdir)) for path in features])
+    assert job_stats(log) == {"extract_probe_activations": 1, "probe_features": 1}
+    for path in features:
+        assert (changed / path.relative_to(workdir)).read_bytes() == path.read_bytes(), path.name
+
+
 def test_figure_setting_reruns_only_figures(tiny_run):
     """figures.dpi is read by the drawing rules alone: every figure redraws, nothing else reruns."""
     workdir, _ = tiny_run

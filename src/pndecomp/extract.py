@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from .lm import LAYER_CONVENTION, Layer, ResidualCapture, surprisal
-from .storage import StreamingTensorsWriter, StreamingTensorWriter, release_freed_memory
+from .storage import StreamingTensorsWriter, StreamingTensorWriter, hidden_batches, release_freed_memory, tensor_shape
 from .windows import tokens_array
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,26 @@ def extract_hidden_states(model, tokens: np.ndarray, layers: Sequence[Layer], ou
     return choice
 
 
+PROBE_FEATURES = ("h", "h_mean", "hhat", "r")
+
+
+def _probe_feature_writers(stack: contextlib.ExitStack, out_paths: Mapping[Layer, str], n_windows: int,
+                           d_model: int, metadata: Mapping) -> dict:
+    return {layer: stack.enter_context(StreamingTensorsWriter(
+        path, {name: ((n_windows, d_model), torch.float32) for name in PROBE_FEATURES},
+        {**metadata, "layer": layer, "convention": LAYER_CONVENTION, "position": "T (last)"}))
+        for layer, path in out_paths.items()}
+
+
+def _probe_features(predictor: torch.nn.Module, stored: torch.Tensor) -> dict[str, torch.Tensor]:
+    """h_T, h_mean, ĥ_T and r_T of a batch of windows' states ``stored`` [batch, T, d], already rounded
+    through the storage dtype (the predictor was trained on stored hidden states)."""
+    h = stored.to(next(predictor.parameters()).dtype)
+    h_last = h[:, -1].float().cpu()
+    hhat = predictor(h[:, :-1])[:, -1].float().cpu()
+    return {"h": h_last, "h_mean": h[:, :-1].float().mean(dim=1).cpu(), "hhat": hhat, "r": h_last - hhat}
+
+
 @torch.no_grad()
 def extract_probe_features(model, tokens: np.ndarray, predictors: Mapping[Layer, torch.nn.Module],
                            out_paths: Mapping[Layer, str], *, batch_size: int, device: torch.device,
@@ -122,24 +142,28 @@ def extract_probe_features(model, tokens: np.ndarray, predictors: Mapping[Layer,
     comparator of ĥ_T, which summarises the same h_1..h_{T-1}) is the float32 mean of the states
     rounded through the storage dtype, the very inputs the predictor sees.
     """
-    layers = list(predictors)
-    capture = ResidualCapture(model, layers)
-    shape = (len(tokens), model.config.hidden_size)
+    capture = ResidualCapture(model, list(predictors))
     with contextlib.ExitStack() as stack:
-        writers = {layer: stack.enter_context(StreamingTensorsWriter(
-            out_paths[layer], {name: (shape, torch.float32) for name in ("h", "h_mean", "hhat", "r")},
-            {**metadata, "layer": layer, "convention": LAYER_CONVENTION, "position": "T (last)"}))
-            for layer in layers}
+        writers = _probe_feature_writers(stack, out_paths, len(tokens), model.config.hidden_size, metadata)
         for _, input_ids in batches(tokens, batch_size, "probe features"):
             hidden = capture.run(input_ids.to(device, non_blocking=True))
             for layer, predictor in predictors.items():
-                # Round through the storage dtype: the predictor was trained on stored hidden states.
-                h = hidden[layer].to(storage_dtype).to(next(predictor.parameters()).dtype)
-                h_last = h[:, -1].float().cpu()
-                hhat = predictor(h[:, :-1])[:, -1].float().cpu()
-                writers[layer].write({"h": h_last, "h_mean": h[:, :-1].float().mean(dim=1).cpu(), "hhat": hhat,
-                                      "r": h_last - hhat})
-            del hidden, h  # not alive during the next batch's forward
+                writers[layer].write(_probe_features(predictor, hidden[layer].to(storage_dtype)))
+            del hidden  # not alive during the next batch's forward
+
+
+@torch.no_grad()
+def probe_features_from_states(hidden_paths: Mapping[Layer, str], predictors: Mapping[Layer, torch.nn.Module],
+                               out_paths: Mapping[Layer, str], *, batch_size: int, device: torch.device,
+                               metadata: Mapping) -> None:
+    """The features of :func:`extract_probe_features` from the probe windows' stored states
+    (``probes.shared_states``: one LM pass for every predictor), bit for bit the same values."""
+    for layer, predictor in predictors.items():
+        with contextlib.ExitStack() as stack:
+            n_windows, _, d_model = tensor_shape(hidden_paths[layer], "hidden")
+            writer = _probe_feature_writers(stack, {layer: out_paths[layer]}, n_windows, d_model, metadata)[layer]
+            for stored in hidden_batches(hidden_paths[layer], batch_size):
+                writer.write(_probe_features(predictor, stored.to(device)))
 
 
 def window_tokens(windows_path: str) -> np.ndarray:

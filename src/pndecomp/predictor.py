@@ -7,7 +7,8 @@ The architectures, by name (``predictor.kind`` in the config; <w>, <k> positive 
 - ``attn1``: one layer of causally masked multi-head self-attention, the paper's f_θ;
 - ``attn1_rope``: attn1 with rotary position embeddings on queries and keys;
 - ``attn1_local<w>``: attn1 whose position t attends to the last w positions t−w+1..t only;
-- ``attn2``: a small pre-LN transformer: two blocks of causal self-attention + MLP (4 × d_model, GELU),
+- ``attn2``: a small pre-LN transformer: two blocks of causal self-attention + MLP (``predictor.mlp_hidden``
+  wide, 4 × d_model by default, GELU),
   a final LayerNorm and a linear output (nanoGPT's layout, without embeddings);
 - ``mlp_k<k>``: an MLP on the last k states (h_t, h_{t−1}, …, h_{t−k+1}; zeros before position 1);
 - ``ridge_ar<k>``: ĥ_{t+1} = Σ_{j<k} A_j h_{t−j} + b, one linear map of the same lag features, fitted in
@@ -100,13 +101,17 @@ class TransformerConfig:
     n_heads: int
     d_head: int
     n_layers: int = 2
-    mlp_ratio: int = 4  # MLP hidden width = mlp_ratio × d_model
+    mlp_hidden: int | None = None  # the MLP's hidden width; None: 4 × d_model (nanoGPT's)
     rotary: bool = False
     rotary_base: float = 10000.0
 
     @property
     def kind(self) -> str:
         return "attn2"
+
+    @property
+    def mlp_width(self) -> int:
+        return self.mlp_hidden or 4 * self.d_model
 
 
 class _Block(nn.Module):
@@ -118,8 +123,8 @@ class _Block(nn.Module):
         self.attn = CausalPredictor(PredictorConfig(config.d_model, config.n_heads, config.d_head,
                                                     rotary=config.rotary, rotary_base=config.rotary_base))
         self.ln_mlp = nn.LayerNorm(config.d_model)
-        hidden = config.mlp_ratio * config.d_model
-        self.mlp = nn.Sequential(nn.Linear(config.d_model, hidden), nn.GELU(), nn.Linear(hidden, config.d_model))
+        self.mlp = nn.Sequential(nn.Linear(config.d_model, config.mlp_width), nn.GELU(),
+                                 nn.Linear(config.mlp_width, config.d_model))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln_attn(x))
@@ -273,7 +278,8 @@ def _local_config(section: Mapping, d_model: int, attention_width: int, window: 
 def _transformer_config(section: Mapping, d_model: int, attention_width: int,
                         _parameter: None = None) -> TransformerConfig:
     n_heads, d_head = _heads(section, attention_width)
-    return TransformerConfig(d_model=d_model, n_heads=n_heads, d_head=d_head, rotary=section["rotary"])
+    return TransformerConfig(d_model=d_model, n_heads=n_heads, d_head=d_head, rotary=section["rotary"],
+                             mlp_hidden=section.get("mlp_hidden"))
 
 
 def _mlp_config(section: Mapping, d_model: int, attention_width: int, k: int) -> MLPConfig:

@@ -117,6 +117,7 @@ FALLBACK: dict[str, Request] = {
     "make_windows": Request(16000, 240),
     "extract_train_activations": Request(32000, 240),
     "extract_eval_activations": Request(32000, 240),
+    "extract_probe_activations": Request(32000, 240),
     "train_predictor": Request(32000, 1440),
     "train_predictors_joint": Request(32000, 2880),
     "score_baselines": Request(32000, 240),
@@ -165,6 +166,7 @@ class Sizes:
     c_grid: int
     max_iter: int
     probe_classes: int = ASSUMED_CLASSES
+    shared_probe_states: bool = False  # probes.shared_states: probe_features reads stored states, runs no LM
 
     @property
     def lm_params(self) -> int:
@@ -331,6 +333,10 @@ def extract_eval_activations(s: Sizes) -> Estimate:
     return _extract(s, "predictor_eval", surprisal=True)
 
 
+def extract_probe_activations(s: Sizes) -> Estimate:
+    return _extract(s, "probe", surprisal=False)
+
+
 def train_predictor(s: Sizes, n_layers: int = 1) -> Estimate:
     """Cache mode reads the layer's predictor_train activations whole (O(windows): 4.3 GB of float16 at
     8,192 × 256 × 1,024); stream mode runs the LM once per step instead (the token store is memory-mapped)."""
@@ -388,13 +394,17 @@ def decompose_eval(s: Sizes) -> Estimate:
 
 def probe_features(s: Sizes) -> Estimate:
     """One LM pass per batch over the probe windows; each layer's h_T, ĥ_T, r_T and mean of h_<T stream to
-    its file (memory: one batch), the predictors run one layer at a time."""
+    its file (memory: one batch), the predictors run one layer at a time. With shared states the LM pass
+    is a read of one stored batch instead."""
     windows = s.windows["probe"]
-    e = Estimate({"process": TORCH_PROCESS_MB * MB, "token ids": _tokens(s, windows),
-                  "predictors": s.n_layers * s.predictor_params * 4,
+    e = Estimate({"process": TORCH_PROCESS_MB * MB, "predictors": s.n_layers * s.predictor_params * 4,
                   "predictor forward": _predictor_forward(s, s.extraction_batch)})
-    _lm(s, s.extraction_batch, s.n_layers, e)
-    e.seconds["lm"] = _lm_seconds(s, windows * s.length)
+    if s.shared_probe_states:
+        e.memory["stored batch"] = s.extraction_batch * s.length * s.d_model * (s.storage_bytes + 4)
+    else:
+        e.memory["token ids"] = _tokens(s, windows)
+        _lm(s, s.extraction_batch, s.n_layers, e)
+        e.seconds["lm"] = _lm_seconds(s, windows * s.length)
     e.seconds["predictors"] = _device_seconds(s, s.n_layers * windows * s.length * _predictor_flops_per_token(s))
     return e
 
@@ -452,7 +462,8 @@ def per_position_metrics(s: Sizes) -> Estimate:
 STAGES: dict[str, Callable[[Sizes], Estimate]] = {
     stage.__name__: stage for stage in (
         materialize_model, materialize_tokenizer, embedded_corpus, make_windows, extract_train_activations,
-        extract_eval_activations, train_predictor, train_predictors_joint, score_baselines, decompose_eval,
+        extract_eval_activations, extract_probe_activations, train_predictor, train_predictors_joint, score_baselines,
+        decompose_eval,
         probe_features, fit_probe, layer_scores, per_position_metrics)}
 
 
@@ -529,7 +540,7 @@ def predictor_sizes(config: Mapping, shape: lm.ModelShape) -> dict[str, int]:
     heads = int(getattr(settings, "n_heads", 0) or 0) * layers
     width = (heads * int(getattr(settings, "d_head", 0) or 0) + int(getattr(settings, "hidden", 0) or 0)
              + int(getattr(settings, "k", 0) or 0) * shape.d_model
-             + int(getattr(settings, "mlp_ratio", 0) or 0) * shape.d_model * layers)
+             + int(getattr(settings, "mlp_width", 0) or 0) * layers)
     closed_form = predictor.parse_kind(config["predictor"]["kind"])[0].fit is not None
     return {"predictor_params": params, "predictor_width": width or shape.d_model, "predictor_heads": heads,
             "predictor_fit_lags": int(settings.k) if closed_form else 0}
@@ -566,7 +577,8 @@ def sizes(config: Mapping, shape: lm.ModelShape, extras: Mapping[str, int] | Non
         baseline_train_windows=config["metrics"]["baseline_train_windows"], bootstrap=config["metrics"]["bootstrap"],
         documents=documents, corpus_bytes=text_bytes, windows_per_document=windows["per_document"],
         dedup_near=corpus["dedup"] == "near",
-        embedded_files=embedded_files, c_grid=len(config["probes"]["c_grid"]), max_iter=config["probes"]["max_iter"])
+        embedded_files=embedded_files, c_grid=len(config["probes"]["c_grid"]), max_iter=config["probes"]["max_iter"],
+        shared_probe_states=config["probes"]["shared_states"])
 
 
 def estimates(config: Mapping, shape: lm.ModelShape, extras: Mapping[str, int] | None = None) -> dict[str, Estimate]:

@@ -47,6 +47,8 @@ def materialized(snakemake, name: str = "model") -> str | None:
     return str(value[0])
 
 
-def layer_paths(files, layers) -> dict[str, str]:
-    """The named inputs/outputs that are layers (``{"7": path, ...}``), in config order."""
-    return {str(layer): files.get(str(layer)) for layer in layers}
+def layer_paths(files, layers, prefix: str = "") -> dict[str, str] | None:
+    """The named inputs/outputs that are layers (``{"7": path, ...}``, named ``prefix`` + layer), in config
+    order; None when the rule has none of them."""
+    paths = {str(layer): files.get(f"{prefix}{layer}") for layer in layers}
+    return paths if any(paths.values()) else None

@@ -18,6 +18,7 @@ from safetensors import safe_open
 from . import config as cfg
 from . import corpus, extract, lm, metrics, predictor, storage, tasks, token_store, windows
 from .embedded_corpus import build_embedded_corpus  # the name embedded_corpus is a stage here
+from .storage import hidden_batches
 from .train import PredictorTrainer, batch_indices, check_stream_pool, fit_predictor
 from .train import train_predictors as train_loop
 
@@ -63,25 +64,6 @@ def read_hidden(path: str, limit: int | None = None) -> torch.Tensor:
     with safe_open(path, framework="pt") as handle:
         tensor = handle.get_slice("hidden")
         return tensor[:limit] if limit is not None else tensor[:]
-
-
-def hidden_batches(path: str, batch_size: int, name: str = "hidden", limit: int | None = None):
-    """[batch, ...] slices of a file's tensor ``name`` along its first axis, one batch at a time (memory:
-    one batch); ``limit`` stops after that many rows.
-
-    Each batch is read through a mapping of its own, closed before the batch is handed out: the pages
-    of one long-lived mapping stay resident as the reads go on, and a process that read a 4 GB file
-    batch by batch would end up with all of it in its RSS (page cache, reclaimable, but counted).
-    """
-    with safe_open(path, framework="pt") as handle:
-        n_rows = handle.get_slice(name).get_shape()[0]
-    n_rows = n_rows if limit is None else min(limit, n_rows)
-    for start in range(0, n_rows, batch_size):
-        with safe_open(path, framework="pt") as handle:
-            batch = handle.get_slice(name)[start:min(start + batch_size, n_rows)]
-        yield batch
-        del batch
-        storage.release_freed_memory()  # the caller is done with the batch's temporaries
 
 
 def hidden_and_residual_batches(hidden_path: str, residual_path: str, batch_size: int):
@@ -334,16 +316,25 @@ def decompose_eval(config: Mapping, eval_hidden_path: str, predictor_path: str, 
 
 def probe_features(config: Mapping, materialized_dir: str | None, probe_windows_path: str,
                    predictor_paths: Mapping[str, str], out_paths: Mapping[str, str],
-                   storage_dtype_path: str | None = None) -> None:
+                   storage_dtype_path: str | None = None, hidden_paths: Mapping[str, str] | None = None) -> None:
     """h_T, ĥ_T, r_T and h_mean of the probe windows, from states rounded through the storage dtype
-    (``storage_dtype_path``: see :func:`pndecomp.config.storage_dtype`)."""
-    storage_dtype = cfg.storage_dtype(config, storage_dtype_path)
-    tokens = extract.window_tokens(probe_windows_path)
-    model, device = load_frozen_lm(config, materialized_dir, [lm.parse_layer(name) for name in predictor_paths],
-                                   tokens.shape[1])
+    (``storage_dtype_path``: see :func:`pndecomp.config.storage_dtype`): from an LM pass of this job's
+    own, or, given ``hidden_paths`` (``probes.shared_states``), from the probe windows' stored states."""
+    layers = [lm.parse_layer(name) for name in predictor_paths]
+    outputs = {lm.parse_layer(name): path for name, path in out_paths.items()}
+    batch_size, metadata = config["extraction"]["batch_size"], output_metadata(config)
+    if hidden_paths is None:
+        tokens = extract.window_tokens(probe_windows_path)
+        model, device = load_frozen_lm(config, materialized_dir, layers, tokens.shape[1])
+    else:
+        device = cfg.resolve_device(config["device"])
     predictors = {lm.parse_layer(name): predictor.load_predictor(path, device)
                   for name, path in predictor_paths.items()}
+    if hidden_paths is not None:
+        extract.probe_features_from_states({lm.parse_layer(name): path for name, path in hidden_paths.items()},
+                                           predictors, outputs, batch_size=batch_size, device=device,
+                                           metadata=metadata)
+        return
     extract.extract_probe_features(
-        model, tokens, predictors,
-        {lm.parse_layer(name): path for name, path in out_paths.items()}, batch_size=config["extraction"]["batch_size"],
-        device=device, storage_dtype=storage_dtype, metadata=output_metadata(config))
+        model, tokens, predictors, outputs, batch_size=batch_size,
+        device=device, storage_dtype=cfg.storage_dtype(config, storage_dtype_path), metadata=metadata)

@@ -200,6 +200,34 @@ def release_freed_memory() -> None:
         trim(0)
 
 
+def tensor_shape(path: str | os.PathLike, name: str) -> tuple[int, ...]:
+    """The shape of a safetensors file's tensor ``name``, from its header."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as handle:
+        return tuple(handle.get_slice(name).get_shape())
+
+
+def hidden_batches(path: str | os.PathLike, batch_size: int, name: str = "hidden", limit: int | None = None):
+    """[batch, ...] slices of a file's tensor ``name`` along its first axis, one batch at a time (memory:
+    one batch); ``limit`` stops after that many rows.
+
+    Each batch is read through a mapping of its own, closed before the batch is handed out: the pages
+    of one long-lived mapping stay resident as the reads go on, and a process that read a 4 GB file
+    batch by batch would end up with all of it in its RSS (page cache, reclaimable, but counted).
+    """
+    from safetensors import safe_open
+
+    n_rows = tensor_shape(path, name)[0]
+    n_rows = n_rows if limit is None else min(limit, n_rows)
+    for start in range(0, n_rows, batch_size):
+        with safe_open(str(path), framework="pt") as handle:
+            batch = handle.get_slice(name)[start:min(start + batch_size, n_rows)]
+        yield batch
+        del batch
+        release_freed_memory()  # the caller is done with the batch's temporaries
+
+
 class _Aborted(Exception):
     """Raised into an AtomicWriter's atomic_path to discard what it wrote."""
 

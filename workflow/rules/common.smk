@@ -136,12 +136,21 @@ def predictor_view(*keys):
     return lambda wildcards: pnconfig.config_view(pnconfig.with_predictor(config, wildcards.predictor), *keys)
 
 
-def per_layer(pattern):
-    """``pattern`` with its ``{layer}`` field filled, keyed by layer, for every configured layer in order.
+def per_layer(pattern, prefix=""):
+    """``pattern`` with its ``{layer}`` field filled, keyed by ``prefix`` + layer, for every configured
+    layer in order.
 
     Other wildcards in the pattern (``{task}``) stay wildcards.
     """
-    return {layer: pattern.replace("{layer}", layer) for layer in LAYERS}
+    return {f"{prefix}{layer}": pattern.replace("{layer}", layer) for layer in LAYERS}
+
+
+def probe_features_lm_input():
+    """What probe_features reads besides its predictors: the probe windows' stored states (named
+    states_<layer>) with probes.shared_states, else the LM, which it runs itself."""
+    if config["probes"]["shared_states"]:
+        return per_layer(f"{OUT}/activations/probe/layer-{{layer}}.safetensors", prefix="states_")
+    return {"model": model_input()}
 
 
 def probe_table_input(wildcards):

@@ -21,12 +21,13 @@ rule decompose_eval:
 
 
 # One LM pass over the probe windows serves every layer of one predictor: whole probe windows are
-# never stored, only h_T, ĥ_T, r_T and h_mean.
+# never stored, only h_T, ĥ_T, r_T and h_mean. With probes.shared_states, one LM pass
+# (extract_probe_activations) stores them and serves every predictor instead.
 rule probe_features:
     input:
         **per_layer(f"{PREDICTOR_DIR}/predictor.safetensors"),
         **storage_dtype_choice(),
-        model=model_input(),
+        **probe_features_lm_input(),
         windows=rules.make_windows.output.probe,
     output:
         **per_layer(f"{OUT}/probe_features/{{predictor}}/layer-{{layer}}.safetensors"),

@@ -45,3 +45,25 @@ rule extract_eval_activations:
         config=view(*PROVENANCE, "device", "layers", "extraction"),
     script:
         "../scripts/extract_activations.py"
+
+
+# Only with probes.shared_states: the probe windows' whole states, for every predictor's probe_features.
+rule extract_probe_activations:
+    input:
+        **storage_dtype_choice(),
+        model=model_input(),
+        windows=rules.make_windows.output.probe,
+    output:
+        **per_layer(f"{OUT}/activations/probe/layer-{{layer}}.safetensors"),
+    log:
+        f"{OUT}/logs/extract_probe_activations.log",
+    conda:
+        "../../envs/pndecomp.yaml"
+    threads: 2
+    resources:
+        mem_mb=stage_mem_mb("extract_probe_activations"),
+        runtime=stage_runtime("extract_probe_activations"),
+    params:
+        config=view(*PROVENANCE, "device", "layers", "extraction"),
+    script:
+        "../scripts/extract_activations.py"
