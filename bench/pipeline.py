@@ -101,8 +101,10 @@ def fail(what: str, output: str, rc: int) -> None:
     sys.exit(1)
 
 
-# The rules that score with context (baselines, intervals, robust views): their share of the cold run.
-SCORING_RULES = ("score_baselines", "layer_scores", "per_position_metrics", "layer_summary")
+# Groups of rules whose share of the cold run's job seconds is reported: scoring with context (baselines,
+# intervals, robust views) and the interventions (patching, steering).
+SHARES = {"scoring with context": ("score_baselines", "layer_scores", "per_position_metrics", "layer_summary"),
+          "interventions": ("patch_layer", "steer_layer", "intervention_table", "draw_interventions")}
 
 
 def rule_seconds(experiment: str, since: float) -> dict[str, float]:
@@ -206,9 +208,10 @@ def main() -> None:
         job_seconds = sum(per_rule.values())
         C.say("  job seconds per rule (2 jobs may run at once): " + ", ".join(
             f"{rule} {seconds:.0f}" for rule, seconds in per_rule.items()))
-        scoring = sum(per_rule.get(rule, 0.0) for rule in SCORING_RULES)
-        C.say(f"  scoring with context ({', '.join(SCORING_RULES)}): {scoring:.0f} job s, "
-              f"{100 * scoring / job_seconds:.1f} % of all job seconds")
+        for group, rules in SHARES.items():
+            share = sum(per_rule.get(rule, 0.0) for rule in rules)
+            C.say(f"  {group} ({', '.join(rules)}): {share:.0f} job s, "
+                  f"{100 * share / job_seconds:.1f} % of all job seconds")
     else:
         last = out / "figures" / "fig6.png"
         deadline = time.monotonic() + args.wait_for_results

@@ -242,7 +242,18 @@ def test_steering_scores(model):
     table = iv.steering_scores(model, layer, ids.numpy(), hidden, labels, [f"d{i // 2}" for i in range(n)],
                                directions, scale=scale, alphas=(0.0, 4.0),
                                probes={layer: probe_here, layer + 1: probe_above}, n_resamples=50, batch_size=5)
-    assert len(table) == 2 * 3 * 2 * 4  # sources × domains × alphas × metrics
+    assert len(table) == 2 * (3 + 1) * 2 * 4  # sources × (domains + pooled) × alphas × metrics
+    pooled, table = table[table.scope == "pooled"], table[table.scope == "domain"]
+    assert set(pooled.domain) == {iv.POOLED}
+    # Balanced domains (4 windows each): a window's pooled value averages the 2 other domains (or its own
+    # one), so the pooled mean is the mean of the per-domain means, over all 12 windows.
+    keys = ["source", "alpha", "metric", "probe_layer"]
+    by_domain = table.groupby(keys, dropna=False)["mean"].mean().rename("by_domain").reset_index()
+    merged = pooled.merge(by_domain, on=keys, validate="one_to_one")
+    assert len(merged) == 2 * 2 * 4
+    np.testing.assert_allclose(merged["mean"], merged["by_domain"], rtol=1e-12)
+    assert set(pooled.n_windows) == {n}
+    assert (pooled["low"] <= pooled["mean"]).all() and (pooled["mean"] <= pooled["high"]).all()
     assert set(table.metric) == {"delta_ce_other", "delta_logprob_domain", "p_domain"}
     zero = table[table.alpha == 0.0]
     deltas = zero[zero.metric != "p_domain"]

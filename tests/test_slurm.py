@@ -44,12 +44,13 @@ NICE = ["nice", "-n", "19"] if shutil.which("nice") else []
 # Declared `localrules` in workflow/rules/common.smk and models.smk: they run in the Snakemake process.
 LOCAL_RULES = {"all", "probe_table", "layer_summary", "draw_learning_curve", "draw_per_position", "draw_layer_scores",
                "draw_probe_heatmap", "predictor_comparison", "draw_predictor_comparison", "model_comparison",
-               "draw_model_comparison"}
+               "draw_model_comparison", "intervention_table", "draw_interventions"}
 # Local rules that only a study runs (two or more predictors, or `models:`).
 STUDY_RULES = {"predictor_comparison", "draw_predictor_comparison", "model_comparison", "draw_model_comparison"}
 # The stages the profiles give `gpu: 1` (-> sbatch --gpus=1).
 GPU_RULES = {"extract_train_activations", "extract_eval_activations", "extract_probe_activations", "train_predictor",
-             "train_predictors_joint", "decompose_eval", "probe_features", "score_baselines"}
+             "train_predictors_joint", "decompose_eval", "probe_features", "score_baselines", "patch_layer",
+             "steer_layer"}
 # What both runs must agree on.
 METRIC_FILES = ["metrics/attn1/layer_summary.tsv", "probes/attn1/*.tsv", "metrics/attn1/per_position/*.parquet",
                 "predictors/attn1/layer-*/curve.parquet"]

@@ -69,6 +69,29 @@ def test_full_run_makes_every_figure_and_table(tiny_run):
     assert list(per_position["position"]) == list(range(2, 25))
 
 
+def test_interventions_make_their_tables_and_figures(tiny_run):
+    """Patching at every layer (identity exactly 0), steering at the middle layer (α = 0 exactly 0), both
+    tables and figures in the default run."""
+    from pndecomp.interventions import PATCHES
+
+    workdir, _ = tiny_run
+    out = workdir / "results" / "tiny"
+    patching = pd.read_csv(out / "interventions" / "attn1" / "patching.tsv", sep="\t", dtype={"layer": str})
+    assert list(dict.fromkeys(patching["layer"])) == ["0", "2", "3"]
+    pooled = patching[patching["scope"] == "pooled"]
+    assert set(pooled["kind"]) == set(PATCHES) and (pooled["n_windows"] == 8).all()
+    assert (patching.loc[patching["kind"] == "identity", ["mean", "low", "high"]] == 0).all().all()
+    assert (pooled.loc[pooled["kind"] == "hhat_plus_shuffled_r", "mean"] != 0).all()
+    steering = pd.read_csv(out / "interventions" / "attn1" / "steering.tsv", sep="\t", dtype={"layer": str})
+    assert set(steering["layer"]) == {"2"} and set(steering["probe_layer"].dropna().astype(int)) == {2, 3}
+    unsteered = steering[(steering["alpha"] == 0) & (steering["metric"] != "p_domain")]
+    scored = unsteered["n_windows"] > 0  # a domain without probe_test windows has NaN for its own text
+    assert scored.sum() >= 10 and (unsteered.loc[scored, ["mean", "low", "high"]] == 0).all().all()
+    assert unsteered.loc[~scored, "mean"].isna().all()
+    for name in ("patching", "steering"):
+        assert (out / "figures" / f"{name}.png").stat().st_size > 1000, name
+
+
 def test_auto_storage_dtype_is_chosen_once_and_stored_everywhere(tiny_run):
     """The tiny config leaves extraction.dtype at its default, auto: the eval extraction chose float16 for
     the tiny model's small states, and the train activations and the residuals are stored in it."""
@@ -125,7 +148,8 @@ def test_added_predictor_runs_only_its_own_jobs(tiny_run):
     jobs = [job for job in planned_jobs(snakemake(changed, "-n")) if job["rule"] != "all"]
     assert {job["rule"] for job in jobs} == {
         "train_predictor", "decompose_eval", "layer_scores", "layer_summary", "probe_features", "fit_probe",
-        "probe_table", "predictor_comparison", "draw_predictor_comparison"}
+        "probe_table", "patch_layer", "steer_layer", "intervention_table", "predictor_comparison",
+        "draw_predictor_comparison"}
     for job in jobs:
         assert "/wide/" in job["output"] or "predictor_comparison" in job["output"], job
         assert job["reason"].startswith("Missing output files"), job
@@ -149,7 +173,8 @@ def test_figure_setting_reruns_only_figures(tiny_run):
     """figures.dpi is read by the drawing rules alone: every figure redraws, nothing else reruns."""
     workdir, _ = tiny_run
     jobs = job_stats(snakemake(changed_copy(workdir, "metrics:", "figures: {dpi: 100}\nmetrics:"), "-n"))
-    assert set(jobs) == {"draw_learning_curve", "draw_per_position", "draw_layer_scores", "draw_probe_heatmap", "all"}
+    assert set(jobs) == {"draw_learning_curve", "draw_per_position", "draw_layer_scores", "draw_probe_heatmap",
+                         "draw_interventions", "all"}
 
 
 def test_bootstrap_setting_reruns_only_metric_and_figure_jobs(tiny_run):
@@ -158,7 +183,8 @@ def test_bootstrap_setting_reruns_only_metric_and_figure_jobs(tiny_run):
     jobs = job_stats(snakemake(changed, "-n"))
     assert {"layer_scores", "per_position_metrics", "fit_probe", "layer_summary"} <= set(jobs)
     assert set(jobs) <= {"layer_scores", "per_position_metrics", "fit_probe", "probe_table", "layer_summary", "all",
-                         "draw_learning_curve", "draw_per_position", "draw_layer_scores", "draw_probe_heatmap"}
+                         "draw_learning_curve", "draw_per_position", "draw_layer_scores", "draw_probe_heatmap",
+                         "patch_layer", "steer_layer", "intervention_table", "draw_interventions"}
 
 
 def test_report_holds_every_figure_and_table(tiny_run):
@@ -167,6 +193,7 @@ def test_report_holds_every_figure_and_table(tiny_run):
     snakemake(workdir, "--report", "report.html")
     html = (workdir / "report.html").read_text()
     for name in [*[f"fig{i}.png" for i in range(1, 7)], "layer_summary.tsv", "domain.tsv", "next_token_type_8.tsv",
-                 "domain_differences.tsv", "probe_domain_control.png"]:
+                 "domain_differences.tsv", "probe_domain_control.png", "patching.png", "steering.png", "patching.tsv",
+                 "steering.tsv"]:
         assert name in html, name
     assert "Domain probe: test macro-F1" in html  # a caption from the task registry, rendered

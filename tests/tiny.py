@@ -75,6 +75,8 @@ def write_config(path: Path, model_dir: Path, corpus: Path, **overrides) -> Path
                             "next_token_type_8": {"probe_train": 60, "probe_val": 20, "probe_test": 20}},
                    # a few test windows per class are all the tiny corpus has (the default is 10)
                    "c_grid": [0.1, 1.0], "max_iter": 200, "min_test_per_class": 2},
+        # windows of 24 tokens: patch from position 9 on
+        "interventions": {"from_position": 9, "patching_windows": 8, "batch_size": 4},
     }
     for dotted, value in overrides.items():
         node = config

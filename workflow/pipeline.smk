@@ -1,6 +1,7 @@
 # The whole pipeline for one model: the Snakefile includes it directly, or (a model study, config
 # `models:`) once per model as a module. Stages, in order:
-# model -> corpus -> windows -> extract -> train -> decompose -> metrics/probes -> figures -> comparisons.
+# model -> corpus -> windows -> extract -> train -> decompose -> metrics/probes -> interventions -> figures
+# -> comparisons.
 
 
 include: "rules/common.smk"
@@ -12,6 +13,7 @@ include: "rules/train.smk"
 include: "rules/decompose.smk"
 include: "rules/metrics.smk"
 include: "rules/probes.smk"
+include: "rules/interventions.smk"
 include: "rules/figures.smk"
 include: "rules/compare.smk"
 

@@ -27,6 +27,48 @@ def layer_names(config: Mapping) -> list[str]:
     return [str(layer) for layer in config["layers"]]
 
 
+def intervention_layers(config: Mapping) -> list[str]:
+    """The configured layers an intervention can act at: every one but ``final`` (the final norm's output
+    feeds only the LM head; patch the last block instead)."""
+    return [name for name in layer_names(config) if name != "final"]
+
+
+def steering_layers(config: Mapping) -> list[str]:
+    """``interventions.steering_layers`` as layer names; null: the middle configured block layer."""
+    chosen = config["interventions"]["steering_layers"]
+    if chosen is None:
+        blocks = [name for name in intervention_layers(config) if name.isdigit()]
+        return blocks[len(blocks) // 2:][:1]
+    return [str(layer) for layer in chosen]
+
+
+def steering_readout_layers(config: Mapping, layer: str) -> list[str]:
+    """Where the domain probe reads a state steered at ``layer``: there, and at the deepest configured block
+    when that is deeper."""
+    deepest = max((name for name in intervention_layers(config) if name.isdigit()), key=int)
+    return [layer] if int(deepest) <= int(layer) else [layer, deepest]
+
+
+def check_interventions(config: Mapping) -> None:
+    """Positions inside the window, steering at configured layers and with a domain task to read it."""
+    section, length = config["interventions"], config["windows"]["length"]
+    if section["from_position"] > length - 1:
+        raise ConfigError(f"interventions.from_position is {section['from_position']}: with windows.length {length} "
+                          f"it must be at most {length - 1} (a next token must follow the first patched position)")
+    if section["patching_windows"] > config["windows"]["predictor_eval"]:
+        raise ConfigError(f"interventions.patching_windows is {section['patching_windows']}, more than "
+                          f"windows.predictor_eval ({config['windows']['predictor_eval']}): they are eval windows")
+    valid = [name for name in intervention_layers(config) if name.isdigit()]
+    for layer in steering_layers(config):
+        if layer not in valid:
+            raise ConfigError(f"interventions.steering_layers: {layer!r} is not a configured block layer; steering "
+                              f"acts at one of {valid} (not 'embed' or 'final')")
+    if steering_layers(config) and "domain" not in config["probes"]["tasks"]:
+        raise ConfigError("interventions.steering_layers is not empty but probes.tasks has no 'domain': steering "
+                          "directions and their read-out come from the domain probe's windows; add 'domain' to "
+                          "probes.tasks or set interventions.steering_layers: []")
+
+
 def resolve_layers(layers, shape: lm.ModelShape | None, model_id: str) -> list:
     """``layers`` with relative depths (floats in [0, 1], e.g. 0.5) turned into block indices
     round(depth × (n_blocks − 1)); block indices and named layers pass through."""
@@ -159,6 +201,7 @@ def check(config: Mapping, shape: lm.ModelShape | None = None) -> None:
             raise ConfigError(f"windows.split_fractions.{split} is {value}: every split needs a positive share")
     for name in predictor_names(config):
         check_predictor(with_predictor(config, name)["predictor"], train)
+    check_interventions(config)
     if shape is not None:
         check_model(config["model"]["id"], config["layers"], config["windows"]["length"], shape)
 

@@ -238,3 +238,59 @@ def model_comparison(table: pd.DataFrame, png, pdf, dpi: int = 150) -> None:
         ax.set(xlabel="relative depth", title=metric)
     axes[0][-1].legend(title="model", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     _save(fig, png, pdf, dpi)
+
+
+def _interval_lines(ax, x, rows: pd.DataFrame, label: str, offset: float = 0.0, **style) -> None:
+    """A line of ``mean`` against x with ``low``..``high`` as vertical bars."""
+    (line,) = ax.plot(x + offset, rows["mean"], marker="o", markersize=4, label=label, **style)
+    ax.vlines(x + offset, rows["low"], rows["high"], color=line.get_color(), linewidth=1)
+
+
+def patching_effects(table: pd.DataFrame, png, pdf, dpi: int = 150) -> None:
+    """Pooled Δ cross-entropy and KL per layer, one line per patch kind, 95 % bootstrap intervals as bars."""
+    pooled = table[table["scope"] == "pooled"]
+    layers = list(dict.fromkeys(pooled["layer"].astype(str)))
+    kinds = list(dict.fromkeys(pooled["kind"]))
+    x = np.arange(len(layers))
+    sns.set_theme(style="whitegrid")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    panels = (("delta_ce", "Δ cross-entropy (nats)"), ("kl", "KL(clean ‖ patched) (nats)"))
+    for ax, (metric, label) in zip(axes, panels):
+        for index, kind in enumerate(kinds):
+            rows = pooled[(pooled["metric"] == metric) & (pooled["kind"] == kind)]
+            rows = rows.set_index(rows["layer"].astype(str)).reindex(layers)
+            _interval_lines(ax, x, rows, kind, (index - (len(kinds) - 1) / 2) * 0.06)
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+        ax.set_xticks(x, layers)
+        ax.set(xlabel="patched layer", ylabel=label, yscale="symlog" if metric == "kl" else "linear")
+    n = int(pooled["n_windows"].iloc[0]) if len(pooled) else 0
+    fig.suptitle(f"Patching block ℓ's output from the first patched position on ({n} eval windows)")
+    axes[-1].legend(title="patch", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    _save(fig, png, pdf, dpi)
+
+
+def steering_effects(table: pd.DataFrame, png, pdf, dpi: int = 150) -> None:
+    """Steering pooled over domains against α: one panel per metric (p_domain once per read-out layer),
+    ĥ- vs r-directions as colours, steered layers as line styles."""
+    pooled = table[table["scope"] == "pooled"].copy()
+    pooled["panel"] = np.where(pooled["metric"] == "p_domain",
+                               "p(domain) read at layer " + pooled["probe_layer"].astype(str), pooled["metric"])
+    panels = list(dict.fromkeys(pooled.sort_values(["metric", "probe_layer"])["panel"]))
+    styles = dict(zip(dict.fromkeys(pooled["layer"].astype(str)), ("-", "--", ":", "-.")))
+    colours = dict(zip(("hhat", "r"), sns.color_palette(n_colors=2)))
+    sns.set_theme(style="whitegrid")
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.8 * len(panels), 3.6), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        for (layer, source), rows in pooled[pooled["panel"] == panel].groupby(["layer", "source"], sort=False):
+            rows = rows.sort_values("alpha")
+            _interval_lines(ax, rows["alpha"].to_numpy(), rows, f"{'ĥ' if source == 'hhat' else 'r'}, layer {layer}",
+                            color=colours.get(source), linestyle=styles.get(str(layer), "-"))
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+        ax.set(xlabel="α (× median ‖h‖)", title=panel)
+    axes[0][-1].legend(title="direction", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.suptitle("Steering along a domain's mean ĥ or r direction, pooled over domains")
+    _save(fig, png, pdf, dpi)
+
+
+#: The intervention figures, by their table: figures/<name>.png.
+INTERVENTION_FIGURES = {"patching": patching_effects, "steering": steering_effects}

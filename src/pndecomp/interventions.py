@@ -44,7 +44,8 @@ from . import adapters, bootstrap
 from .lm import EMBED, FINAL, Float32Head, Layer
 
 DEFAULT_FROM_POSITION = 33  # interventions.from_position: positions ≤ 32 are the window's warm-up
-DEFAULT_ALPHAS = (0.0, 0.5, 1.0, 2.0, 4.0)  # steering strengths, in units of the typical ‖h‖
+DEFAULT_ALPHAS = (0.0, 0.1, 0.3)  # steering strengths, in units of the typical ‖h‖ (interventions.alphas)
+POOLED = "all"  # the domain of steering rows pooled over every domain
 
 
 # --------------------------------------------------------------------------------------------- hooks
@@ -460,6 +461,10 @@ def steering_scores(model: nn.Module, layer: int, tokens, hidden, labels, docume
     * ``delta_logprob_domain``: on the held-out windows of d itself, the change in mean log p(x_{t+1})
       over the same positions (steered − clean; positive = d's text became more likely).
 
+    Rows of scope "pooled" (domain :data:`POOLED`) average each window over the domains it was scored for (every
+    other domain for ``p_domain`` and ``delta_ce_other``, its own for ``delta_logprob_domain``) before
+    the same bootstrap over documents: one number per (source, α, metric) for all domains.
+
     α = 0 adds nothing (h + 0 = h exactly) and gives zero deltas.
     """
     probes = dict(probes or {})
@@ -492,26 +497,40 @@ def steering_scores(model: nn.Module, layer: int, tokens, hidden, labels, docume
             low, high = bootstrap.interval(sums / weights.sum(axis=1))
         return float(values[mask].mean()) if mask.any() else float("nan"), float(low), float(high)
 
-    clean_ce, _ = run(torch.zeros(hidden.shape[-1]))
+    clean_ce, clean_readouts = run(torch.zeros(hidden.shape[-1]))
     rows = []
     for source, per_domain in directions.items():
-        for domain, direction in per_domain.items():
-            direction = torch.as_tensor(np.asarray(direction), dtype=torch.float32)
-            unit = direction / direction.norm().clamp_min(torch.finfo(torch.float32).tiny)
-            own, other = labels == domain, labels != domain
-            for alpha in alphas:
-                ce, readouts = run(alpha * scale * unit)
-                base = dict(layer=layer, source=source, domain=domain, alpha=float(alpha),
-                            added_norm=float(alpha * scale))
+        for alpha in alphas:
+            base = dict(layer=layer, source=source, alpha=float(alpha), added_norm=float(alpha * scale))
+            # Per window, the sum over the domains it was scored for: the pooled rows' values.
+            pooled: dict[tuple, np.ndarray] = {}
+            for domain, direction in per_domain.items():
+                direction = torch.as_tensor(np.asarray(direction), dtype=torch.float32)
+                unit = direction / direction.norm().clamp_min(torch.finfo(torch.float32).tiny)
+                own, other = labels == domain, labels != domain
+                # α = 0 adds exactly nothing: the clean run is that run.
+                ce, readouts = (clean_ce, clean_readouts) if alpha == 0 else run(alpha * scale * unit)
                 metrics = [("delta_ce_other", None, ce - clean_ce, other),
                            ("delta_logprob_domain", None, clean_ce - ce, own)]
                 metrics += [("p_domain", m, _probability(probe, readouts[m], domain), other)
                             for m, probe in probes.items()]
                 for metric, probe_layer, values, mask in metrics:
                     mean, low, high = summary(values, mask)
-                    rows.append({**base, "metric": metric, "probe_layer": probe_layer, "mean": mean, "low": low,
-                                 "high": high, "n_windows": int(mask.sum())})
+                    rows.append({**base, "scope": "domain", "domain": domain, "metric": metric,
+                                 "probe_layer": probe_layer, "mean": mean, "low": low, "high": high,
+                                 "n_windows": int(mask.sum())})
+                    total, count = pooled.setdefault((metric, probe_layer), (np.zeros(n_windows), np.zeros(n_windows)))
+                    total += np.where(mask, values, 0.0)
+                    count += mask
+            for (metric, probe_layer), (total, count) in pooled.items():
+                scored = count > 0
+                mean, low, high = summary(np.divide(total, count, out=np.zeros(n_windows), where=scored), scored)
+                rows.append({**base, "scope": "pooled", "domain": POOLED, "metric": metric,
+                             "probe_layer": probe_layer, "mean": mean, "low": low, "high": high,
+                             "n_windows": int(scored.sum())})
     table = pd.DataFrame(rows)
     if not table.empty:
         table["probe_layer"] = table["probe_layer"].astype("Int64")
+        table = table[["layer", "source", "scope", "domain", "alpha", "added_norm", "metric", "probe_layer",
+                       "mean", "low", "high", "n_windows"]]
     return table

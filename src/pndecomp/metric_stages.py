@@ -20,22 +20,26 @@ log = logging.getLogger(__name__)
 TAIL_ROWS = 20  # rows of the tail table: the largest squared errors of a layer
 
 
+def baseline_train_batches(config: Mapping, materialized_dir: str | None, layer: str, train_data_path: str,
+                           storage_dtype_path: str | None = None):
+    """A function giving, at each call, a fresh iterator over the layer's hidden states [batch, T, d] of the
+    first ``metrics.baseline_train_windows`` predictor_train windows: read from the cache, or computed by
+    the frozen LM in stream mode (``train_data_path``: the activations, or the token store)."""
+    batch_size, limit = config["extraction"]["batch_size"], config["metrics"]["baseline_train_windows"]
+    if config["train"]["data"] == "stream":
+        tokens, hidden_of = layer_states(config, materialized_dir, lm.parse_layer(layer), train_data_path,
+                                         storage_dtype_path)
+        tokens = tokens[:limit]
+        return lambda: (hidden_of(tokens[start:start + batch_size]) for start in range(0, len(tokens), batch_size))
+    return lambda: hidden_batches(train_data_path, batch_size, limit=limit)
+
+
 def score_baselines(config: Mapping, materialized_dir: str | None, layer: str, train_data_path: str,
                     eval_hidden_path: str, out_path: str, storage_dtype_path: str | None = None) -> None:
     """Fit every configured baseline on at most ``metrics.baseline_train_windows`` predictor_train windows
     and record its SSE on every eval window (the predictor's rows: positions 2..T)."""
     section, batch_size = config["metrics"], config["extraction"]["batch_size"]
-    limit = section["baseline_train_windows"]
-    if config["train"]["data"] == "stream":
-        tokens, hidden_of = layer_states(config, materialized_dir, lm.parse_layer(layer), train_data_path,
-                                         storage_dtype_path)
-        tokens = tokens[:limit]
-
-        def train_batches():
-            return (hidden_of(tokens[start:start + batch_size]) for start in range(0, len(tokens), batch_size))
-    else:
-        def train_batches():
-            return hidden_batches(train_data_path, batch_size, limit=limit)
+    train_batches = baseline_train_batches(config, materialized_dir, layer, train_data_path, storage_dtype_path)
     columns, fitted = {}, {}
     for name in section["baselines"]:
         baseline = baselines.make_baseline(name).fit(train_batches())

@@ -100,6 +100,8 @@ ASSUMED_PROBE_ITERATIONS = 300
 PROBE_SECONDS_PER_ROW_FEATURE = (1.25e-9, 1.6e-10)
 #: float64 values of one chunk of lag features (pndecomp.baselines._CHUNK_VALUES).
 RIDGE_CHUNK_VALUES = 2**24
+#: Patch kinds of pndecomp.interventions.PATCHES (a test keeps the two equal; importing it would import torch).
+PATCH_KINDS = 5
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,8 @@ FALLBACK: dict[str, Request] = {
     "decompose_eval": Request(32000, 120),
     "probe_features": Request(32000, 240),
     "fit_probe": Request(32000, 240),
+    "patch_layer": Request(32000, 240),
+    "steer_layer": Request(32000, 480),
     "layer_scores": Request(16000, 120),
     "per_position_metrics": Request(16000, 120),
 }
@@ -167,6 +171,11 @@ class Sizes:
     max_iter: int
     probe_classes: int = ASSUMED_CLASSES
     shared_probe_states: bool = False  # probes.shared_states: probe_features reads stored states, runs no LM
+    intervention_batch: int = 8
+    scored_positions: int = 96  # positions ≥ interventions.from_position that are scored (T − from_position)
+    patching_windows: int = 16
+    steering_windows_per_domain: int = 2
+    steering_alphas: int = 2  # nonzero α: α = 0 is the clean run
 
     @property
     def lm_params(self) -> int:
@@ -409,6 +418,46 @@ def probe_features(s: Sizes) -> Estimate:
     return e
 
 
+def _interventions_lm(s: Sizes, estimate: Estimate) -> None:
+    """The LM run from block ℓ on (bounded by a whole forward) with float32 logits at the scored positions:
+    the logits, the clean and the patched log-probabilities of one batch."""
+    _lm(s, s.intervention_batch, 1, estimate, surprisal=True)
+    estimate.memory["log-probabilities"] = 3 * s.intervention_batch * s.scored_positions * s.vocab * 4
+
+
+def patch_layer(s: Sizes) -> Estimate:
+    """The train mean over the baselines' windows (a batch at a time), the patched windows' states, and per
+    batch the clean run and one run per patch kind."""
+    windows = s.patching_windows
+    e = Estimate({"process": TORCH_PROCESS_MB * MB, "token ids": _tokens(s, s.windows["predictor_eval"]),
+                  "states, ĥ and patches": 4 * windows * s.length * s.d_model * 4,
+                  "train mean batch": s.extraction_batch * s.length * s.d_model * 2 * 8,
+                  "predictor": s.predictor_params * 4,
+                  "predictor forward": _predictor_forward(s, s.intervention_batch)})
+    _interventions_lm(s, e)
+    train_windows = min(s.baseline_train_windows, s.windows["predictor_train"])
+    e.seconds["train mean"] = train_windows * s.length * s.d_model * 4 / NUMPY_VALUES_PER_S
+    e.seconds["lm runs"] = (PATCH_KINDS + 1) * _lm_seconds(s, windows * s.length, surprisal=True)
+    return e
+
+
+def steer_layer(s: Sizes) -> Estimate:
+    """The probe features of two layers, the domain probes' fits, the steered windows' states, and per
+    (source, domain, nonzero α) one run of the blocks above ℓ over the steered windows."""
+    windows = s.steering_windows_per_domain * s.probe_classes
+    runs = 1 + 2 * s.probe_classes * s.steering_alphas
+    e = Estimate({"process": TORCH_PROCESS_MB * MB, "token ids": _tokens(s, s.windows["probe"]),
+                  "probe features": 2 * 4 * s.windows["probe"] * s.d_model * 4,
+                  "probe fit": 2 * s.windows["probe_task"] * s.d_model * 8,
+                  "steered states": 2 * windows * s.length * s.d_model * 4})
+    _interventions_lm(s, e)
+    e.seconds["lm runs"] = runs * _lm_seconds(s, windows * s.length, surprisal=True)
+    a, b = PROBE_SECONDS_PER_ROW_FEATURE
+    e.seconds["probe fits"] = (2 * ASSUMED_PROBE_ITERATIONS * s.windows["probe_task"] * s.d_model
+                               * (a + b * s.probe_classes))
+    return e
+
+
 def fit_probe(s: Sizes) -> Estimate:
     """The layer's features file read whole (4 × [probe windows, d] float32), [ĥ, r] built from it, the
     float64 copies of the task's train/val/test rows and the scaler's standardised copy of the train rows
@@ -463,8 +512,7 @@ STAGES: dict[str, Callable[[Sizes], Estimate]] = {
     stage.__name__: stage for stage in (
         materialize_model, materialize_tokenizer, embedded_corpus, make_windows, extract_train_activations,
         extract_eval_activations, extract_probe_activations, train_predictor, train_predictors_joint, score_baselines,
-        decompose_eval,
-        probe_features, fit_probe, layer_scores, per_position_metrics)}
+        decompose_eval, probe_features, fit_probe, layer_scores, per_position_metrics, patch_layer, steer_layer)}
 
 
 # ---------------------------------------------------------------- from the config
@@ -551,7 +599,7 @@ def sizes(config: Mapping, shape: lm.ModelShape, extras: Mapping[str, int] | Non
     ``extras``: :func:`model_extras` (an unknown vocabulary counts :data:`ASSUMED_VOCAB`, an unknown FFN
     width 4 × d_model)."""
     extras = extras or {}
-    windows, section = config["windows"], config["train"]
+    windows, section, interventions = config["windows"], config["train"], config["interventions"]
     probe, probe_task = probe_windows(config)
     corpus = config["corpus"]
     embedded_files = 8 * corpus["embedded"]["max_files_per_domain"] if corpus["source"] == "embedded" else 0
@@ -578,7 +626,11 @@ def sizes(config: Mapping, shape: lm.ModelShape, extras: Mapping[str, int] | Non
         documents=documents, corpus_bytes=text_bytes, windows_per_document=windows["per_document"],
         dedup_near=corpus["dedup"] == "near",
         embedded_files=embedded_files, c_grid=len(config["probes"]["c_grid"]), max_iter=config["probes"]["max_iter"],
-        shared_probe_states=config["probes"]["shared_states"])
+        shared_probe_states=config["probes"]["shared_states"], intervention_batch=interventions["batch_size"],
+        scored_positions=max(1, windows["length"] - interventions["from_position"]),
+        patching_windows=interventions["patching_windows"],
+        steering_windows_per_domain=interventions["steering_windows_per_domain"],
+        steering_alphas=sum(alpha != 0 for alpha in interventions["alphas"]))
 
 
 def estimates(config: Mapping, shape: lm.ModelShape, extras: Mapping[str, int] | None = None) -> dict[str, Estimate]:

@@ -25,6 +25,10 @@ MODEL_SHAPE, MODEL_SHAPE_NOTE = pnconfig.model_shape(config, MODEL_DIR if MATERI
 if MODEL_SHAPE_NOTE:
     logger.warning(MODEL_SHAPE_NOTE)
 config["layers"] = pnconfig.resolve_layers(config["layers"], MODEL_SHAPE, config["model"]["id"])
+if config["interventions"]["steering_layers"] is not None:
+    config["interventions"]["steering_layers"] = pnconfig.resolve_layers(
+        config["interventions"]["steering_layers"], MODEL_SHAPE, config["model"]["id"]
+    )
 pnconfig.check(config, MODEL_SHAPE)
 
 LAYERS = pnconfig.layer_names(config)
@@ -38,6 +42,10 @@ PREDICTOR_DIR = f"{OUT}/predictors/{{predictor}}/layer-{{layer}}"
 RESIDUALS = f"{OUT}/residuals/{{predictor}}"
 METRICS = f"{OUT}/metrics/{{predictor}}"
 PROBES = f"{OUT}/probes/{{predictor}}"
+INTERVENTIONS = f"{OUT}/interventions/{{predictor}}"
+# Interventions act at every configured layer but `final`; steering at interventions.steering_layers.
+PATCHING_LAYERS = pnconfig.intervention_layers(config)
+STEERING_LAYERS = pnconfig.steering_layers(config)
 
 # What output_metadata records in every output it writes: rules that write metadata read these.
 PROVENANCE = ("experiment", "seed", "model")
@@ -63,6 +71,8 @@ localrules:
     draw_probe_heatmap,
     predictor_comparison,
     draw_predictor_comparison,
+    intervention_table,
+    draw_interventions,
 
 
 def model_input():
@@ -179,11 +189,35 @@ def figure_targets():
     return [f"{OUT}/figures/{name}.{ext}" for name in names for ext in ("png", "pdf")]
 
 
+def interventions_of():
+    """The intervention tables (and figures) the config asks for: patching, and steering when it has layers."""
+    if not config["interventions"]["enabled"]:
+        return []
+    return ["patching", "steering"] if STEERING_LAYERS else ["patching"]
+
+
+def intervention_layers(wildcards):
+    """The per-layer tables of one predictor's patching or steering, in config order."""
+    layers = PATCHING_LAYERS if wildcards.intervention == "patching" else STEERING_LAYERS
+    return expand(f"{INTERVENTIONS}/{wildcards.intervention}/layer-{{layer}}.parquet", layer=layers, **wildcards)
+
+
+def steering_features(wildcards):
+    """The probe features a steering job reads: the steered layer's (its directions and probe) and the
+    deepest configured block's (the probe that reads the steered state there), keyed features_<layer>."""
+    return {
+        f"features_{layer}": f"{OUT}/probe_features/{wildcards.predictor}/layer-{layer}.safetensors"
+        for layer in pnconfig.steering_readout_layers(config, wildcards.layer)
+    }
+
+
 def all_targets():
     targets = [*figure_targets()]
     for predictor in PREDICTORS:
         targets.append(f"{OUT}/metrics/{predictor}/layer_summary.tsv")
         targets.extend(f"{OUT}/probes/{predictor}/{task}.tsv" for task in TASKS)
+        targets.extend(f"{OUT}/interventions/{predictor}/{kind}.tsv" for kind in interventions_of())
+    targets.extend(f"{OUT}/figures/{kind}.{ext}" for kind in interventions_of() for ext in ("png", "pdf"))
     if len(PREDICTORS) > 1:
         targets += [f"{OUT}/metrics/predictor_comparison.tsv", f"{OUT}/figures/predictor_comparison.png"]
     return targets
