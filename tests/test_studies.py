@@ -139,3 +139,17 @@ def test_model_comparison_table_flips_the_next_token_gap(tmp_path):
     assert gap.loc["7", "value"] == pytest.approx(0.2)  # r − ĥ = −(ĥ − r)
     assert (gap.loc["7", "lo"], gap.loc["7", "hi"]) == (pytest.approx(0.15), pytest.approx(0.3))
     assert set(table["depth"]) == {0.0, 0.25} and len(table) == 2 * 3  # R² and two gaps per layer
+
+
+def test_comparison_figure_draws_a_predictor_named_like_a_baseline(tmp_path):
+    """ridge_ar4 is a predictor and a baseline: the figure draws both lines (it once failed on the
+    duplicate name)."""
+    from pndecomp import figures
+
+    rows = [(model, kind, layer, r2) for model, kind in (("attn1", "predictor"), ("ridge_ar4", "predictor"),
+                                                         ("ridge_ar4", "baseline"), ("mean", "baseline"))
+            for layer, r2 in (("0", 0.1), ("14", 0.2))]
+    table = pd.DataFrame(rows, columns=["model", "kind", "layer", "r2"]).assign(r2_lo=0.0, r2_hi=0.3)
+    png, pdf = tmp_path / "c.png", tmp_path / "c.pdf"
+    figures.r2_by_layer(table, "predictors", png, pdf)
+    assert png.stat().st_size > 1000 and pdf.exists()

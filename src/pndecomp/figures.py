@@ -128,14 +128,17 @@ def r2_by_layer(models: pd.DataFrame, title: str, png, pdf, dpi: int = 150) -> N
     sns.set_theme(style="whitegrid")
     fig, ax = plt.subplots(figsize=(6, 4))
     x = np.arange(len(layers))
-    names = list(dict.fromkeys(models["model"]))
-    for index, name in enumerate(names):
-        rows = models[models["model"] == name]
+    # A predictor may share its name with a baseline (ridge_ar4 is both): a line is a (model, kind).
+    lines = list(dict.fromkeys(zip(models["model"], models["kind"])))
+    shared = {name for name, _ in lines if sum(other == name for other, _ in lines) > 1}
+    for index, (name, kind) in enumerate(lines):
+        rows = models[(models["model"] == name) & (models["kind"] == kind)]
         rows = rows.set_index(rows["layer"].astype(str)).reindex(layers)
-        is_predictor = rows["kind"].iloc[0] == "predictor"
+        is_predictor = kind == "predictor"
         values = rows["r2"].to_numpy(dtype=float)
-        offset = (index - (len(names) - 1) / 2) * 0.06  # side by side, so the intervals stay readable
-        (line,) = ax.plot(x + offset, values, label=name, marker="o", markersize=4,
+        offset = (index - (len(lines) - 1) / 2) * 0.06  # side by side, so the intervals stay readable
+        label = f"{name} ({kind})" if name in shared else name
+        (line,) = ax.plot(x + offset, values, label=label, marker="o", markersize=4,
                           linestyle="-" if is_predictor else "--", linewidth=2 if is_predictor else 1)
         lo, hi = rows["r2_lo"].to_numpy(dtype=float), rows["r2_hi"].to_numpy(dtype=float)
         if np.isfinite(lo).any():
