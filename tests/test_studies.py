@@ -103,8 +103,9 @@ def write_summary(path: Path, r2: list[float], baseline: list[float]) -> str:
     return str(path)
 
 
-def write_cost(path: Path, seconds: float, steps: int, parameters: int) -> str:
-    path.write_text(json.dumps({"train_seconds": seconds, "steps": steps, "parameters": parameters}))
+def write_cost(path: Path, seconds: float, steps: int, parameters: int, closed_form: bool = False) -> str:
+    path.write_text(json.dumps({"train_seconds": seconds, "steps": steps, "parameters": parameters,
+                                "closed_form": closed_form}))
     return str(path)
 
 
@@ -120,6 +121,12 @@ def test_predictor_comparison_table(tmp_path):
     mlp = table[table["model"] == "mlp_k4"].set_index("layer")
     assert mlp.loc["7", "r2"] == 0.4 and mlp.loc["7", "r2_lo"] == pytest.approx(0.3)
     assert mlp.loc["0", "seconds_per_1000_steps"] == pytest.approx(4.0 / 200 * 1000)
+    ridge = {"0": write_cost(tmp_path / "r0.json", 27.0, 1, 1000, closed_form=True),
+             "7": write_cost(tmp_path / "r7.json", 26.0, 1, 1000, closed_form=True)}
+    table = compare.predictor_comparison({**summaries, "ridge_ar4": summaries["mlp_k4"]}, {**costs, "ridge_ar4": ridge})
+    fitted = table[table["model"] == "ridge_ar4"]
+    assert fitted["seconds_per_1000_steps"].isna().all() and list(fitted["train_seconds"]) == [27.0, 26.0]
+    assert table.loc[table["model"] == "attn1", "seconds_per_1000_steps"].notna().all()
     assert mlp.loc["0", "r2_per_million_parameters"] == pytest.approx(0.3 / 0.5)
     assert table[table["kind"] == "baseline"]["parameters"].isna().all()
 

@@ -299,6 +299,7 @@ def test_training_stage_fits_ridge_ar_on_cached_states_and_refuses_stream_mode(t
     model = load_predictor(paths["weights"])
     cost = storage.read_json(cost_path)
     assert cost["parameters"] == 2 * d_model * d_model + d_model and cost["steps"] == 1 and cost["train_seconds"] > 0
+    assert cost["closed_form"]
     assert storage.load_metadata(paths["weights"])["predictor_kind"] == "ridge_ar2"
     assert storage.load_metadata(paths["weights"])["fit"]["n_train_rows"] == 30 * 11 - 3 * 11  # every 10th held out
     reference = make_baseline("ridge_ar2").fit(train_hidden.half())  # the baseline, on the same windows

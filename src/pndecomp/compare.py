@@ -27,8 +27,8 @@ def summary_models(summary: pd.DataFrame, predictor: str = "predictor") -> pd.Da
 
 def predictor_comparison(summaries: Mapping[str, str], costs: Mapping[str, Mapping[str, str]]) -> pd.DataFrame:
     """One row per (model, layer): every predictor's eval R² with its interval, its parameter count, its
-    training seconds (optimizer steps only; a closed-form fit counts as one step) per 1,000 steps and R²
-    per million parameters, then the baselines (kind "baseline"), taken from the first predictor's
+    training seconds (optimizer steps only) and seconds per 1,000 steps (empty for a closed-form fit, whose
+    training seconds are the whole fit) and R² per million parameters, then the baselines (kind "baseline"), taken from the first predictor's
     summary: they are fit once per layer and scored on the same windows for every predictor.
     ``costs``: predictor -> layer -> the training job's cost.json."""
     frames = []
@@ -41,9 +41,11 @@ def predictor_comparison(summaries: Mapping[str, str], costs: Mapping[str, Mappi
         cost = [storage.read_json(costs[name][layer]) for layer in models.loc[mine, "layer"]]
         for key in ("parameters", "train_seconds", "steps"):
             models.loc[mine, key] = [entry[key] for entry in cost]
+        models.loc[mine, "closed_form"] = [entry.get("closed_form", False) for entry in cost]
         frames.append(models)
     table = pd.concat(frames, ignore_index=True)
-    table["seconds_per_1000_steps"] = table["train_seconds"] / table["steps"] * 1000
+    per_step = table["train_seconds"] / table["steps"] * 1000
+    table["seconds_per_1000_steps"] = per_step.where(table["closed_form"].eq(False))
     table["r2_per_million_parameters"] = table["r2"] / (table["parameters"] / 1e6)
     return table[["model", "kind", "layer", "r2", "r2_lo", "r2_hi", "n_windows", "parameters", "train_seconds",
                   "steps", "seconds_per_1000_steps", "r2_per_million_parameters"]]

@@ -229,6 +229,7 @@ def train_predictors(config: Mapping, materialized_dir: str | None, train_data_p
         predictor.save_predictor(model, layers[layer].weights, {**metadata, "fit": fit_info} if fit_info else metadata)
         storage.write_parquet(curve, layers[layer].curve, metadata)
         storage.write_json({"train_seconds": seconds[layer], "steps": int(max(curve["step"].max(), 1)),
+                            "closed_form": fit_info is not None,
                             "parameters": predictor.parameter_count(model), "device": str(device)},
                            layers[layer].cost)
     for files in layers.values():  # once every output is in place
