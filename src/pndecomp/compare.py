@@ -28,8 +28,9 @@ def summary_models(summary: pd.DataFrame, predictor: str = "predictor") -> pd.Da
 def predictor_comparison(summaries: Mapping[str, str], costs: Mapping[str, Mapping[str, str]]) -> pd.DataFrame:
     """One row per (model, layer): every predictor's eval R² with its interval, its parameter count, its
     training seconds (optimizer steps only) and seconds per 1,000 steps (empty for a closed-form fit, whose
-    training seconds are the whole fit) and R² per million parameters, then the baselines (kind "baseline"), taken from the first predictor's
-    summary: they are fit once per layer and scored on the same windows for every predictor.
+    training seconds are the whole fit) and R² per million parameters, then the baselines (kind
+    "baseline"), taken from the first predictor's summary: they are fit once per layer and scored on the
+    same windows for every predictor.
     ``costs``: predictor -> layer -> the training job's cost.json."""
     frames = []
     for index, (name, path) in enumerate(summaries.items()):

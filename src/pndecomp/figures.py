@@ -131,6 +131,7 @@ def r2_by_layer(models: pd.DataFrame, title: str, png, pdf, dpi: int = 150) -> N
     # A predictor may share its name with a baseline (ridge_ar4 is both): a line is a (model, kind).
     lines = list(dict.fromkeys(zip(models["model"], models["kind"])))
     shared = {name for name, _ in lines if sum(other == name for other, _ in lines) > 1}
+    palette = sns.color_palette("tab10" if len(lines) <= 10 else "tab20", len(lines))  # no colour twice
     for index, (name, kind) in enumerate(lines):
         rows = models[(models["model"] == name) & (models["kind"] == kind)]
         rows = rows.set_index(rows["layer"].astype(str)).reindex(layers)
@@ -138,7 +139,7 @@ def r2_by_layer(models: pd.DataFrame, title: str, png, pdf, dpi: int = 150) -> N
         values = rows["r2"].to_numpy(dtype=float)
         offset = (index - (len(lines) - 1) / 2) * 0.06  # side by side, so the intervals stay readable
         label = f"{name} ({kind})" if name in shared else name
-        (line,) = ax.plot(x + offset, values, label=label, marker="o", markersize=4,
+        (line,) = ax.plot(x + offset, values, label=label, marker="o", markersize=4, color=palette[index],
                           linestyle="-" if is_predictor else "--", linewidth=2 if is_predictor else 1)
         lo, hi = rows["r2_lo"].to_numpy(dtype=float), rows["r2_hi"].to_numpy(dtype=float)
         if np.isfinite(lo).any():
@@ -150,7 +151,10 @@ def r2_by_layer(models: pd.DataFrame, title: str, png, pdf, dpi: int = 150) -> N
                 ax.annotate(f"{value:.2g}", (position, R2_FLOOR), xytext=(0, 3), textcoords="offset points",
                             ha="center", fontsize=6, color=line.get_color(), rotation=90)
     if ax.get_ylim()[0] < R2_FLOOR:
-        ax.set_ylim(bottom=R2_FLOOR)
+        # The top too: matplotlib's margin above the data is a share of the whole range, cut part included.
+        shown = models[["r2", "r2_hi"]].to_numpy(dtype=float)
+        top = max(np.nanmax(shown[np.isfinite(shown)], initial=0.0), 0.0)
+        ax.set_ylim(R2_FLOOR, top + 0.05 * (top - R2_FLOOR))
         title += f"\naxis cut at {R2_FLOOR}: lower values are written at its foot"
     ax.axhline(0.0, color="grey", linewidth=0.8)
     ax.set_xticks(x, layers)
