@@ -271,7 +271,7 @@ def patching_effects(table: pd.DataFrame, png, pdf, dpi: int = 150) -> None:
         ax.set_xticks(x, layers)
         ax.set(xlabel="patched layer", ylabel=label, yscale="symlog" if metric == "kl" else "linear")
     n = int(pooled["n_windows"].iloc[0]) if len(pooled) else 0
-    fig.suptitle(f"Patching block ℓ's output from the first patched position on ({n} eval windows)")
+    fig.suptitle(f"Patching block ℓ's output from the first patched position on ({n} eval windows)", y=1.02)
     axes[-1].legend(title="patch", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     _save(fig, png, pdf, dpi)
 
@@ -280,8 +280,8 @@ def steering_effects(table: pd.DataFrame, png, pdf, dpi: int = 150) -> None:
     """Steering pooled over domains against α: one panel per metric (p_domain once per read-out layer),
     ĥ- vs r-directions as colours, steered layers as line styles."""
     pooled = table[table["scope"] == "pooled"].copy()
-    pooled["panel"] = np.where(pooled["metric"] == "p_domain",
-                               "p(domain) read at layer " + pooled["probe_layer"].astype(str), pooled["metric"])
+    read_at = pooled["probe_layer"].astype("Int64").astype(str)  # a TSV reads the column as float
+    pooled["panel"] = np.where(pooled["metric"] == "p_domain", "p(domain) read at layer " + read_at, pooled["metric"])
     panels = list(dict.fromkeys(pooled.sort_values(["metric", "probe_layer"])["panel"]))
     styles = dict(zip(dict.fromkeys(pooled["layer"].astype(str)), ("-", "--", ":", "-.")))
     colours = dict(zip(("hhat", "r"), sns.color_palette(n_colors=2)))
@@ -295,7 +295,7 @@ def steering_effects(table: pd.DataFrame, png, pdf, dpi: int = 150) -> None:
         ax.axhline(0.0, color="grey", linewidth=0.8)
         ax.set(xlabel="α (× median ‖h‖)", title=panel)
     axes[0][-1].legend(title="direction", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    fig.suptitle("Steering along a domain's mean ĥ or r direction, pooled over domains")
+    fig.suptitle("Steering along a domain's mean ĥ or r direction, pooled over domains", y=1.04)
     _save(fig, png, pdf, dpi)
 
 
