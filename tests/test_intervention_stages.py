@@ -66,12 +66,17 @@ def test_layers_of_the_interventions():
     ({"interventions": {"patching_windows": 200}}, "patching_windows is 200, more than windows.predictor_eval"),
     ({"interventions": {"steering_layers": ["final"]}}, "'final' is not a configured block layer"),
     ({"interventions": {"steering_layers": [3]}}, "'3' is not a configured block layer"),
-    ({"probes": {"tasks": ["next_token_type_8"]}}, "probes.tasks has no 'domain'"),
+    ({"interventions": {"steering_layers": [7]}, "probes": {"tasks": ["next_token_type_8"]}},
+     r"steering_layers is \[7\] but probes.tasks has no 'domain'"),
 ])
 def test_bad_interventions_sections_are_refused(change, message):
     config = _config(**change.get("interventions", {}))
     config["probes"] = change.get("probes", config["probes"])
     with pytest.raises(cfg.ConfigError, match=message):
         cfg.check_interventions(config)
-    if "probes" in change:  # no steering, no domain needed
-        cfg.check_interventions({**config, "interventions": {**config["interventions"], "steering_layers": []}})
+
+
+def test_without_the_domain_task_the_default_steers_nowhere():
+    config = {**_config(), "probes": {"tasks": ["next_token_type_8"]}}
+    assert cfg.steering_layers(config) == [] and cfg.intervention_layers(config) == ["0", "7", "15"]
+    cfg.check_interventions(config)

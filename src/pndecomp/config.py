@@ -34,9 +34,12 @@ def intervention_layers(config: Mapping) -> list[str]:
 
 
 def steering_layers(config: Mapping) -> list[str]:
-    """``interventions.steering_layers`` as layer names; null: the middle configured block layer."""
+    """``interventions.steering_layers`` as layer names; null: the middle configured block layer when the
+    domain probe task is configured (its windows define the directions), else none."""
     chosen = config["interventions"]["steering_layers"]
     if chosen is None:
+        if "domain" not in config["probes"]["tasks"]:
+            return []
         blocks = [name for name in intervention_layers(config) if name.isdigit()]
         return blocks[len(blocks) // 2:][:1]
     return [str(layer) for layer in chosen]
@@ -64,9 +67,10 @@ def check_interventions(config: Mapping) -> None:
             raise ConfigError(f"interventions.steering_layers: {layer!r} is not a configured block layer; steering "
                               f"acts at one of {valid} (not 'embed' or 'final')")
     if steering_layers(config) and "domain" not in config["probes"]["tasks"]:
-        raise ConfigError("interventions.steering_layers is not empty but probes.tasks has no 'domain': steering "
-                          "directions and their read-out come from the domain probe's windows; add 'domain' to "
-                          "probes.tasks or set interventions.steering_layers: []")
+        raise ConfigError(f"interventions.steering_layers is {config['interventions']['steering_layers']} but "
+                          "probes.tasks has no 'domain': steering directions and their read-out come from the "
+                          "domain probe's windows; add 'domain' to probes.tasks or set interventions.steering_layers: "
+                          "null (no steering without it)")
 
 
 def resolve_layers(layers, shape: lm.ModelShape | None, model_id: str) -> list:
