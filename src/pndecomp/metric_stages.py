@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 
 from . import baselines, bootstrap, lm, metrics, scoring, storage
-from .stages import hidden_and_residual_batches, hidden_batches, layer_states, model_source, output_metadata
+from .stages import hidden_and_residual_batches, layer_states, model_source, output_metadata
+from .storage import hidden_batches
 
 log = logging.getLogger(__name__)
 

@@ -321,21 +321,20 @@ def probe_features(config: Mapping, materialized_dir: str | None, probe_windows_
     """h_T, ĥ_T, r_T and h_mean of the probe windows, from states rounded through the storage dtype
     (``storage_dtype_path``: see :func:`pndecomp.config.storage_dtype`): from an LM pass of this job's
     own, or, given ``hidden_paths`` (``probes.shared_states``), from the probe windows' stored states."""
-    layers = [lm.parse_layer(name) for name in predictor_paths]
     outputs = {lm.parse_layer(name): path for name, path in out_paths.items()}
     batch_size, metadata = config["extraction"]["batch_size"], output_metadata(config)
-    if hidden_paths is None:
-        tokens = extract.window_tokens(probe_windows_path)
-        model, device = load_frozen_lm(config, materialized_dir, layers, tokens.shape[1])
-    else:
-        device = cfg.resolve_device(config["device"])
-    predictors = {lm.parse_layer(name): predictor.load_predictor(path, device)
-                  for name, path in predictor_paths.items()}
+
+    def predictors_on(device):
+        return {lm.parse_layer(name): predictor.load_predictor(path, device) for name, path in predictor_paths.items()}
+
     if hidden_paths is not None:
+        device = cfg.resolve_device(config["device"])
         extract.probe_features_from_states({lm.parse_layer(name): path for name, path in hidden_paths.items()},
-                                           predictors, outputs, batch_size=batch_size, device=device,
+                                           predictors_on(device), outputs, batch_size=batch_size, device=device,
                                            metadata=metadata)
         return
+    tokens = extract.window_tokens(probe_windows_path)
+    model, device = load_frozen_lm(config, materialized_dir, list(outputs), tokens.shape[1])
     extract.extract_probe_features(
-        model, tokens, predictors, outputs, batch_size=batch_size,
+        model, tokens, predictors_on(device), outputs, batch_size=batch_size,
         device=device, storage_dtype=cfg.storage_dtype(config, storage_dtype_path), metadata=metadata)
