@@ -1,4 +1,4 @@
-"""Probe selection, class weights, the probe fit, its bootstrap intervals and control tasks (SPEC §6)."""
+"""Probe selection, class weights, the probe fit, its bootstrap intervals and control tasks (docs/method.md §6)."""
 import json
 import logging
 import subprocess

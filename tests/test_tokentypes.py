@@ -1,4 +1,4 @@
-"""Token types: a hand-written table of tricky decoded tokens (SPEC §6 rules)."""
+"""Token types: a hand-written table of tricky decoded tokens (docs/method.md §6 rules)."""
 import pytest
 
 from pndecomp.tokentypes import LINE_BREAKS, TOKEN_TYPES, token_type, token_types_for_ids
@@ -65,7 +65,7 @@ TABLE = [
     ("。", "punct_symbol"),
     ("😀", "punct_symbol"),  # emoji are So
     # other
-    ("\ufffd", "other"),  # So, but a partial UTF-8 byte: other by the SPEC
+    ("\ufffd", "other"),  # So, but a partial UTF-8 byte: other by docs/method.md §6
     (" \ufffd", "other"),
     ("\ufffd\ufffd", "other"),
     ("a\ufffd", "other"),

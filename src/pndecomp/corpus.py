@@ -1,4 +1,4 @@
-"""Documents for the pipeline (SPEC §2, §6): the corpus readers.
+"""Documents for the pipeline (docs/method.md §2, §6): the corpus readers.
 
 :func:`iter_documents` streams :class:`Document` objects from the configured source: Pile-format
 files (``.jsonl``, ``.jsonl.zst``, ``.parquet``; ``{"text": ..., "meta": {"pile_set_name": ...}}``)

@@ -1,4 +1,4 @@
-"""Duplicate groups of documents (SPEC §6): exact copies by a hash, near-duplicates by MinHash LSH.
+"""Duplicate groups of documents (docs/method.md §2): exact copies by a hash, near-duplicates by MinHash LSH.
 
 A split by document would put the copies of a text on both sides of it (predictor train and eval,
 probe train and test). So copies share a split group: the group of the first document of the text.

@@ -1,4 +1,4 @@
-"""The offline "embedded" corpus (SPEC §6): labelled text from the venv's purelib and the stdlib.
+"""The offline "embedded" corpus (docs/method.md §6): labelled text from the venv's purelib and the stdlib.
 
 :func:`build_embedded_corpus` writes a labelled corpus in the Pile format from text the project's
 own virtual environment and the Python standard library put on disk, for machines with no hub.

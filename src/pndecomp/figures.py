@@ -1,4 +1,4 @@
-"""Figures 1–6 (SPEC §7), each drawn from small metric files in a few seconds."""
+"""Figures 1–6 (docs/method.md §7), each drawn from small metric files in a few seconds."""
 from __future__ import annotations
 
 import os

@@ -1,4 +1,4 @@
-"""Causal interventions at layer ℓ: does the model *use* what ĥ and r carry? (SPEC §9, issue 11)
+"""Causal interventions at layer ℓ: does the model *use* what ĥ and r carry? (docs/method.md §9, issue 11)
 
 Two interventions on the residual stream at the output of block ℓ (the layer convention of
 :mod:`pndecomp.lm`):
@@ -12,7 +12,7 @@ Two interventions on the residual stream at the output of block ℓ (the layer c
   cross-entropy on other domains' windows, and the change in log-probability of the domain's own
   held-out windows (:func:`steering_scores`).
 
-Positions are 1-based as in SPEC §2: position 1 is the window's first token. The logits at position
+Positions are 1-based as in docs/method.md §2: position 1 is the window's first token. The logits at position
 t predict x_{t+1}, so a patch from position f changes the predictions of x_{f+1}..x_T; scores are
 reported for the positions t = f..T−1 whose logits are scored against a next token.
 

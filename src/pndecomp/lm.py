@@ -1,4 +1,4 @@
-"""Loading the frozen LM and capturing its residual stream (SPEC §2).
+"""Loading the frozen LM and capturing its residual stream (docs/method.md §2).
 
 Layer ``ℓ`` is the output of transformer block ℓ before any final norm (TransformerLens'
 ``blocks.ℓ.hook_resid_post``); ``"embed"`` is the token-embedding output and ``"final"`` the last

@@ -1,4 +1,4 @@
-"""Predictability metrics (SPEC §5): MSE, Var, R², per-position MSE and Spearman's ρ.
+"""Predictability metrics (docs/method.md §5): MSE, Var, R², per-position MSE and Spearman's ρ.
 
 Inputs are often float16 hidden states; every reduction here runs in float64 so that
 sums over millions of values neither overflow nor lose the small differences R² depends on.

@@ -1,4 +1,4 @@
-"""The predictor f_θ (SPEC §3) and the other architectures of the architecture study.
+"""The predictor f_θ (docs/method.md §3) and the other architectures of the architecture study.
 
 Every predictor maps hidden states [batch, pos, d_model] to predictions [batch, pos, d_model]: the
 output at position t sees h_1..h_t only and is the prediction ĥ_{t+1} of the hidden state at t+1.

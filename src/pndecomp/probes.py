@@ -1,4 +1,4 @@
-"""Linear probes on h, h_mean, ĥ, r and [ĥ, r] at the last window position (SPEC §6).
+"""Linear probes on h, h_mean, ĥ, r and [ĥ, r] at the last window position (docs/method.md §6).
 
 A probe is StandardScaler (fit on train only) → multinomial logistic regression (lbfgs) with
 class-balanced weights; the L2 strength C is chosen on val by macro-F1 and the model trained

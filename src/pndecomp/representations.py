@@ -1,4 +1,4 @@
-"""What a probe reads (SPEC §6): the single place to add a representation.
+"""What a probe reads (docs/method.md §6): the single place to add a representation.
 
 Each representation is built from one layer's probe-features file (``h``, ``hhat`` and ``r`` at the
 last window position T, and ``h_mean``, the mean of h_1..h_{T-1}; each [windows, d_model] float32).

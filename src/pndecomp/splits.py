@@ -1,4 +1,4 @@
-"""Document-level splits decided by a stable hash (SPEC §2).
+"""Document-level splits decided by a stable hash (docs/method.md §2).
 
 A document's split depends only on its split key (its near-duplicate group, or its id), the
 split fractions and the seed -- never on corpus order or Python's salted ``hash()``.

@@ -1,4 +1,4 @@
-"""Probe tasks (SPEC §6): the single place to add one.
+"""Probe tasks (docs/method.md §6): the single place to add one.
 
 A task labels a probe window from its document and tokens; windows labelled ``None`` are not used
 by that task. Its caps bound how many windows each probe split keeps, per class or in all; a task

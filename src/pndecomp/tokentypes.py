@@ -1,4 +1,4 @@
-"""The eight token types of the next_token_type_8 probe task (SPEC §6).
+"""The eight token types of the next_token_type_8 probe task (docs/method.md §6).
 
 A token is classified by the text of that token decoded on its own. Rules, first match wins:
 

@@ -1,4 +1,4 @@
-"""Training the predictor (SPEC §4), nanoGPT style: one loop, warm-up + cosine, periodic eval.
+"""Training the predictor (docs/method.md §4), nanoGPT style: one loop, warm-up + cosine, periodic eval.
 
 Closed-form kinds (``ridge_ar<k>``) are fitted instead, by :func:`fit_predictor`, which writes a learning
 curve of one row (step 0) with the same columns.

@@ -1,4 +1,4 @@
-"""Token windows (SPEC §2): T consecutive tokens from one document, split by document.
+"""Token windows (docs/method.md §2): T consecutive tokens from one document, split by document.
 
 Every window is keyed by ``<doc_id>@<start>``; its split comes from its document's split key, and
 which windows are kept when a split has more than it needs is decided by a hash of that key, so
