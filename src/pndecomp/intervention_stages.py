@@ -114,8 +114,10 @@ def steer_layer(config: Mapping, materialized_dir: str | None, layer: str, probe
     model, _ = load_frozen_lm(config, materialized_dir, [parsed], tokens.shape[1])
     capture = lm.ResidualCapture(model, [parsed])
     with torch.no_grad():
-        hidden = torch.cat([capture.run(torch.from_numpy(tokens[start:start + section["batch_size"]]))[parsed]
-                            for start in range(0, len(tokens), section["batch_size"])])
+        # The tokens go to the model's device: on CUDA an index tensor on the CPU fails the embedding.
+        hidden = torch.cat([capture.run(torch.from_numpy(batch).to(model.device))[parsed]
+                            for batch in np.array_split(tokens, range(section["batch_size"], len(tokens),
+                                                                      section["batch_size"]))])
     scale = interventions.typical_norm(hidden, section["from_position"])
     table = interventions.steering_scores(
         model, parsed, tokens, hidden, labels[rows], documents[rows], directions, scale=scale,
