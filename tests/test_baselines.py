@@ -75,30 +75,58 @@ def test_mean_persistence_context_mean_by_hand():
     target = test[:, 1:]
 
     mean = make_baseline("mean").fit([train[:4], train[4:]])
-    expected_mean = train.reshape(-1, d).mean(axis=0)  # all windows, all positions 1..T
+    expected_mean = train[:, 1:].reshape(-1, d).mean(axis=0)  # all windows, positions 2..T: the scored rows
     np.testing.assert_allclose(mean.predict(test), np.broadcast_to(expected_mean, target.shape), rtol=1e-12)
 
-    context = np.empty_like(target)
+    context, context_from2 = np.empty_like(target), np.empty_like(target)
     for w in range(n):
-        for s in range(t - 1):
+        for s in range(t - 1):  # row s predicts position s + 2 (1-based) from positions 1..s + 1
             context[w, s] = sum(test[w, j] for j in range(s + 1)) / (s + 1)
+            context_from2[w, s] = (sum(test[w, j] for j in range(1, s + 1)) / s) if s else expected_mean
     expected = {"mean": np.broadcast_to(expected_mean, target.shape), "persistence": test[:, :-1],
-                "context_mean": context}
+                "context_mean": context, "context_mean_from2": context_from2}
     for name, prediction in expected.items():
         baseline = make_baseline(name).fit(train)
         np.testing.assert_allclose(baseline.predict(test), prediction, rtol=1e-12, atol=1e-12)
         scores = score(baseline, [test[:3], test[3:]])
         assert scores["r2"] == pytest.approx(_r2(target, prediction), rel=1e-10, abs=1e-12), name
         assert scores["mse"] == pytest.approx(np.mean((target - prediction) ** 2), rel=1e-10), name
-    # The mean baseline is close to, not exactly, R² = 0 on other windows; the eval mean itself gives 0.
-    assert score(make_baseline("mean").fit(test), test)["r2"] != pytest.approx(0.0, abs=1e-12)
+    # Fitted on the very rows it scores (positions 2..T), the mean baseline's R² is exactly 0.
+    assert score(make_baseline("mean").fit(test), test)["r2"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_mean_baseline_ignores_an_outsized_first_position():
+    """A stationary process whose position 1 is an attention-sink-like state (norm ~100x the rest): the
+    mean baseline, fitted on the rows it predicts (2..T), scores R² ≈ 0 on new windows; a mean over
+    positions 1..T would be pulled toward the sink and score far below 0 (computed here by hand)."""
+    rng = np.random.default_rng(3)
+    d, t = 6, 16
+    sink = rng.normal(size=d) * 100.0
+
+    def windows(n):
+        hidden = rng.normal(size=(n, t, d)) + 2.0
+        hidden[:, 0] = sink + rng.normal(size=(n, d))
+        return hidden
+
+    train, test = windows(400), windows(400)
+    r2 = score(make_baseline("mean").fit(train), test)["r2"]
+    assert abs(r2) < 0.01
+    target = test[:, 1:]
+    with_sink = train.reshape(-1, d).mean(axis=0)  # the old fit over positions 1..T
+    assert _r2(target.reshape(-1, d), np.broadcast_to(with_sink, target.shape).reshape(-1, d)) < -10
+    # The context mean without position 1 is a running mean of i.i.d. rows: its R² is the finite-sample
+    # cost of estimating the mean from s rows, Σ_s 1/s over rows, far above the context mean with the sink.
+    from2 = score(make_baseline("context_mean_from2").fit(train), test)["r2"]
+    expected = -np.mean([1.0 / s for s in range(1, t - 1)] + [0.0])
+    assert from2 == pytest.approx(expected, abs=0.05)
+    assert score(make_baseline("context_mean"), test)["r2"] < -50
 
 
 def test_predict_shapes_and_errors():
     hidden = torch.randn(3, 6, 4, dtype=torch.float16)
     for name in (*BASELINES, "ridge_ar2"):
         baseline = make_baseline(name)
-        if name in ("mean", "ridge_ar2"):
+        if name in ("mean", "context_mean_from2", "ridge_ar2"):
             with pytest.raises(RuntimeError, match="fit"):
                 baseline.predict(hidden)
             baseline.fit([torch.randn(20, 6, 4, dtype=torch.float16)])
@@ -306,13 +334,13 @@ def test_bad_names_fail_naming_them(name):
 
 
 def test_good_names():
-    assert set(BASELINES) == {"mean", "persistence", "context_mean"}
+    assert set(BASELINES) == {"mean", "persistence", "context_mean", "context_mean_from2"}
     # The defaults are the schema's metrics.baselines: every one must be a valid name.
     import yaml
 
     schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml").read_text())
     defaults = schema["properties"]["metrics"]["properties"]["baselines"]["default"]
-    assert defaults == ["mean", "persistence", "context_mean", "ridge_ar1", "ridge_ar4"]
+    assert defaults == ["mean", "persistence", "context_mean", "context_mean_from2", "ridge_ar1", "ridge_ar4"]
     for name in defaults:
         assert make_baseline(name).name == name
     assert make_baseline("ridge_ar12").k == 12

@@ -13,9 +13,14 @@ for the fitted baselines, from the train windows). Interface (scikit-learn style
 
 Baselines (names as accepted by :func:`make_baseline`):
 
-- ``mean``: the train mean of h over all train windows and all positions, for every row;
+- ``mean``: the train mean of h over positions 2..T of every train window (the rows it predicts;
+  position 1 holds the attention-sink state, many times the median ‖h‖, and is never a target);
 - ``persistence``: ĥ_{t+1} = h_t;
-- ``context_mean``: ĥ_{t+1} = mean(h_1..h_t), the running mean within the window;
+- ``context_mean``: ĥ_{t+1} = mean(h_1..h_t), the running mean within the window, position 1
+  included (what "the mean of the context" says);
+- ``context_mean_from2``: ĥ_{t+1} = mean(h_2..h_t), the same running mean without position 1, so
+  the sink state does not dominate it; the row predicting h_2 has no context after position 1 and
+  takes the ``mean`` baseline's train mean (the only fitted part);
 - ``ridge_ar<k>`` (k ≥ 1): ĥ_{t+1} = Σ_{j<k} A_j h_{t−j} + b, ridge regression on the last k
   states. Lags before position 1 are zero: every row 2..T is predicted, the first k−1 rows
   of a window with zero-padded lags (so the scored rows are exactly the predictor's).
@@ -88,7 +93,9 @@ class Baseline:
 
 
 class MeanBaseline(Baseline):
-    """ĥ = the train mean of h over all windows and positions (positions 1..T)."""
+    """ĥ = the train mean of h over positions 2..T of every window: the rows every baseline predicts.
+    Position 1 is left out because it is never predicted, and it holds the attention-sink state, whose
+    norm would pull the mean away from every scored row (R² −0.9 instead of ≈ 0 at SmolLM2's block 15)."""
 
     name = "mean"
 
@@ -100,7 +107,7 @@ class MeanBaseline(Baseline):
         total, count = None, 0
         for batch in _batches(batches):
             hidden = _hidden(batch)
-            rows = hidden.reshape(-1, hidden.shape[-1])
+            rows = hidden[:, 1:].reshape(-1, hidden.shape[-1])
             if total is None:
                 total = np.zeros(rows.shape[1])
             elif rows.shape[1] != total.shape[0]:
@@ -140,6 +147,18 @@ class ContextMeanBaseline(Baseline):
         past = _hidden(hidden)[:, :-1]
         counts = np.arange(1, past.shape[1] + 1, dtype=np.float64)[None, :, None]
         return np.cumsum(past, axis=1) / counts
+
+
+class ContextMeanFrom2Baseline(MeanBaseline):
+    """ĥ_{t+1} = mean(h_2..h_t); ĥ_2 = the train mean of positions 2..T (no context after position 1)."""
+
+    name = "context_mean_from2"
+
+    def predict(self, hidden) -> np.ndarray:
+        first = super().predict(hidden)[:, :1]  # checks fit() and d
+        after_first = _hidden(hidden)[:, 1:-1]
+        counts = np.arange(1, after_first.shape[1] + 1, dtype=np.float64)[None, :, None]
+        return np.concatenate([first, np.cumsum(after_first, axis=1) / counts], axis=1)
 
 
 def lag_features(hidden, k: int) -> np.ndarray:
@@ -339,9 +358,10 @@ BASELINES: dict[str, Callable[[], Baseline]] = {
     "mean": MeanBaseline,
     "persistence": PersistenceBaseline,
     "context_mean": ContextMeanBaseline,
+    "context_mean_from2": ContextMeanFrom2Baseline,
 }
 _RIDGE_NAME = re.compile(r"ridge_ar([1-9][0-9]*)")
-VALID_FORMS = "'mean', 'persistence', 'context_mean', 'ridge_ar<k>' with integer k ≥ 1 (e.g. 'ridge_ar1', 'ridge_ar4')"
+VALID_FORMS = "'mean', 'persistence', 'context_mean', 'context_mean_from2', 'ridge_ar<k>' with integer k ≥ 1 (e.g. 'ridge_ar1', 'ridge_ar4')"
 
 
 def make_baseline(name: str, **ridge_options) -> Baseline:

@@ -1,10 +1,16 @@
-"""Document-level bootstrap (the intervals of every reported score).
+"""Bootstrap by the split unit (the intervals of every reported score).
 
-Windows of one document are not independent (they share a topic, a style, often a near-duplicate
-group), so a resample draws whole documents with replacement and keeps every window of each drawn
-document as many times as the document was drawn. Resamples are a pure function of (seed, number
-of documents, number of resamples): every score of one run is resampled the same way, so paired
-differences (predictor − baseline, ĥ − r) come from matching resamples.
+Windows of one document are not independent (they share a topic, a style), and neither are the
+documents of one near-duplicate group (``corpus.dedup``), which the splits keep together. So a
+resample draws whole **split units** -- the windows table's :data:`UNIT` column, the near-duplicate
+group, which is the document itself where a document has no duplicates -- with replacement, and
+keeps every window of each drawn unit as many times as the unit was drawn. Every bootstrap of the
+project (R², per-position bands, probe F1 and its differences, selectivity, patching and steering)
+resamples this column; ``n_documents`` in the tables counts its distinct values.
+
+Resamples are a pure function of (seed, number of units, number of resamples): every score of one
+run is resampled the same way, so paired differences (predictor − baseline, ĥ − r) come from
+matching resamples.
 
 Intervals are percentile intervals (2.5 % and 97.5 % for 95 %).
 """
@@ -16,6 +22,8 @@ from collections.abc import Sequence
 import numpy as np
 
 LEVEL = 0.95
+# The windows tables' column a resample draws by: the unit the splits are made of (splits.split_of's key).
+UNIT = "group"
 
 
 def groups_of(keys: Sequence) -> tuple[np.ndarray, int]:

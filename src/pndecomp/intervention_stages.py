@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from safetensors.numpy import load_file
 
-from . import baselines, interventions, lm, predictor, storage, tasks
+from . import baselines, bootstrap, interventions, lm, predictor, storage, tasks
 from .metric_stages import baseline_train_batches
 from .stages import load_frozen_lm, output_metadata
 from .storage import hidden_batches
@@ -54,7 +54,7 @@ def patch_layer(config: Mapping, materialized_dir: str | None, layer: str, eval_
     ``interventions.patching_windows`` eval windows (one per document first), from their stored clean
     states: ΔCE and KL per position and pooled, with document-bootstrap intervals."""
     section, batch_size = config["interventions"], config["extraction"]["batch_size"]
-    windows = pd.read_parquet(eval_windows_path, columns=["window_id", "doc_id", "tokens"])
+    windows = pd.read_parquet(eval_windows_path, columns=["window_id", "doc_id", bootstrap.UNIT, "tokens"])
     rows = spread_windows(windows["doc_id"].to_numpy(), section["patching_windows"], config["seed"])
     tokens = tokens_array(windows.iloc[rows])
     hidden = stored_rows(eval_hidden_path, rows, batch_size)
@@ -67,7 +67,7 @@ def patch_layer(config: Mapping, materialized_dir: str | None, layer: str, eval_
         model, parsed, tokens, hidden, predictor.load_predictor(predictor_path, device), train_mean,
         from_position=section["from_position"], recompute_hhat=section["recompute_hhat"],
         batch_size=section["batch_size"], seed=config["seed"])
-    table = interventions.patching_table(scores, windows["doc_id"].to_numpy()[rows], layer=parsed,
+    table = interventions.patching_table(scores, windows[bootstrap.UNIT].to_numpy()[rows], layer=parsed,
                                          n_resamples=config["metrics"]["bootstrap"], seed=config["seed"])
     pooled = table[(table["scope"] == "pooled") & (table["metric"] == "delta_ce")]
     log.info("layer %s, pooled ΔCE (nats): %s", layer, dict(zip(pooled["kind"], pooled["mean"].round(4))))
@@ -96,7 +96,8 @@ def steer_layer(config: Mapping, materialized_dir: str | None, layer: str, probe
     section = config["interventions"]
     task = tasks.get(STEERING_TASK)
     frame = pd.read_parquet(probe_windows_path,
-                            columns=["window_id", "doc_id", "split", task.label_column, f"in_{task.name}", "tokens"])
+                            columns=["window_id", "doc_id", bootstrap.UNIT, "split", task.label_column,
+                                     f"in_{task.name}", "tokens"])
     member, labels = frame[f"in_{task.name}"].to_numpy(), frame[task.label_column].to_numpy()
     documents = frame["doc_id"].to_numpy()
     train = np.flatnonzero(member & (frame["split"] == "probe_train").to_numpy())
@@ -120,7 +121,7 @@ def steer_layer(config: Mapping, materialized_dir: str | None, layer: str, probe
                                                                       section["batch_size"]))])
     scale = interventions.typical_norm(hidden, section["from_position"])
     table = interventions.steering_scores(
-        model, parsed, tokens, hidden, labels[rows], documents[rows], directions, scale=scale,
+        model, parsed, tokens, hidden, labels[rows], frame[bootstrap.UNIT].to_numpy()[rows], directions, scale=scale,
         alphas=section["alphas"], probes=probes, from_position=section["from_position"],
         batch_size=section["batch_size"], n_resamples=config["metrics"]["bootstrap"], seed=config["seed"])
     storage.write_parquet(table, out_path, output_metadata(

@@ -212,8 +212,10 @@ def apply_patch(kind: str, hidden: torch.Tensor, hhat: torch.Tensor, r_other: to
     ``PATCHES[kind]``, positions before it left as they are.
 
     hidden: clean h; hhat: :func:`aligned_hhat` of it; r_other: clean r = h − ĥ of each window's
-    partner window (same positions); train_mean: [d] mean of h over the predictor_train rows
-    (``baselines.MeanBaseline().fit(...).mean_``).
+    partner window (same positions); train_mean: [d] mean of h over positions 2..T of the predictor_train
+    windows (``baselines.MeanBaseline().fit(...).mean_``): the rows a patch replaces are positions
+    ``from_position``..T ⊂ 2..T, and position 1's attention-sink state, never replaced, would pull the
+    mean away from all of them.
     """
     fn, f = _patch_fn(kind), from_position - 1
     out = hidden.float().clone()
@@ -389,7 +391,8 @@ def patching_table(scores: PatchingScores, documents: Sequence, *, layer: Layer 
 
 def domain_directions(features, labels) -> dict:
     """{domain: mean(features | domain) − mean(features)} [d] float64, the overall mean over all rows
-    (so a large domain weighs more). features: ĥ_T or r_T of the probe_train windows [N, d]."""
+    (so a large domain weighs more). features: ĥ_T or r_T of the probe_train windows [N, d]: one row
+    per window, its last position, so no window's position 1 (the sink state) enters either mean."""
     features, labels = np.asarray(features, dtype=np.float64), np.asarray(labels)
     overall = features.mean(axis=0)
     return {label.item() if isinstance(label, np.generic) else label: features[labels == label].mean(axis=0) - overall

@@ -65,11 +65,11 @@ def layer_scores(config: Mapping, tokenizer_dir: str | None, eval_hidden_path: s
         stats.update(hidden, residual)
     arrays = stats.arrays()
     baseline_sse = pd.read_parquet(baselines_path)
-    windows = pd.read_parquet(eval_windows_path, columns=["window_id", "doc_id", "tokens"])
+    windows = pd.read_parquet(eval_windows_path, columns=["window_id", bootstrap.UNIT, "tokens"])
     eval_scores = storage.read_json(eval_scores_path)
     sse = {"predictor": np.asarray(eval_scores["window_sse"]),
            **{column.removeprefix("sse_"): baseline_sse[column].to_numpy() for column in baseline_sse.columns}}
-    result = scoring.r2_with_intervals(sse, arrays["n"], arrays["mean"], arrays["m2"], windows["doc_id"].to_numpy(),
+    result = scoring.r2_with_intervals(sse, arrays["n"], arrays["mean"], arrays["m2"], windows[bootstrap.UNIT].to_numpy(),
                                        section["bootstrap"], config["seed"])
     threshold = section["outlier_norm_ratio"] * float(np.median(arrays["target_norm"]))
     keep = arrays["target_norm"] <= threshold
@@ -140,8 +140,8 @@ def per_position_metrics(config: Mapping, eval_hidden_path: str, residual_path: 
         "r2": 1.0 - mse / variance.var(), "n_windows": len(residual_sq)})
     n_resamples = config["metrics"]["bootstrap"]
     if n_resamples:
-        documents = pd.read_parquet(eval_windows_path, columns=["doc_id"])["doc_id"].to_numpy()
-        group, n_groups = bootstrap.groups_of(documents)
+        units = pd.read_parquet(eval_windows_path, columns=[bootstrap.UNIT])[bootstrap.UNIT].to_numpy()
+        group, n_groups = bootstrap.groups_of(units)
         samples = {"mse": [], "spearman_rho": []}
         for counts in bootstrap.resample_counts(n_groups, n_resamples, config["seed"]):
             rows = bootstrap.resample_rows(group, counts)
