@@ -61,8 +61,9 @@ def malformed_line(directory: Path) -> list[str]:
 
 def bad_lines_of_two_kinds(directory: Path) -> list[str]:
     """A Pile-like corpus of four domains with one malformed line (3) and one record without text (5)."""
-    lines = [_record(LONG_TEXT.replace("cat", word), domain) for domain in ("prose", "code", "markup", "numbers")
-             for word in map(str, range(12))]
+    # every text distinct (46 split units, not 12 groups of exact duplicates): each split gets documents
+    lines = [_record(LONG_TEXT.replace("cat", f"{domain}{word}"), domain)
+             for domain in ("prose", "code", "markup", "numbers") for word in range(12)]
     lines[2] = '{"text": "cut short'
     lines[4] = {"meta": {"pile_set_name": "prose"}}
     return _jsonl(directory, "mixed.jsonl", lines)
@@ -190,8 +191,8 @@ CASES = {
     "window-over-context": Bad({"windows.length": 257}, ("windows.length is 257", "context", "256 tokens")),
     "rotary-odd-head": Bad({"predictor.rotary": True, "predictor.d_head": 7}, ("predictor.d_head is 7", "even")),
     "warmup-over-steps": Bad({"train.warmup_steps": 50}, ("train.warmup_steps is 50", "train.steps (20)")),
-    "eval-windows-over-eval-split": Bad({"train.eval_windows": 32},
-                                        ("train.eval_windows is 32", "windows.predictor_eval (16)")),
+    "eval-windows-over-val-split": Bad({"train.eval_windows": 32},
+                                       ("train.eval_windows is 32", "windows.predictor_val (8)")),
     "split-fraction-zero": Bad({"windows.split_fractions.probe_val": 0},
                                ("windows.split_fractions.probe_val is 0", "positive")),
     "domain-task-without-label-field": Bad({"corpus.files.label_field": None},
@@ -244,7 +245,8 @@ CASES = {
                                           "'probe_test': {}", "windows.split_fractions"),
                                          stage="make_windows", via="call", error="NotEnoughWindows"),
     "max-documents-too-few": Bad({"corpus.max_documents": 2},
-                                 ("'predictor_eval': 0", "0 of 2 documents", "predictor_eval needs at least 2"),
+                                 ("'predictor_eval': 0", "0 of 2 documents",
+                                  "predictor_eval and predictor_val need at least 2"),
                                  stage="make_windows", via="call", error="NotEnoughWindows"),
 }
 

@@ -141,8 +141,8 @@ def test_auto_makes_the_other_stores_wait_for_the_eval_extraction(tmp_path, tiny
     decomposition wait for the eval extraction anyway); an explicit dtype leaves the DAG as it was."""
     explicit = eval_extraction_feeds(tmp_path / "float16", tiny_model_dir, tiny_corpus, "float16")
     auto = eval_extraction_feeds(tmp_path / "auto", tiny_model_dir, tiny_corpus, "auto")
-    assert {"train_predictor", "decompose_eval"} <= explicit
-    assert auto - explicit == {"extract_train_activations", "probe_features"}
+    assert "decompose_eval" in explicit and "train_predictor" not in explicit  # training reads predictor_val
+    assert auto - explicit == {"extract_train_activations", "extract_val_activations", "probe_features"}
     assert explicit <= auto
 
 

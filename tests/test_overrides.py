@@ -49,7 +49,7 @@ def test_layers(entry, expected):
 def test_nested_integer_float_boolean_null():
     config = valid(cli('predictor={"d_head": 32, "n_heads": null, "rotary": "true", "width_multiplier": "2.5"}',
                        'train={"lr": 1e-3, "weight_decay": "0.001", "grad_clip": 2}',
-                       "windows={split_fractions: {predictor_train: .5, predictor_eval: 1e-1,"
+                       "windows={split_fractions: {predictor_train: .5, predictor_val: 0.05, predictor_eval: 1e-1,"
                        " probe_train: 0.2, probe_val: 0.1, probe_test: 0.1}}"))
     predictor, train = config["predictor"], config["train"]
     assert predictor["d_head"] == 32 and type(predictor["d_head"]) is int

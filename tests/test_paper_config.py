@@ -22,7 +22,8 @@ PAPER = REPO / "configs" / "paper.yaml"
 CONFIG = yaml.safe_load(PAPER.read_text())
 OUT = Path("results") / CONFIG["experiment"]
 WINDOWS = [OUT / "windows" / name for name in
-           ("predictor_train.parquet", "predictor_eval.parquet", "probe.parquet", "summary.json")]
+           ("predictor_train.parquet", "predictor_val.parquet", "predictor_eval.parquet", "probe.parquet",
+            "summary.json")]
 TOKEN_STORE = OUT / "windows" / "predictor_train_tokens"  # a directory
 # Rules the paper's config does not need: its model is a hub id (nothing to materialize), its corpus
 # is files (no embedded corpus), and it trains in stream mode (no cached training activations), every

@@ -72,7 +72,7 @@ def runs(tmp_path_factory, tiny_model_dir, tiny_corpus):
     write_config(reference / "config.yaml", tiny_model_dir, tiny_corpus, layers=[2],
                  **{"train.steps": STEPS, "train.checkpoint_every": CHECKPOINT_EVERY, "train.eval_every": 100})
     snakemake(reference, str(OUT / "activations/predictor_train/layer-2.safetensors"),
-              str(OUT / "activations/predictor_eval/layer-2.safetensors"))
+              str(OUT / "activations/predictor_val/layer-2.safetensors"))
     interrupted = root / "interrupted"
     shutil.copytree(reference, interrupted, symlinks=True)  # keeps mtimes: nothing upstream reruns
     # The uninterrupted run trains beside the one that is killed (one thread each).

@@ -48,7 +48,8 @@ LOCAL_RULES = {"all", "probe_table", "layer_summary", "draw_learning_curve", "dr
 # Local rules that only a study runs (two or more predictors, or `models:`).
 STUDY_RULES = {"predictor_comparison", "draw_predictor_comparison", "model_comparison", "draw_model_comparison"}
 # The stages the profiles give `gpu: 1` (-> sbatch --gpus=1).
-GPU_RULES = {"extract_train_activations", "extract_eval_activations", "extract_probe_activations", "train_predictor",
+GPU_RULES = {"extract_train_activations", "extract_val_activations",
+             "extract_eval_activations", "extract_probe_activations", "train_predictor",
              "train_predictors_joint", "decompose_eval", "probe_features", "score_baselines", "patch_layer",
              "steer_layer"}
 # What both runs must agree on.
@@ -62,7 +63,7 @@ FAULT_WEIGHTS, FAULT_CURVE = FAULT_LAYER_DIR / "predictor.safetensors", FAULT_LA
 FAULT_CHECKPOINT = FAULT_LAYER_DIR / ".resume.pt"  # params.resume of train_predictor
 FAULT_TRAIN_LOG = Path("results/tiny/logs/train_predictor/attn1/layer-2.log")
 FAULT_UPSTREAM = ["results/tiny/activations/predictor_train/layer-2.safetensors",
-                  "results/tiny/activations/predictor_eval/layer-2.safetensors"]
+                  "results/tiny/activations/predictor_val/layer-2.safetensors"]
 FAULT_STEPS, FAULT_CHECKPOINT_EVERY, FAULT_EVAL_EVERY = 3000, 200, 100
 CHECKPOINT_TIMEOUT_S = 600
 

@@ -38,20 +38,21 @@ def prepared(tmp_path_factory, tiny_model_dir, tiny_corpus):
     layer 2."""
     root = tmp_path_factory.mktemp("stream")
     config = tiny_config(root, tiny_model_dir, tiny_corpus)
-    windows = {name: str(root / f"{name}.parquet") for name in ("predictor_train", "predictor_eval", "probe")}
+    windows = {name: str(root / f"{name}.parquet")
+               for name in ("predictor_train", "predictor_val", "predictor_eval", "probe")}
     store = str(root / "predictor_train_tokens")
     stages.make_windows(config, None, None,
                         {**windows, "summary": str(root / "summary.json"), "predictor_train_tokens": store})
-    eval_paths = {layer: str(root / f"predictor_eval-layer-{layer}.safetensors") for layer in LAYERS}
-    stages.extract_activations(config, None, windows["predictor_eval"], eval_paths, None)
+    val_paths = {layer: str(root / f"predictor_val-layer-{layer}.safetensors") for layer in LAYERS}
+    stages.extract_activations(config, None, windows["predictor_val"], val_paths, None)
     train_activations = str(root / "predictor_train-layer-2.safetensors")
     stages.extract_activations(config, None, windows["predictor_train"], {"2": train_activations}, None)
-    return {"root": root, "config": config, "windows": windows, "store": store, "eval": eval_paths,
+    return {"root": root, "config": config, "windows": windows, "store": store, "val": val_paths,
             "train_activations": train_activations}
 
 
 def files_of(root, name, layer):
-    return stages.PredictorFiles(str(root / f"predictor_eval-layer-{layer}.safetensors"),
+    return stages.PredictorFiles(str(root / f"predictor_val-layer-{layer}.safetensors"),
                                  str(root / f"{name}-{layer}.safetensors"), str(root / f"{name}-{layer}-curve.parquet"),
                                  str(root / f"{name}-{layer}.resume.pt"), str(root / f"{name}-{layer}-cost.json"))
 

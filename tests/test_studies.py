@@ -44,7 +44,8 @@ def test_predictor_study_lists_one_job_per_predictor_layer_and_stage(tmp_path):
     assert jobs.pop("score_baselines") == layers  # the baselines are shared by every predictor
     assert jobs.pop("per_position_metrics") == layers  # figures 3-4: the first predictor only
     for rule in ("predictor_comparison", "draw_predictor_comparison", "materialize_model", "materialize_tokenizer",
-                 "embedded_corpus", "make_windows", "extract_train_activations", "extract_eval_activations",
+                 "embedded_corpus", "make_windows", "extract_train_activations", "extract_val_activations",
+                 "extract_eval_activations",
                  "extract_probe_activations", "all"):
         assert jobs.pop(rule) == 1, rule
     figures = {"draw_learning_curve": 2, "draw_per_position": 3, "draw_layer_scores": 1, "draw_probe_heatmap": tasks}
@@ -98,7 +99,8 @@ def test_with_predictor_gives_each_name_its_section_and_refuses_unknown_settings
 def write_summary(path: Path, r2: list[float], baseline: list[float]) -> str:
     frame = pd.DataFrame({"layer": ["0", "7"], "n_windows": [128, 128], "r2": r2, "r2_lo": np.subtract(r2, 0.1),
                           "r2_hi": np.add(r2, 0.1), "r2_mean": baseline, "r2_mean_lo": baseline, "r2_mean_hi": baseline,
-                          "r2_minus_best": np.subtract(r2, baseline), "r2_no_outliers": r2})
+                          "r2_minus_best": np.subtract(r2, baseline), "no_outliers_r2": r2,
+                          "no_outliers_r2_mean": baseline})
     frame.to_csv(path, sep="\t", index=False)
     return str(path)
 

@@ -137,7 +137,8 @@ def test_predictor_change_reruns_training_and_downstream_not_extraction(tiny_run
     for downstream in ("decompose_eval", "per_position_metrics", "probe_features", "fit_probe", "draw_learning_curve",
                        "draw_probe_heatmap"):
         assert downstream in jobs, downstream
-    for upstream in ("make_windows", "extract_train_activations", "extract_eval_activations"):
+    for upstream in ("make_windows", "extract_train_activations", "extract_val_activations",
+                     "extract_eval_activations"):
         assert upstream not in jobs, upstream
 
 

@@ -361,7 +361,8 @@ BASELINES: dict[str, Callable[[], Baseline]] = {
     "context_mean_from2": ContextMeanFrom2Baseline,
 }
 _RIDGE_NAME = re.compile(r"ridge_ar([1-9][0-9]*)")
-VALID_FORMS = "'mean', 'persistence', 'context_mean', 'context_mean_from2', 'ridge_ar<k>' with integer k ≥ 1 (e.g. 'ridge_ar1', 'ridge_ar4')"
+VALID_FORMS = ("'mean', 'persistence', 'context_mean', 'context_mean_from2', 'ridge_ar<k>' with integer k ≥ 1 "
+               "(e.g. 'ridge_ar1', 'ridge_ar4')")
 
 
 def make_baseline(name: str, **ridge_options) -> Baseline:

@@ -10,12 +10,15 @@ import pandas as pd
 from . import storage
 
 
-def summary_models(summary: pd.DataFrame, predictor: str = "predictor") -> pd.DataFrame:
+def summary_models(summary: pd.DataFrame, predictor: str = "predictor", mask: str | None = None) -> pd.DataFrame:
     """A layer summary (metrics/<predictor>/layer_summary.tsv) as long rows: model, kind (predictor or
-    baseline), layer, r2, r2_lo, r2_hi (NaN where no interval was computed)."""
-    columns = {predictor: "r2", **{column.removeprefix("r2_"): column for column in summary.columns
-                                   if column.startswith("r2_") and not column.endswith(("_lo", "_hi"))
-                                   and column not in ("r2_minus_best", "r2_no_outliers", "r2_late_positions")}}
+    baseline), layer, r2, r2_lo, r2_hi (NaN where no interval was computed); on all rows, or on the rows
+    of ``mask`` (``no_outliers``, ``late_positions``: the summary's ``<mask>_r2...`` columns)."""
+    prefix = f"{mask}_" if mask else ""
+    columns = {predictor: f"{prefix}r2",
+               **{column.removeprefix(f"{prefix}r2_"): column for column in summary.columns
+                  if column.startswith(f"{prefix}r2_") and not column.endswith(("_lo", "_hi"))
+                  and column != f"{prefix}r2_minus_best"}}
     rows = []
     for name, column in columns.items():
         for _, row in summary.iterrows():

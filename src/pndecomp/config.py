@@ -197,9 +197,9 @@ def check(config: Mapping, shape: lm.ModelShape | None = None) -> None:
     if train["joint_layers"] and train["data"] != "stream":
         raise ConfigError(f"train.joint_layers is true with train.data {train['data']!r}: one LM pass serves every "
                           "layer only in stream mode; set train.data: stream or train.joint_layers: false")
-    if train["eval_windows"] > config["windows"]["predictor_eval"]:
-        raise ConfigError(f"train.eval_windows is {train['eval_windows']}, more than windows.predictor_eval "
-                          f"({config['windows']['predictor_eval']}): the curve's eval subset is taken from them")
+    if train["eval_windows"] > config["windows"]["predictor_val"]:
+        raise ConfigError(f"train.eval_windows is {train['eval_windows']}, more than windows.predictor_val "
+                          f"({config['windows']['predictor_val']}): the learning curve's windows are taken from them")
     for split, value in config["windows"]["split_fractions"].items():
         if value <= 0:
             raise ConfigError(f"windows.split_fractions.{split} is {value}: every split needs a positive share")

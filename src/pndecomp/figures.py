@@ -32,22 +32,30 @@ class Figure:
 
 # Figures 1-4, by file stem; the probe heatmaps (figures 5, 6, ...) are one per task (pndecomp.tasks).
 FIGURES: dict[str, Figure] = {
-    "fig1": Figure("learning_curve", "eval_mse", "Eval MSE of each layer's predictor against training step "
-                   "(figure 1 of the paper), on the fixed eval subset."),
-    "fig2": Figure("learning_curve", "eval_r2", "Eval R² = 1 − MSE/Var of each layer's predictor against "
+    "fig1": Figure("learning_curve", "val_mse", "Validation MSE of each layer's predictor against training step "
+                   "(figure 1 of the paper), on the fixed subset of predictor_val windows (train.eval_windows); the "
+                   "reported scores come from predictor_eval, after training."),
+    "fig2": Figure("learning_curve", "val_r2", "Validation R² = 1 − MSE/Var of each layer's predictor against "
                    "training step (figure 2)."),
     "fig3": Figure("per_position", "mse", "Per-position MSE over all eval windows; the first positions are "
                    "hidden (metrics.hide_first_positions) but kept in the data (figure 3)."),
     "fig4": Figure("per_position", "spearman_rho", "Spearman ρ between the novel component's norm ‖r‖ and the "
-                   "LM's surprisal, per position across eval windows (figure 4)."),
+                   "LM's surprisal, per position across eval windows (figure 4); dashed, the same ρ for the "
+                   "residual of the best baseline, dotted, for the plain displacement ‖h_{t+1} − h_t‖: where "
+                   "they match the solid line, the correlation belongs to h itself, not to the predictor."),
     # Beyond the paper: what its R² means.
     "fig2_baselines": Figure("layer_scores", "r2", "Final eval R² by layer: the predictor (solid) and every "
-                             "baseline fit on predictor_train (dashed), with 95 % document-level bootstrap "
-                             "intervals; the axis is cut where baselines fall far below 0."),
+                             "baseline fit on predictor_train (dashed), with 95 % bootstrap intervals over "
+                             "split units, on all rows (left) and without the rows whose ‖h‖ exceeds "
+                             "metrics.outlier_norm_ratio × the median (right); the axis is cut where "
+                             "baselines fall far below 0."),
     "fig3_r2": Figure("per_position", "r2", "Per-position R² = 1 − MSE_p/Var_p: unlike figure 3 it compares "
                       "across layers whose scales differ by orders of magnitude."),
 }
 BAND_ALPHA = 0.2  # shading of 95 % bootstrap bands
+# Figure 4's reference lines: per-position columns spearman_rho_<name> -> (line style, legend label).
+RHO_REFERENCES = {"best_baseline": ("--", "best baseline's ‖residual‖"),
+                  "displacement": (":", "‖h_{t+1} − h_t‖")}
 
 
 def _save(fig, png: str | os.PathLike, pdf: str | os.PathLike, dpi: int = 150) -> None:
@@ -72,12 +80,12 @@ def _stack(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
 
 def learning_curves(curves: Mapping[str, pd.DataFrame], metric: str, png, pdf, dpi: int = 150) -> None:
     """Figures 1 and 2: eval MSE or R² against training step, one line per layer."""
-    labels = {"eval_mse": "eval MSE", "eval_r2": "eval R²"}
+    labels = {"val_mse": "validation MSE", "val_r2": "validation R²"}
     sns.set_theme(style="whitegrid")
     fig, ax = plt.subplots(figsize=(6, 4))
     sns.lineplot(data=_stack(curves), x="step", y=metric, hue="layer", marker="o", markersize=3, ax=ax)
     ylabel = labels[metric]
-    if metric == "eval_mse":
+    if metric == "val_mse":
         ax.set_yscale("log")  # layers differ by orders of magnitude in scale
     elif ax.get_ylim()[0] < R2_FLOOR:
         # The first evaluations of an untrained predictor can be far below 0 and flatten the rest.
@@ -97,11 +105,18 @@ def per_position(tables: Mapping[str, pd.DataFrame], column: str, hide_first: in
     sns.set_theme(style="whitegrid")
     fig, ax = plt.subplots(figsize=(6, 4))
     colors = dict(zip(frame["layer"].cat.categories, sns.color_palette(n_colors=len(tables))))
+    # Figure 4's context: the same ρ for residuals that need no learned predictor, dashed and dotted.
+    references = {f"{column}_{name}": style for name, style in RHO_REFERENCES.items()
+                  if column == "spearman_rho" and f"{column}_{name}" in frame}
     for layer, part in frame.groupby("layer", observed=True):
         ax.plot(part["position"], part[column], color=colors[layer], linewidth=1, label=layer)
         if f"{column}_lo" in part:
             ax.fill_between(part["position"], part[f"{column}_lo"], part[f"{column}_hi"], color=colors[layer],
                             alpha=BAND_ALPHA, linewidth=0)
+        for reference, (style, _) in references.items():
+            ax.plot(part["position"], part[reference], color=colors[layer], linewidth=0.8, linestyle=style)
+    for style, label in references.values():
+        ax.plot([], [], color="grey", linewidth=0.8, linestyle=style, label=label)
     ylabel = labels[column]
     if column == "mse":
         ax.set_yscale("log")  # layers differ by orders of magnitude in scale
@@ -117,16 +132,27 @@ def per_position(tables: Mapping[str, pd.DataFrame], column: str, hide_first: in
 
 
 def layer_scores(summary: pd.DataFrame, png, pdf, dpi: int = 150) -> None:
-    """Figure 2_baselines: final eval R² per layer, the predictor and each baseline, with intervals."""
-    r2_by_layer(summary_models(summary), "Predictor vs baselines (95 % bootstrap intervals)", png, pdf, dpi)
+    """Figure 2_baselines: final eval R² per layer, the predictor and each baseline, with intervals, on all
+    rows (left) and without the outlier rows (right: ‖h‖ above metrics.outlier_norm_ratio × the median),
+    where the sink and massive-activation rows no longer dominate the SSE."""
+    sns.set_theme(style="whitegrid")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=False)
+    for ax, mask, title in ((axes[0], None, "all rows"), (axes[1], "no_outliers", "without outlier rows")):
+        _r2_panel(ax, summary_models(summary, mask=mask), f"Predictor vs baselines, {title}", legend=ax is axes[1])
+    _save(fig, png, pdf, dpi)
 
 
 def r2_by_layer(models: pd.DataFrame, title: str, png, pdf, dpi: int = 150) -> None:
     """Eval R² per layer from long rows (model, kind, layer, r2, r2_lo, r2_hi): predictors solid, baselines
     dashed, intervals as vertical bars."""
-    layers = list(dict.fromkeys(models["layer"].astype(str)))
     sns.set_theme(style="whitegrid")
     fig, ax = plt.subplots(figsize=(6, 4))
+    _r2_panel(ax, models, title)
+    _save(fig, png, pdf, dpi)
+
+
+def _r2_panel(ax, models: pd.DataFrame, title: str, legend: bool = True) -> None:
+    layers = list(dict.fromkeys(models["layer"].astype(str)))
     x = np.arange(len(layers))
     # A predictor may share its name with a baseline (ridge_ar4 is both): a line is a (model, kind).
     lines = list(dict.fromkeys(zip(models["model"], models["kind"])))
@@ -159,8 +185,8 @@ def r2_by_layer(models: pd.DataFrame, title: str, png, pdf, dpi: int = 150) -> N
     ax.axhline(0.0, color="grey", linewidth=0.8)
     ax.set_xticks(x, layers)
     ax.set(xlabel="layer", ylabel="eval R²", title=title)
-    ax.legend(title="model", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    _save(fig, png, pdf, dpi)
+    if legend:
+        ax.legend(title="model", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
 
 
 def probe_heatmap_cells(table: pd.DataFrame, differences: pd.DataFrame | None = None

@@ -38,15 +38,18 @@ def baseline_train_batches(config: Mapping, materialized_dir: str | None, layer:
 def score_baselines(config: Mapping, materialized_dir: str | None, layer: str, train_data_path: str,
                     eval_hidden_path: str, out_path: str, storage_dtype_path: str | None = None) -> None:
     """Fit every configured baseline on at most ``metrics.baseline_train_windows`` predictor_train windows
-    and record its SSE on every eval window (the predictor's rows: positions 2..T)."""
+    and record its squared error on every eval row (the predictor's rows: positions 2..T): per window its
+    SSE (``sse_<name>``) and its rows' ‖h − ĥ‖² (``row_sq_<name>``, a list of T−1 values), from which the
+    layer scores take any mask of rows and the per-position metrics the baseline's ‖residual‖."""
     section, batch_size = config["metrics"], config["extraction"]["batch_size"]
     train_batches = baseline_train_batches(config, materialized_dir, layer, train_data_path, storage_dtype_path)
     columns, fitted = {}, {}
     for name in section["baselines"]:
         baseline = baselines.make_baseline(name).fit(train_batches())
-        columns[f"sse_{name}"] = np.concatenate([
-            ((batch[:, 1:].double().numpy() - baseline.predict(batch)) ** 2).sum(axis=(1, 2))
-            for batch in hidden_batches(eval_hidden_path, batch_size)])
+        row_sq = np.concatenate([((batch[:, 1:].double().numpy() - baseline.predict(batch)) ** 2).sum(axis=2)
+                                 for batch in hidden_batches(eval_hidden_path, batch_size)])
+        columns[f"sse_{name}"] = row_sq.sum(axis=1)
+        columns[f"row_sq_{name}"] = list(row_sq)
         fitted[name] = {key: getattr(baseline, key) for key in ("alpha_", "lambda_", "n_train_rows_")
                         if hasattr(baseline, key)}
         log.info("baseline %s fitted: %s", name, fitted[name])
@@ -54,32 +57,52 @@ def score_baselines(config: Mapping, materialized_dir: str | None, layer: str, t
                           output_metadata(config, layer=lm.parse_layer(layer), baselines=fitted))
 
 
+def baseline_row_sq(baselines_path: str) -> dict[str, np.ndarray]:
+    """{baseline: ‖h − ĥ‖² [W, T−1]} of every eval row, from :func:`score_baselines`' table."""
+    table = pd.read_parquet(baselines_path)
+    return {column.removeprefix("row_sq_"): np.stack(table[column].to_numpy())
+            for column in table.columns if column.startswith("row_sq_")}
+
+
+#: The robust views: R² of the predictor and of every baseline over the rows each mask keeps.
+MASKS = ("no_outliers", "late_positions")
+
+
 def layer_scores(config: Mapping, tokenizer_dir: str | None, eval_hidden_path: str, residual_path: str,
                  eval_scores_path: str, baselines_path: str, eval_windows_path: str, out_scores: str,
                  out_tail: str) -> None:
-    """The layer's R² beside its baselines with document-level bootstrap intervals, R² without outlier
-    rows and without the first positions, the SSE share of its worst 1 % of rows, and its worst rows."""
+    """The layer's R² beside its baselines with bootstrap intervals (by split unit) and the paired
+    difference to the best baseline, on all rows and under each of :data:`MASKS` (rows whose ‖h‖ is at
+    most ``metrics.outlier_norm_ratio`` × the median; positions after ``metrics.hide_first_positions``),
+    the SSE share of its worst 1 % of rows, and its worst rows."""
     section, batch_size = config["metrics"], config["extraction"]["batch_size"]
     stats = scoring.WindowStats()
     for hidden, residual in hidden_and_residual_batches(eval_hidden_path, residual_path, batch_size):
         stats.update(hidden, residual)
     arrays = stats.arrays()
-    baseline_sse = pd.read_parquet(baselines_path)
+    row_sq = {"predictor": arrays["residual_sq"], **baseline_row_sq(baselines_path)}
     windows = pd.read_parquet(eval_windows_path, columns=["window_id", bootstrap.UNIT, "tokens"])
+    units = windows[bootstrap.UNIT].to_numpy()
     eval_scores = storage.read_json(eval_scores_path)
+    # The predictor's SSE per window as the metric code accumulated it; the baselines' from their rows.
     sse = {"predictor": np.asarray(eval_scores["window_sse"]),
-           **{column.removeprefix("sse_"): baseline_sse[column].to_numpy() for column in baseline_sse.columns}}
-    result = scoring.r2_with_intervals(sse, arrays["n"], arrays["mean"], arrays["m2"], windows[bootstrap.UNIT].to_numpy(),
-                                       section["bootstrap"], config["seed"])
+           **{name: rows.sum(axis=1) for name, rows in row_sq.items() if name != "predictor"}}
+    result = scoring.r2_with_intervals(sse, arrays["n"], arrays["mean"], arrays["m2"], units, section["bootstrap"],
+                                       config["seed"])
     threshold = section["outlier_norm_ratio"] * float(np.median(arrays["target_norm"]))
     keep = arrays["target_norm"] <= threshold
     positions = np.arange(2, keep.shape[1] + 2)
     late = np.broadcast_to(positions > section["hide_first_positions"], keep.shape)
-    # The median ‖h‖ needs the first pass, so the robust views take a second one, both masks at once.
-    robust = scoring.masked_r2(hidden_and_residual_batches(eval_hidden_path, residual_path, batch_size),
-                               {"no_outliers": keep, "late_positions": late})
-    result["no_outliers"] = {**robust["no_outliers"], "rows_removed": int((~keep).sum()), "norm_threshold": threshold}
-    result["late_positions"] = {**robust["late_positions"], "from_position": section["hide_first_positions"] + 1}
+    masks = dict(zip(MASKS, (keep, late), strict=True))
+    # The median ‖h‖ needs the first pass, so the masked statistics take a second one, every mask at once.
+    masked = scoring.MaskedWindowStats(masks)
+    for hidden in hidden_batches(eval_hidden_path, batch_size):
+        masked.update(hidden)
+    for name, kept in masks.items():
+        result[name] = scoring.r2_with_intervals({model: (rows * kept).sum(axis=1) for model, rows in row_sq.items()},
+                                                 *masked.arrays(name), units, section["bootstrap"], config["seed"])
+    result["no_outliers"].update(rows_removed=int((~keep).sum()), norm_threshold=threshold)
+    result["late_positions"].update(from_position=section["hide_first_positions"] + 1)
     result["tail_sse_share_1pct"] = scoring.tail(arrays["residual_sq"])
     result["eval_scores"] = {key: eval_scores[key] for key in ("mse", "var", "r2")}
     layer = storage.load_metadata(residual_path)["layer"]
@@ -121,41 +144,72 @@ class _PositionVariance:
 
 
 def per_position_metrics(config: Mapping, eval_hidden_path: str, residual_path: str, surprisal_path: str,
-                         eval_windows_path: str, out_path: str) -> None:
+                         eval_windows_path: str, out_path: str, baselines_path: str | None = None) -> None:
     """MSE_p, Var_p, R²_p = 1 − MSE_p/Var_p and Spearman ρ_p(‖r_p‖, s_p) across eval windows for every
-    position p = 2..T, with 95 % document-level bootstrap bands for MSE_p and ρ_p."""
-    residual_sq, variance = [], _PositionVariance()
+    position p = 2..T, with 95 % bootstrap bands (by split unit) for MSE_p and ρ_p.
+
+    Beside the predictor's ρ, the same ρ for two residuals that need no learned predictor, so a reader
+    sees whether the correlation belongs to the predictor or to h itself: the plain displacement
+    ‖h_{t+1} − h_t‖ (``spearman_rho_displacement``) and, with ``baselines_path``, the residual of the
+    baseline with the smallest eval SSE (``spearman_rho_best_baseline``; its name in the metadata)."""
+    residual_sq, displacement_sq, variance = [], [], _PositionVariance()
     for hidden, residual in hidden_and_residual_batches(eval_hidden_path, residual_path,
                                                         config["extraction"]["batch_size"]):
         residual_sq.append((residual.double() ** 2).sum(dim=-1).numpy())
+        displacement_sq.append(((hidden[:, 1:].double() - hidden[:, :-1].double()) ** 2).sum(dim=-1).numpy())
         variance.update(hidden[:, 1:].double().numpy())
     residual_sq = np.concatenate(residual_sq)  # [W, P]
     d_model = variance.mean.shape[-1]
     surprisal = next(hidden_batches(surprisal_path, len(residual_sq), "surprisal")).numpy()
-    norms = np.sqrt(residual_sq)
+    norms = {"spearman_rho": np.sqrt(residual_sq),
+             "spearman_rho_displacement": np.sqrt(np.concatenate(displacement_sq))}
+    extra = {}
+    if baselines_path is not None:
+        row_sq = baseline_row_sq(baselines_path)
+        best = min(row_sq, key=lambda name: row_sq[name].sum())
+        norms["spearman_rho_best_baseline"] = np.sqrt(row_sq[best])
+        extra["best_baseline"] = best
     mse = residual_sq.mean(axis=0) / d_model
     frame = pd.DataFrame({
         "position": np.arange(2, residual_sq.shape[1] + 2), "mse": mse,
-        "spearman_rho": metrics.spearman_per_position(norms, surprisal), "var": variance.var(),
-        "r2": 1.0 - mse / variance.var(), "n_windows": len(residual_sq)})
+        **{column: metrics.spearman_per_position(values, surprisal) for column, values in norms.items()},
+        "var": variance.var(), "r2": 1.0 - mse / variance.var(), "n_windows": len(residual_sq)})
     n_resamples = config["metrics"]["bootstrap"]
     if n_resamples:
         units = pd.read_parquet(eval_windows_path, columns=[bootstrap.UNIT])[bootstrap.UNIT].to_numpy()
         group, n_groups = bootstrap.groups_of(units)
-        samples = {"mse": [], "spearman_rho": []}
+        samples = {column: [] for column in ("mse", *norms)}
         for counts in bootstrap.resample_counts(n_groups, n_resamples, config["seed"]):
             rows = bootstrap.resample_rows(group, counts)
             samples["mse"].append(residual_sq[rows].mean(axis=0) / d_model)
-            samples["spearman_rho"].append(metrics.spearman_per_position(norms[rows], surprisal[rows]))
+            for column, values in norms.items():
+                samples[column].append(metrics.spearman_per_position(values[rows], surprisal[rows]))
         for column, values in samples.items():
             frame[f"{column}_lo"], frame[f"{column}_hi"] = bootstrap.interval(np.stack(values))
     layer = storage.load_metadata(residual_path)["layer"]
-    storage.write_parquet(frame, out_path, {**output_metadata(config), "layer": layer})
+    storage.write_parquet(frame, out_path, {**output_metadata(config), "layer": layer, **extra})
+
+
+def masked_columns(mask: str, scores: Mapping) -> dict:
+    """One mask's layer-summary columns, named ``<mask>_`` + the all-rows column: ``<mask>_r2`` (the
+    predictor), ``<mask>_r2_<baseline>``, each with ``_lo``/``_hi``; ``<mask>_best_baseline`` and
+    ``<mask>_r2_minus_best`` with its paired interval."""
+    columns = {}
+    for name, model in scores["models"].items():
+        stem = "r2" if name == "predictor" else f"r2_{name}"
+        columns.update({f"{mask}_{stem}{key.removeprefix('r2')}": value for key, value in model.items()
+                        if key.startswith("r2")})
+    difference = scores["difference"]
+    columns.update({f"{mask}_best_baseline": difference["minus"], f"{mask}_r2_minus_best": difference["r2"],
+                    f"{mask}_r2_minus_best_lo": difference.get("r2_lo"),
+                    f"{mask}_r2_minus_best_hi": difference.get("r2_hi")})
+    return columns
 
 
 def layer_summary(score_paths: Mapping[str, str], out_path: str) -> None:
     """One row per layer: the predictor's MSE, Var and R² over all eval windows with its interval, every
-    baseline's R² with intervals, the difference to the best baseline, and the robust views."""
+    baseline's R² with intervals, the difference to the best baseline, and the same under each of
+    :data:`MASKS` (:func:`masked_columns`)."""
     rows = []
     for layer, path in score_paths.items():
         scores = storage.read_json(path)
@@ -170,9 +224,10 @@ def layer_summary(score_paths: Mapping[str, str], out_path: str) -> None:
                             if key.startswith("r2")})
         difference = scores["difference"]
         row.update(best_baseline=difference["minus"], r2_minus_best=difference["r2"],
-                   r2_minus_best_lo=difference.get("r2_lo"), r2_minus_best_hi=difference.get("r2_hi"),
-                   r2_no_outliers=scores["no_outliers"]["r2"], outlier_rows=scores["no_outliers"]["rows_removed"],
-                   r2_late_positions=scores["late_positions"]["r2"],
+                   r2_minus_best_lo=difference.get("r2_lo"), r2_minus_best_hi=difference.get("r2_hi"))
+        for mask in MASKS:
+            row.update(masked_columns(mask, scores[mask]))
+        row.update(outlier_rows=scores["no_outliers"]["rows_removed"],
                    late_from_position=scores["late_positions"]["from_position"],
                    tail_sse_share_1pct=scores["tail_sse_share_1pct"])
         rows.append(row)

@@ -118,6 +118,7 @@ FALLBACK: dict[str, Request] = {
     "embedded_corpus": Request(4000, 30),
     "make_windows": Request(16000, 240),
     "extract_train_activations": Request(32000, 240),
+    "extract_val_activations": Request(32000, 60),
     "extract_eval_activations": Request(32000, 240),
     "extract_probe_activations": Request(32000, 240),
     "train_predictor": Request(32000, 1440),
@@ -137,7 +138,7 @@ FALLBACK: dict[str, Request] = {
 class Sizes:
     """What the estimates read: the config's sizes and the model's."""
 
-    windows: Mapping[str, int]  # predictor_train, predictor_eval, probe (an upper bound), probe_task (largest)
+    windows: Mapping[str, int]  # predictor_train/_val/_eval, probe (an upper bound), probe_task (largest)
     length: int  # T
     extraction_batch: int
     train_batch: int
@@ -267,7 +268,7 @@ def _device_seconds(s: Sizes, flops: float) -> float:
 
 
 def _training(s: Sizes, estimate: Estimate, n_layers: int) -> None:
-    """Per trained layer its eval hidden states (train.eval_windows, read whole) and the predictor with its
+    """Per trained layer its predictor_val hidden states (train.eval_windows, read whole) and the predictor with its
     gradient and two Adam moments; and one step's activations at a time (the layers step one after another:
     the forward kept for backward and its gradients, 3 × a forward), or an evaluation batch of 32."""
     eval_hidden = s.eval_windows * s.length * s.d_model * s.storage_bytes
@@ -336,6 +337,10 @@ def _extract(s: Sizes, split: str, surprisal: bool) -> Estimate:
 
 def extract_train_activations(s: Sizes) -> Estimate:
     return _extract(s, "predictor_train", surprisal=False)
+
+
+def extract_val_activations(s: Sizes) -> Estimate:
+    return _extract(s, "predictor_val", surprisal=False)
 
 
 def extract_eval_activations(s: Sizes) -> Estimate:
@@ -511,7 +516,8 @@ def per_position_metrics(s: Sizes) -> Estimate:
 STAGES: dict[str, Callable[[Sizes], Estimate]] = {
     stage.__name__: stage for stage in (
         materialize_model, materialize_tokenizer, embedded_corpus, make_windows, extract_train_activations,
-        extract_eval_activations, extract_probe_activations, train_predictor, train_predictors_joint, score_baselines,
+        extract_val_activations, extract_eval_activations, extract_probe_activations, train_predictor,
+        train_predictors_joint, score_baselines,
         decompose_eval, probe_features, fit_probe, layer_scores, per_position_metrics, patch_layer, steer_layer)}
 
 
@@ -611,7 +617,8 @@ def sizes(config: Mapping, shape: lm.ModelShape, extras: Mapping[str, int] | Non
             if name.startswith("ridge_ar")]
     model_dtype = config["model"]["dtype"]
     return Sizes(
-        windows={"predictor_train": windows["predictor_train"], "predictor_eval": windows["predictor_eval"],
+        windows={"predictor_train": windows["predictor_train"], "predictor_val": windows["predictor_val"],
+                 "predictor_eval": windows["predictor_eval"],
                  "probe": probe, "probe_task": probe_task},
         length=windows["length"], extraction_batch=config["extraction"]["batch_size"],
         train_batch=section["batch_size"], eval_windows=section["eval_windows"], steps=section["steps"],

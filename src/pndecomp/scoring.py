@@ -8,18 +8,21 @@ every eval window), read batch by batch, so memory is one batch plus [windows, p
   (a bootstrap resample is a weighted set) follows by Chan's merge, without a second pass;
 * SSE_w of the predictor (Σ ‖r‖²) and of each baseline per window.
 
+The robust views (rows without outliers, late positions) are the same statistics over the rows a
+mask keeps (:class:`MaskedWindowStats`), so the predictor and every baseline are compared under the
+same mask with the same intervals and paired differences.
+
 R² = 1 − ΣSSE/ΣSST pooled over rows and dimensions, exactly as :mod:`pndecomp.metrics`.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch
 
 from . import bootstrap
-from .metrics import RegressionAccumulator
 
 
 class WindowStats:
@@ -106,16 +109,27 @@ def worst_rows(residual_sq: np.ndarray, n_rows: int) -> list[tuple[int, int]]:
     return [tuple(int(i) for i in np.unravel_index(index, residual_sq.shape)) for index in flat]
 
 
-def masked_r2(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], masks: Mapping[str, np.ndarray]) -> dict:
-    """{name: MSE, Var, R² over the rows that mask keeps} (``masks``: name -> [W, P] bool), by the metric
-    code itself, all masks in one pass over the batches."""
-    scores = {name: RegressionAccumulator() for name in masks}
-    offset = 0
-    for hidden, residual in batches:
-        target, prediction = hidden[:, 1:].double(), hidden[:, 1:].double() - residual.double()
-        for name, keep in masks.items():
-            kept = torch.from_numpy(keep[offset:offset + len(hidden)])
-            scores[name].update(target[kept].numpy(), prediction[kept].numpy())
-        offset += len(hidden)
-    return {name: score.result() if score.n else {"mse": math.nan, "var": math.nan, "r2": math.nan}
-            for name, score in scores.items()}
+class MaskedWindowStats:
+    """Per mask, the per-window statistics of :class:`WindowStats` over the target rows the mask keeps
+    (``masks``: name -> [W, P] bool over positions 2..T), all masks in one pass over the eval states.
+    A window with no kept row has n_w = 0 (its mean is 0 and weighs nothing)."""
+
+    def __init__(self, masks: Mapping[str, np.ndarray]) -> None:
+        self.masks = masks
+        self.parts: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {name: [] for name in masks}
+        self.offset = 0
+
+    def update(self, hidden: torch.Tensor) -> None:
+        """hidden [batch, T, d]: the next windows in eval order."""
+        target = hidden[:, 1:].double().numpy()
+        for name, keep in self.masks.items():
+            kept = keep[self.offset:self.offset + len(target)]
+            n = kept.sum(axis=1).astype(np.float64)
+            mean = (target * kept[..., None]).sum(axis=1) / np.maximum(n, 1.0)[:, None]
+            m2 = (((target - mean[:, None]) ** 2).sum(axis=-1) * kept).sum(axis=1)
+            self.parts[name].append((n, mean, m2))
+        self.offset += len(target)
+
+    def arrays(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(n [W], mean [W, d], m2 [W]) of one mask, the inputs of :func:`r2_with_intervals`."""
+        return tuple(np.concatenate(column) for column in zip(*self.parts[name]))

@@ -8,8 +8,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 
-# Order matters: the cumulative fractions are laid out in this order on [0, 1).
-SPLITS = ("predictor_train", "predictor_eval", "probe_train", "probe_val", "probe_test")
+# Order matters: the cumulative fractions are laid out in this order on [0, 1). predictor_val chooses
+# settings and draws the learning curve; predictor_eval is scored once, at the end.
+SPLITS = ("predictor_train", "predictor_val", "predictor_eval", "probe_train", "probe_val", "probe_test")
+PREDICTOR_SPLITS = ("predictor_train", "predictor_val", "predictor_eval")
 PROBE_SPLITS = ("probe_train", "probe_val", "probe_test")
 
 

@@ -18,6 +18,7 @@ from safetensors import safe_open
 from . import config as cfg
 from . import corpus, extract, lm, metrics, predictor, storage, tasks, token_store, windows
 from .embedded_corpus import build_embedded_corpus  # the name embedded_corpus is a stage here
+from .splits import PREDICTOR_SPLITS
 from .storage import hidden_batches
 from .train import PredictorTrainer, batch_indices, check_stream_pool, fit_predictor
 from .train import train_predictors as train_loop
@@ -90,7 +91,8 @@ def embedded_corpus(config: Mapping, out_jsonl: str, out_manifest: str) -> None:
 
 def make_windows(config: Mapping, tokenizer_dir: str | None, corpus_jsonl: str | None,
                  outputs: Mapping[str, str]) -> None:
-    """Windows of every split; ``outputs`` maps predictor_train, predictor_eval, probe, summary to paths, and
+    """Windows of every split; ``outputs`` maps predictor_train, predictor_val, predictor_eval, probe, summary to
+    paths, and
     predictor_train_tokens to the token store of the predictor_train documents (stream mode's window pool)."""
     tokenizer = lm.load_tokenizer(model_source(config, tokenizer_dir))
     section = config["windows"]
@@ -109,7 +111,7 @@ def make_windows(config: Mapping, tokenizer_dir: str | None, corpus_jsonl: str |
             documents, tokenizer, length=section["length"], per_document=section["per_document"],
             prepend_bos=section["prepend_bos"], fractions=section["split_fractions"], seed=config["seed"],
             tasks=probe_tasks, on_document=keep_predictor_train)
-        predictor_counts = {split: section[split] for split in ("predictor_train", "predictor_eval")}
+        predictor_counts = {split: section[split] for split in PREDICTOR_SPLITS}
         selected = windows.select_windows(candidates, predictor_counts=predictor_counts, probe_caps=probe_caps,
                                           tasks=probe_tasks)
         summary = {**windows.summarize(selected, counts, probe_tasks, documents.duplicates),
@@ -117,7 +119,7 @@ def make_windows(config: Mapping, tokenizer_dir: str | None, corpus_jsonl: str |
         log.info("windows: %s", summary)
         windows.check_selection(selected, length=section["length"], requested=predictor_counts, tasks=probe_tasks,
                                 probe_caps=probe_caps, counts=counts)
-    for name in ("predictor_train", "predictor_eval", "probe"):
+    for name in (*PREDICTOR_SPLITS, "probe"):
         storage.write_parquet(selected[name], outputs[name], metadata)
     storage.write_json({**summary, "metadata": metadata}, outputs["summary"])
 
@@ -147,10 +149,10 @@ def extract_activations(config: Mapping, materialized_dir: str | None, windows_p
 
 @dataclass(frozen=True)
 class PredictorFiles:
-    """One layer's files in a training job: its eval hidden states (the learning curve's eval set), its
+    """One layer's files in a training job: its predictor_val hidden states (the learning curve's set), its
     weights and curve, and its resume state (not an output: it must survive an interrupted job)."""
 
-    eval_hidden: str
+    val_hidden: str
     weights: str
     curve: str
     resume: str
@@ -158,13 +160,13 @@ class PredictorFiles:
 
 
 def train_predictor(config: Mapping, materialized_dir: str | None, layer: str, train_data_path: str,
-                    eval_hidden_path: str, out_weights: str, out_curve: str, resume_path: str, out_cost: str,
+                    val_hidden_path: str, out_weights: str, out_curve: str, resume_path: str, out_cost: str,
                     storage_dtype_path: str | None = None) -> None:
     """Train one layer's predictor from cached hidden states (``train.data: cache``, reading the layer's
     activations) or from hidden states the frozen LM computes for every batch (``stream``, reading the
     predictor_train token store); see :func:`train_predictors`."""
     train_predictors(config, materialized_dir, train_data_path,
-                     {layer: PredictorFiles(eval_hidden_path, out_weights, out_curve, resume_path, out_cost)},
+                     {layer: PredictorFiles(val_hidden_path, out_weights, out_curve, resume_path, out_cost)},
                      storage_dtype_path)
 
 
@@ -202,14 +204,14 @@ def train_predictors(config: Mapping, materialized_dir: str | None, train_data_p
         started = time.perf_counter()
         results = {layer: fit_predictor(
             predictor_cfg, lambda: hidden_batches(train_data_path, train_cfg.batch_size),
-            read_hidden(files.eval_hidden, limit=config["train"]["eval_windows"]),
+            read_hidden(files.val_hidden, limit=config["train"]["eval_windows"]),
             eval_batch_size=train_cfg.eval_batch_size, device=device)}
         seconds = {layer: time.perf_counter() - started}  # the fit plus its scoring passes
     else:
         stat = data_file.stat()
         trainers = {
             layer: PredictorTrainer(
-                predictor_cfg, train_cfg, read_hidden(files.eval_hidden, limit=config["train"]["eval_windows"]),
+                predictor_cfg, train_cfg, read_hidden(files.val_hidden, limit=config["train"]["eval_windows"]),
                 device=device, resume_path=Path(files.resume), name=f"layer {layer}",
                 data_id=f"{config['train']['data']}:{layer}:{stat.st_size}:{stat.st_mtime_ns}")
             for layer, files in layers.items()}

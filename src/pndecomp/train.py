@@ -101,7 +101,8 @@ class StreamPoolTooSmall(ValueError):
     """Stream-mode training would take more passes over its window pool than ``train.max_epochs``."""
 
 
-CURVE_COLUMNS = ["step", "lr", "train_loss", "windows_seen", "tokens_seen", "eval_mse", "eval_var", "eval_r2"]
+# val_*: scores on train.eval_windows predictor_val windows (never the reported predictor_eval split).
+CURVE_COLUMNS = ["step", "lr", "train_loss", "windows_seen", "tokens_seen", "val_mse", "val_var", "val_r2"]
 
 
 def check_stream_pool(n_windows: int, cfg: TrainConfig) -> None:
@@ -125,10 +126,10 @@ class PredictorTrainer:
     data) left off. With ``resume_path``, state is saved there every ``checkpoint_every`` steps.
     """
 
-    def __init__(self, predictor_cfg, cfg: TrainConfig, eval_hidden: torch.Tensor, *,
+    def __init__(self, predictor_cfg, cfg: TrainConfig, val_hidden: torch.Tensor, *,
                  device: str | torch.device = "cpu", resume_path: Path | None = None, data_id: str = "",
                  name: str = "predictor"):
-        self.cfg, self.eval_hidden, self.device, self.name = cfg, eval_hidden, torch.device(device), name
+        self.cfg, self.val_hidden, self.device, self.name = cfg, val_hidden, torch.device(device), name
         self.resume_path = None if resume_path is None else Path(resume_path)
         if kind_of(predictor_cfg).fit is not None:
             raise ValueError(f"{name}: a {predictor_cfg.kind} predictor is fitted in closed form (fit_predictor), "
@@ -179,11 +180,11 @@ class PredictorTrainer:
         self.train_seconds += time.perf_counter() - started
         done = self.next_step = step + 1
         if done % cfg.eval_every == 0 or done == cfg.steps:
-            scores = evaluate(self.predictor, self.eval_hidden, cfg.eval_batch_size, self.device)
+            scores = evaluate(self.predictor, self.val_hidden, cfg.eval_batch_size, self.device)
             self.curve.append({"step": done, "lr": lr, "train_loss": loss.item(), "windows_seen": windows_seen,
                                "tokens_seen": windows_seen * hidden.shape[1],
-                               **{f"eval_{k}": v for k, v in scores.items()}})
-            log.info("%s: step %d  train loss %.5g  eval mse %.5g  r2 %.4f", self.name, done, loss.item(),
+                               **{f"val_{k}": v for k, v in scores.items()}})
+            log.info("%s: step %d  train loss %.5g  val mse %.5g  r2 %.4f", self.name, done, loss.item(),
                      scores["mse"], scores["r2"])
         if self.resume_path is not None and done % cfg.checkpoint_every == 0 and done < cfg.steps:
             with atomic_path(self.resume_path) as tmp:
@@ -219,22 +220,22 @@ def train_predictors(trainers: Mapping[str, PredictorTrainer], cfg: TrainConfig,
 
 
 def train_predictor(predictor_cfg, cfg: TrainConfig, next_batch: Callable[[int], torch.Tensor],
-                    eval_hidden: torch.Tensor, *, n_windows: int, device: str | torch.device = "cpu",
+                    val_hidden: torch.Tensor, *, n_windows: int, device: str | torch.device = "cpu",
                     resume_path: Path | None = None, data_id: str = "") -> tuple[torch.nn.Module, pd.DataFrame]:
     """Train one f_θ for ``cfg.steps`` steps; ``next_batch(step)`` returns hidden [batch, T, d_model] drawn
-    from ``n_windows`` windows. Returns the trained predictor and its learning curve."""
-    trainer = PredictorTrainer(predictor_cfg, cfg, eval_hidden, device=device, resume_path=resume_path,
+    from ``n_windows`` windows. Returns the trained predictor and its learning curve on ``val_hidden``."""
+    trainer = PredictorTrainer(predictor_cfg, cfg, val_hidden, device=device, resume_path=resume_path,
                                data_id=data_id)
     return train_predictors({"predictor": trainer}, cfg, lambda step: {"predictor": next_batch(step)},
                             n_windows)["predictor"]
 
 
-def fit_predictor(predictor_cfg, train_batches: Callable[[], Iterable[torch.Tensor]], eval_hidden: torch.Tensor, *,
+def fit_predictor(predictor_cfg, train_batches: Callable[[], Iterable[torch.Tensor]], val_hidden: torch.Tensor, *,
                   eval_batch_size: int = 32,
                   device: str | torch.device = "cpu") -> tuple[torch.nn.Module, pd.DataFrame]:
     """Fit a closed-form predictor (a kind with ``fit``) on one pass over ``train_batches()`` (hidden
     [batch, T, d_model] tensors: every predictor_train window once), then score it on a second pass (the
-    train loss) and on ``eval_hidden``. Returns the fitted predictor and a curve of one row: step 0, lr
+    train loss) and on ``val_hidden``. Returns the fitted predictor and a curve of one row: step 0, lr
     NaN, the train loss and the eval scores, with :data:`CURVE_COLUMNS`."""
     predictor = kind_of(predictor_cfg).fit(predictor_cfg, train_batches())
     device = torch.device(device)
@@ -246,13 +247,13 @@ def fit_predictor(predictor_cfg, train_batches: Callable[[], Iterable[torch.Tens
             residual = batch[:, 1:].to(torch.float64) - predictor(batch[:, :-1].float()).to(torch.float64)
             sse += float((residual ** 2).sum())
             values, windows, length = values + residual.numel(), windows + batch.shape[0], batch.shape[1]
-    scores = evaluate(predictor, eval_hidden, eval_batch_size, device)
+    scores = evaluate(predictor, val_hidden, eval_batch_size, device)
     predictor.eval()
     train_loss = sse / values if values else math.nan
-    log.info("%s fitted on %d windows: train loss %.5g  eval mse %.5g  r2 %.4f  (%s)", predictor_cfg.kind, windows,
+    log.info("%s fitted on %d windows: train loss %.5g  val mse %.5g  r2 %.4f  (%s)", predictor_cfg.kind, windows,
              train_loss, scores["mse"], scores["r2"],
              {key: value for key, value in getattr(predictor, "fit_info", {}).items() if key != "grid_scores"})
     curve = pd.DataFrame([{"step": 0, "lr": math.nan, "train_loss": train_loss, "windows_seen": windows,
-                           "tokens_seen": windows * length, **{f"eval_{k}": v for k, v in scores.items()}}],
+                           "tokens_seen": windows * length, **{f"val_{k}": v for k, v in scores.items()}}],
                          columns=CURVE_COLUMNS)
     return predictor, curve

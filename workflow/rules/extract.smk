@@ -25,6 +25,28 @@ rule extract_train_activations:
         "../scripts/extract_activations.py"
 
 
+# The learning curve's windows (predictor_val): small, read by every training job.
+rule extract_val_activations:
+    input:
+        **storage_dtype_choice(),
+        model=model_input(),
+        windows=rules.make_windows.output.predictor_val,
+    output:
+        **per_layer(f"{OUT}/activations/predictor_val/layer-{{layer}}.safetensors"),
+    log:
+        f"{OUT}/logs/extract_val_activations.log",
+    conda:
+        "../../envs/pndecomp.yaml"
+    threads: 2
+    resources:
+        mem_mb=stage_mem_mb("extract_val_activations"),
+        runtime=stage_runtime("extract_val_activations"),
+    params:
+        config=view(*PROVENANCE, "device", "layers", "extraction"),
+    script:
+        "../scripts/extract_activations.py"
+
+
 rule extract_eval_activations:
     input:
         model=model_input(),

@@ -62,6 +62,8 @@ rule per_position_metrics:
         residual=rules.decompose_eval.output.residual,
         surprisal=rules.extract_eval_activations.output.surprisal,
         windows=rules.make_windows.output.predictor_eval,
+        # ρ for the best baseline's residual beside the predictor's
+        baselines=rules.score_baselines.output[0],
     output:
         f"{METRICS}/per_position/layer-{{layer}}.parquet",
     log:

@@ -10,7 +10,8 @@ if config["train"]["joint_layers"]:
             **storage_dtype_choice(),
             model=model_input(),
             train=rules.make_windows.output.predictor_train_tokens,
-            eval=expand(f"{OUT}/activations/predictor_eval/layer-{{layer}}.safetensors", layer=LAYERS),
+            # the learning curve's windows: predictor_val (predictor_eval is scored once, after training)
+            val=expand(f"{OUT}/activations/predictor_val/layer-{{layer}}.safetensors", layer=LAYERS),
         output:
             weights=expand(f"{PREDICTOR_DIR}/predictor.safetensors", layer=LAYERS, allow_missing=True),
             curves=expand(f"{PREDICTOR_DIR}/curve.parquet", layer=LAYERS, allow_missing=True),
@@ -37,7 +38,7 @@ else:
             **storage_dtype_choice(),
             model=model_input(),
             train=predictor_training_data(),
-            eval=f"{OUT}/activations/predictor_eval/layer-{{layer}}.safetensors",
+            val=f"{OUT}/activations/predictor_val/layer-{{layer}}.safetensors",
         output:
             weights=f"{PREDICTOR_DIR}/predictor.safetensors",
             curve=f"{PREDICTOR_DIR}/curve.parquet",

@@ -7,6 +7,7 @@ rule make_windows:
         predictor_train=f"{OUT}/windows/predictor_train.parquet",
         # every predictor_train document's token ids: stream-mode training draws its windows from them
         predictor_train_tokens=directory(f"{OUT}/windows/predictor_train_tokens"),
+        predictor_val=f"{OUT}/windows/predictor_val.parquet",
         predictor_eval=f"{OUT}/windows/predictor_eval.parquet",
         probe=f"{OUT}/windows/probe.parquet",
         summary=f"{OUT}/windows/summary.json",

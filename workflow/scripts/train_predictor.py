@@ -3,5 +3,5 @@ from pndecomp.stages import train_predictor
 
 config = setup(snakemake)
 train_predictor(config, materialized(snakemake), snakemake.wildcards.layer, snakemake.input.train,
-                snakemake.input.eval, snakemake.output.weights, snakemake.output.curve,
+                snakemake.input.val, snakemake.output.weights, snakemake.output.curve,
                 snakemake.params.resume, snakemake.output.cost, snakemake.input.get("storage_dtype"))

@@ -4,7 +4,7 @@ from pndecomp.stages import PredictorFiles, train_predictors
 
 config = setup(snakemake)
 # The rule lists each layer's files in config layer order.
-files = zip(snakemake.input.eval, snakemake.output.weights, snakemake.output.curves, snakemake.params.resume,
+files = zip(snakemake.input.val, snakemake.output.weights, snakemake.output.curves, snakemake.params.resume,
             snakemake.output.costs, strict=True)
 train_predictors(config, materialized(snakemake), snakemake.input.train,
                  dict(zip(layer_names(config), (PredictorFiles(*paths) for paths in files), strict=True)),
