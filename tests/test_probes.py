@@ -1,4 +1,5 @@
 """Probe selection, class weights, the probe fit, its bootstrap intervals and control tasks (docs/method.md §6)."""
+import hashlib
 import json
 import logging
 import subprocess
@@ -306,15 +307,21 @@ FEATURES_MODEL = {"path": "model", "gguf_file": None, "revision": None, "weights
 
 def _probe_windows(tmp_path, rng, n_docs=60, per_doc=3, d=6, signal=None):
     """A probe-windows Parquet file and a probe-features file of layer 3 for probe_stages.fit_probe:
-    labels a/b/c by document, features = class centre (when ``signal``) + noise; returns their paths."""
+    labels a/b/c by document, features = class centre (when ``signal``) + noise; returns their paths.
+    Documents i and i + 5 (same split) share a near-duplicate group whenever i // 10 is equal: 60
+    documents make 30 groups, the bootstrap units."""
     from safetensors.numpy import save_file
 
-    doc_ids = np.repeat([f"doc{i}" for i in range(n_docs)], per_doc)
-    doc_label = np.array(["a", "b", "c"])[np.arange(n_docs) % 3]
+    index = np.arange(n_docs)
+    doc_ids = np.repeat([f"doc{i}" for i in index], per_doc)
+    groups = np.repeat([f"g{i % 5}-{i // 10}" for i in index], per_doc)
+    doc_label = np.array(["a", "b", "c"])[index % 3]
     labels = np.repeat(doc_label, per_doc)
     split = np.repeat(np.array(["probe_train", "probe_val", "probe_test", "probe_train", "probe_test"])[
-        np.arange(n_docs) % 5], per_doc)
-    frame = pd.DataFrame({"doc_id": doc_ids, "split": split, "domain": labels, "in_domain": True})
+        index % 5], per_doc)
+    window_ids = [f"{doc}@{k}" for doc, k in zip(doc_ids, np.tile(np.arange(per_doc), n_docs))]
+    frame = pd.DataFrame({"window_id": window_ids, "doc_id": doc_ids, "group": groups, "split": split,
+                          "domain": labels, "in_domain": True})
     windows = tmp_path / "probe.parquet"
     frame.to_parquet(windows)
     centres = {c: 2.0 * np.eye(d)[i] for i, c in enumerate("abc")}
@@ -329,9 +336,9 @@ def _probe_windows(tmp_path, rng, n_docs=60, per_doc=3, d=6, signal=None):
 
 
 def test_fit_probe_stage_intervals_and_paired_differences(tmp_path):
-    """probe_stages.fit_probe: every representation's interval comes from the same document resamples, and
-    the paired difference ĥ − r is the percentile interval of the per-resample differences, both
-    recomputed here directly with sklearn on resample_rows."""
+    """probe_stages.fit_probe: every representation's interval comes from the same resamples of the split
+    units (near-duplicate groups, not documents), and the paired difference ĥ − r is the percentile
+    interval of the per-resample differences, both recomputed here directly with sklearn on resample_rows."""
     from pndecomp import probe_stages
 
     rng = np.random.default_rng(11)
@@ -349,7 +356,8 @@ def test_fit_probe_stage_intervals_and_paired_differences(tmp_path):
     assert list(table["representation"]) == ["h", "h_mean", "hhat", "r", "hhat_r"]
     assert (table["test_macro_f1_lo"] <= table["test_macro_f1"]).all()
     assert (table["test_macro_f1"] <= table["test_macro_f1_hi"]).all()
-    assert (table["n_test_documents"] == 24).all() and (table["n_classes_excluded"] == 0).all()
+    # 24 test documents in 12 groups: n_test_documents counts the bootstrap units.
+    assert (table["n_test_documents"] == 12).all() and (table["n_classes_excluded"] == 0).all()
 
     # Direct recomputation: refit the probes (deterministic) and rescore on resample_rows with sklearn.
     from safetensors.numpy import load_file
@@ -360,8 +368,9 @@ def test_fit_probe_stage_intervals_and_paired_differences(tmp_path):
     tensors = load_file(str(features))
     rows = {s: np.flatnonzero(frame["split"] == s) for s in ("probe_train", "probe_val", "probe_test")}
     y = frame["domain"].to_numpy()
-    group, n_docs = bootstrap.groups_of(frame["doc_id"].to_numpy()[rows["probe_test"]])
-    counts = bootstrap.resample_counts(n_docs, 300, seed=0)
+    group, n_groups = bootstrap.groups_of(frame["group"].to_numpy()[rows["probe_test"]])
+    assert n_groups == 12
+    counts = bootstrap.resample_counts(n_groups, 300, seed=0)
     samples = {}
     for name in ("h", "hhat", "r"):
         x = REPRESENTATIONS[name].build(tensors)
@@ -376,6 +385,8 @@ def test_fit_probe_stage_intervals_and_paired_differences(tmp_path):
         assert row["test_macro_f1"] == pytest.approx(result["test_macro_f1"])
         assert (row["test_macro_f1_lo"], row["test_macro_f1_hi"]) == pytest.approx(
             tuple(np.percentile(samples[name], [2.5, 97.5])))
+        # The per-resample scores are kept for probe_table's paired selectivity interval.
+        np.testing.assert_allclose(row["test_macro_f1_samples"], samples[name], rtol=1e-12)
     for other in ("r", "h"):
         pair = differences[(differences["representation_a"] == "hhat") & (differences["representation_b"] == other)]
         assert len(pair) == 1
@@ -393,6 +404,11 @@ def test_fit_probe_stage_intervals_and_paired_differences(tmp_path):
     off, off_differences = pd.read_parquet(out), pd.read_parquet(diffs)
     np.testing.assert_array_equal(off["test_macro_f1"], table["test_macro_f1"])
     assert off[["test_macro_f1_lo", "test_macro_f1_hi"]].isna().all().all()
+    assert (off["test_macro_f1_samples"].map(len) == 0).all()
+    assert (off["test_rows_sha1"] == table["test_rows_sha1"]).all()
+    test = frame[frame["split"] == "probe_test"]
+    digest = hashlib.sha1("\n".join(f"{w}\t{g}" for w, g in zip(test["window_id"], test["group"])).encode())
+    assert (table["test_rows_sha1"] == digest.hexdigest()).all()
     assert off_differences[["difference_lo", "difference_hi"]].isna().all().all()
     np.testing.assert_allclose(off_differences["difference"], differences["difference"])
 
@@ -400,24 +416,31 @@ def test_fit_probe_stage_intervals_and_paired_differences(tmp_path):
 # --- probe tables and heatmaps ------------------------------------------------------------
 
 
-def _layer_table(task, f1, lo=None, hi=None):
+def _layer_table(task, f1, lo=None, hi=None, samples=None, digest="rows"):
     from pndecomp.representations import REPRESENTATIONS
 
     frame = pd.DataFrame({"task": task, "representation": list(REPRESENTATIONS), "test_macro_f1": f1})
     if lo is not None:
         frame = frame.assign(test_macro_f1_lo=lo, test_macro_f1_hi=hi)
+    if samples is not None:  # [representations, resamples], as probe_stages.fit_probe stores them
+        frame = frame.assign(test_macro_f1_samples=[list(row) for row in samples], test_rows_sha1=digest,
+                             n_resamples=len(samples[0]))
     return frame
 
 
 def test_probe_table_stacks_layers_differences_and_selectivity(tmp_path):
     from pndecomp import probe_stages
 
-    paths, control_paths, difference_paths = {}, {}, {}
+    rng = np.random.default_rng(12)
+    paths, control_paths, difference_paths, samples = {}, {}, {}, {}
     for index, layer in enumerate(["embed", "3"]):
+        samples[layer] = rng.uniform(0.5, 1, size=(5, 40)), rng.uniform(0, 0.5, size=(5, 40))
         paths[layer] = tmp_path / f"task-{layer}.parquet"
-        _layer_table("domain", [0.9, 0.8, 0.7, 0.6, 0.95 - index]).assign(layer="ignored").to_parquet(paths[layer])
+        _layer_table("domain", [0.9, 0.8, 0.7, 0.6, 0.95 - index], samples=samples[layer][0]).assign(
+            layer="ignored").to_parquet(paths[layer])
         control_paths[layer] = tmp_path / f"control-{layer}.parquet"
-        _layer_table("domain_control", [0.3, 0.35, 0.2, 0.25, 0.3]).to_parquet(control_paths[layer])
+        _layer_table("domain_control", [0.3, 0.35, 0.2, 0.25, 0.3], samples=samples[layer][1]).to_parquet(
+            control_paths[layer])
         difference_paths[layer] = tmp_path / f"differences-{layer}.parquet"
         pd.DataFrame({"task": "domain", "representation_a": "hhat", "representation_b": ["r", "h", "h_mean"],
                       "difference": [0.1, -0.2, -0.1], "difference_lo": [-0.05, -0.3, -0.2],
@@ -426,16 +449,31 @@ def test_probe_table_stacks_layers_differences_and_selectivity(tmp_path):
     probe_stages.probe_table(paths, out, difference_paths, out_differences, control_paths)
     table = pd.read_csv(out, sep="\t", dtype={"layer": str})
     assert list(table.columns[:3]) == ["layer", "task", "representation"]
+    assert list(table.columns[-6:]) == ["n_resamples", "control_task", "control_test_macro_f1", "selectivity",
+                                        "selectivity_lo", "selectivity_hi"]
+    assert "test_macro_f1_samples" not in table and "test_rows_sha1" not in table  # per-layer files only
     assert list(table["layer"]) == ["embed"] * 5 + ["3"] * 5
     assert (table["control_task"] == "domain_control").all()
     np.testing.assert_allclose(table["selectivity"], table["test_macro_f1"] - table["control_test_macro_f1"])
     assert table.loc[(table["layer"] == "3") & (table["representation"] == "h"), "selectivity"].item() == \
         pytest.approx(0.9 - 0.3)
+    # The paired interval: percentiles of the per-resample differences, cell by cell.
+    expected = np.concatenate([np.percentile(ours - theirs, [2.5, 97.5], axis=1).T
+                               for ours, theirs in (samples["embed"], samples["3"])])
+    np.testing.assert_allclose(table[["selectivity_lo", "selectivity_hi"]], expected, rtol=1e-5)
     differences = pd.read_csv(out_differences, sep="\t", dtype={"layer": str})
     assert list(differences["layer"]) == ["embed"] * 3 + ["3"] * 3 and differences.columns[0] == "layer"
     # Without a control: no selectivity columns.
     probe_stages.probe_table(paths, out, difference_paths, out_differences)
     assert "selectivity" not in pd.read_csv(out, sep="\t").columns
+    # Control tables over other test rows, or from before the samples were kept: a clear error.
+    _layer_table("domain_control", [0.3] * 5, samples=samples["3"][1], digest="other rows").to_parquet(
+        control_paths["3"])
+    with pytest.raises(probe_stages.UnpairedControl, match="layer 3.*different test rows.*do not pair up"):
+        probe_stages.probe_table(paths, out, difference_paths, out_differences, control_paths)
+    _layer_table("domain_control", [0.3] * 5).to_parquet(control_paths["3"])
+    with pytest.raises(probe_stages.UnpairedControl, match="predate.*snakemake -R fit_probe"):
+        probe_stages.probe_table(paths, out, difference_paths, out_differences, control_paths)
 
 
 def test_probe_heatmap_annotates_intervals_and_marks_hhat_when_hhat_minus_r_contains_zero(tmp_path):

@@ -16,9 +16,9 @@ included) is left out of the test macro average, with a warning, and counted in
 ``n_classes_excluded``; its windows stay in the test set, so micro-F1 and the other classes' F1
 still see them. Train and val are unchanged.
 
-Intervals: :func:`resampled_macro_f1` recomputes test macro-F1 on document-level bootstrap
-resamples of the test windows from the kept test predictions (no refit), over the same classes as
-the point estimate.
+Intervals: :func:`resampled_macro_f1` recomputes test macro-F1 on bootstrap resamples of the test
+windows by split unit (:mod:`pndecomp.bootstrap`: the near-duplicate group) from the kept test
+predictions (no refit), over the same classes as the point estimate.
 """
 from __future__ import annotations
 
@@ -142,7 +142,7 @@ def fit_and_score(
 def resampled_macro_f1(y_true, y_pred, labels, group_of_row: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Macro-F1 over ``labels`` of every bootstrap resample: [n_resamples].
 
-    ``counts`` [n_resamples, n_groups] says how often each group (document) of the rows is drawn
+    ``counts`` [n_resamples, n_groups] says how often each group (bootstrap unit) of the rows is drawn
     (:func:`pndecomp.bootstrap.resample_counts`); a resample holds every row of group g counts[g]
     times. Per-class TP, FP and FN are sums over rows, so they are per-group sums weighted by the
     counts, and F1_c = 2 TP / (2 TP + FP + FN) -- the same number :func:`f1_scores` gives on the

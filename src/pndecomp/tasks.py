@@ -10,11 +10,13 @@ Adding a task is one :class:`ProbeTask` in :data:`TASKS` plus the task's name in
 
 A **control task** (Hewitt & Liang 2019, "Designing and interpreting probes with control tasks")
 has no label function of its own: its :class:`Control` names a base task and a unit (the window's
-document, or its last token id), and every unit gets a random label drawn from the empirical
-distribution of the base task's labels over units (:func:`control_labels`, called by
-:func:`pndecomp.windows.build_windows` once the base labels of all candidate windows are known).
-A probe can only score above chance on a control by memorising units, so ``selectivity`` = F1 of
-the task − F1 of its control says how much of the F1 is the representation's, not the probe's.
+last token id, the only unit offered: see :data:`RECURRING_UNITS`), and every unit gets a random
+label drawn from the empirical distribution of the base task's labels over windows
+(:func:`control_labels`, called by :func:`pndecomp.windows.build_windows` once the base labels of
+all candidate windows are known). The unit recurs across the probe splits, so a probe that
+memorises units (unit → label, as seen in probe_train) beats chance on the control's test split,
+and ``selectivity`` = F1 of the task − F1 of its control says how much of the F1 the representation
+gives beyond what a probe gets by memorising units.
 """
 from __future__ import annotations
 
@@ -38,16 +40,39 @@ class ProbeWindow:
     decode: Callable[[list[int]], str]  # token ids -> text: the tokenizer's decode
 
 
-ControlUnit = Literal["doc", "last_token"]
+# The units a control task may draw its random labels by. Only units that recur across the probe
+# splits are offered: the splits are document- (near-duplicate-group-) disjoint, so a unit such as
+# the document or its group never has a test window whose label was seen in probe_train. A control
+# over such a unit is at chance by construction (for any representation), and its "selectivity" is
+# F1 minus a constant. Token ids occur in every split, as Hewitt & Liang's word types do.
+ControlUnit = Literal["last_token"]
+
+
+def _last_token(tokens: np.ndarray) -> int:
+    return int(tokens[-1])
+
+
+RECURRING_UNITS: dict[str, Callable[[np.ndarray], int]] = {"last_token": _last_token}  # unit -> its key of a window
 
 
 @dataclass(frozen=True)
 class Control:
     """What makes a task a control task: the base task whose labels it shuffles, and the unit that
-    carries one random label (``doc``: the document id; ``last_token``: the window's last token id)."""
+    carries one random label (``last_token``: the window's last token id). A unit that cannot recur
+    across the probe splits (e.g. the document) is refused: see :data:`RECURRING_UNITS`."""
 
     base: str
     unit: ControlUnit
+
+    def __post_init__(self):
+        if self.unit not in RECURRING_UNITS:
+            raise ValueError(f"control unit {self.unit!r} of a control of {self.base!r}: a control task needs a "
+                             f"unit that recurs across the probe splits, one of {sorted(RECURRING_UNITS)} (the "
+                             "splits are document-disjoint, so a per-document label is never seen in training)")
+
+    def unit_of(self, tokens: np.ndarray):
+        """The unit of a window with these token ids (its key in :func:`control_labels`)."""
+        return RECURRING_UNITS[self.unit](tokens)
 
 
 @dataclass(frozen=True)
@@ -71,8 +96,9 @@ class ProbeTask:
     def caption(self) -> str:
         return (f"{self.description}: test macro-F1 of a linear probe on each representation at the last window "
                 f"position, per layer{self.source}. With metrics.bootstrap > 0 each cell also shows the 95 % "
-                "document-level bootstrap interval, and a hatched ĥ cell with a ~ after its value marks a layer where "
-                "the paired interval of ĥ − r contains 0 (ĥ and r not distinguishable at this test size).")
+                "bootstrap interval (test windows resampled by split unit, the near-duplicate group), and a "
+                "hatched ĥ cell with a ~ after its value marks a layer where the paired interval of ĥ − r "
+                "contains 0 (ĥ and r not distinguishable at this test size).")
 
 
 def _domain(window: ProbeWindow) -> str | None:
@@ -135,8 +161,8 @@ _BY_NAME = {task.name: task for task in _BASE_TASKS}
 
 TASKS: dict[str, ProbeTask] = {task.name: task for task in (
     *_BASE_TASKS,
-    # Control tasks (Hewitt & Liang 2019): a random domain per document, a random type per token id.
-    _control_of(_BY_NAME["domain"], "doc", "domain_control", "random domain per document"),
+    # Control tasks (Hewitt & Liang 2019): a random domain, and a random type, per last token id.
+    _control_of(_BY_NAME["domain"], "last_token", "domain_control", "random domain per last token id"),
     _control_of(_BY_NAME["next_token_type_8"], "last_token", "next_token_type_control",
                 "random type per last token id"),
 )}

@@ -95,9 +95,8 @@ def build_windows(documents: Iterable[Document], tokenizer, *, length: int, per_
                                         *[task.label_column for task in labelled.values()], "order_key", "tokens"])
     for task in controls:
         base = labelled[task.control.base]
-        units = (frame["doc_id"] if task.control.unit == "doc"
-                 else pd.Series([int(tokens[-1]) for tokens in frame["tokens"]], index=frame.index, dtype=object))
-        frame[task.label_column] = control_labels(units.tolist(), frame[base.label_column].tolist(), seed=seed,
+        units = [task.control.unit_of(tokens) for tokens in frame["tokens"]]  # a unit that recurs across splits
+        frame[task.label_column] = control_labels(units, frame[base.label_column].tolist(), seed=seed,
                                                   task=task.name)
     columns = ["window_id", "doc_id", "group", "split", "start", *[task.label_column for task in tasks], "order_key",
                "tokens"]
