@@ -60,7 +60,7 @@ def files_of(root, name, layer):
 def train_one(prepared, name, layer, config=None, train_data=None):
     config = config or prepared["config"]
     files = files_of(prepared["root"], name, layer)
-    stages.train_predictor(config, None, layer, train_data or prepared["store"], files.eval_hidden, files.weights,
+    stages.train_predictor(config, None, layer, train_data or prepared["store"], files.val_hidden, files.weights,
                            files.curve, files.resume, files.cost)
     return files
 
@@ -185,7 +185,7 @@ def test_stream_mode_learns_and_writes_what_cache_mode_writes(prepared):
     curve = pd.read_parquet(streamed.curve)
     assert list(curve["step"]) == [10, 20, 30, 40]
     assert curve["train_loss"].iloc[-1] < curve["train_loss"].iloc[0]
-    assert curve["eval_mse"].iloc[-1] < curve["eval_mse"].iloc[0]
+    assert curve["val_mse"].iloc[-1] < curve["val_mse"].iloc[0]
     batch, length = prepared["config"]["train"]["batch_size"], prepared["config"]["windows"]["length"]
     assert list(curve["windows_seen"]) == [batch * step for step in curve["step"]]  # 320 <= the pool: all distinct
     assert list(curve["tokens_seen"]) == [length * n for n in curve["windows_seen"]]

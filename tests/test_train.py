@@ -64,9 +64,9 @@ def test_loss_falls_and_curve_columns():
     assert list(curve.columns) == CURVE_COLUMNS
     assert list(curve["step"]) == [50, 100, 150]
     assert list(curve["windows_seen"]) == [32] * 3 and list(curve["tokens_seen"]) == [320] * 3
-    assert curve["eval_mse"].iloc[-1] < 0.5 * curve["eval_mse"].iloc[0]
-    assert curve["eval_r2"].iloc[-1] > 0.5
-    assert all(math.isfinite(v) for v in curve["eval_var"])
+    assert curve["val_mse"].iloc[-1] < 0.5 * curve["val_mse"].iloc[0]
+    assert curve["val_r2"].iloc[-1] > 0.5
+    assert all(math.isfinite(v) for v in curve["val_var"])
 
 
 def test_resume_reproduces_uninterrupted_run_bitwise(tmp_path):
@@ -216,7 +216,7 @@ def test_a_short_run_of_every_sgd_kind_lowers_the_loss(name):
     cfg_ = TrainConfig(steps=30, batch_size=16, lr=1e-2, warmup_steps=2, eval_every=1)
     model, curve = train_predictor(settings, cfg_, lambda step: hidden[batch_indices(64, 16, 0, step)], hidden[:16],
                                    n_windows=64)
-    assert curve["eval_mse"].iloc[-1] < 0.7 * curve["eval_mse"].iloc[0], curve["eval_mse"].tolist()
+    assert curve["val_mse"].iloc[-1] < 0.7 * curve["val_mse"].iloc[0], curve["val_mse"].tolist()
     assert model.config == settings
 
 
@@ -277,8 +277,8 @@ def test_ridge_ar1_fit_equals_the_numpy_closed_form(alpha):
     assert row["train_loss"] == pytest.approx(((hidden[:, 1:].double().numpy() - prediction) ** 2).mean(), rel=1e-5)
     eval_prediction = prediction[:8]
     eval_mse = ((hidden[:8, 1:].double().numpy() - eval_prediction) ** 2).mean()
-    assert row["eval_mse"] == pytest.approx(eval_mse, rel=1e-5)
-    assert row["eval_r2"] > 0.5
+    assert row["val_mse"] == pytest.approx(eval_mse, rel=1e-5)
+    assert row["val_r2"] > 0.5
 
 
 def test_training_stage_fits_ridge_ar_on_cached_states_and_refuses_stream_mode(tmp_path, tiny_model_dir, tiny_corpus):
@@ -308,7 +308,7 @@ def test_training_stage_fits_ridge_ar_on_cached_states_and_refuses_stream_mode(t
     np.testing.assert_allclose(predicted, reference.predict(eval_hidden.half()), atol=1e-4)
     curve = pd.read_parquet(curve_path)
     assert list(curve.columns) == CURVE_COLUMNS and curve["step"].tolist() == [0]
-    assert curve["windows_seen"].tolist() == [30] and curve["eval_r2"].iloc[0] > 0.5
+    assert curve["windows_seen"].tolist() == [30] and curve["val_r2"].iloc[0] > 0.5
     assert not resume.exists()
 
     stream = {**config, "train": {**config["train"], "data": "stream"}}

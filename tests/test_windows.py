@@ -8,7 +8,8 @@ from pndecomp.tasks import TASKS
 from pndecomp.windows import build_windows, select_windows, window_starts
 
 PAPER_TASKS = [TASKS["domain"], TASKS["next_token_type_8"]]
-FRACTIONS = {"predictor_train": 0.4, "predictor_eval": 0.1, "probe_train": 0.3, "probe_val": 0.1, "probe_test": 0.1}
+FRACTIONS = {"predictor_train": 0.35, "predictor_val": 0.05,
+             "predictor_eval": 0.1, "probe_train": 0.3, "probe_val": 0.1, "probe_test": 0.1}
 
 
 class CharTokenizer:

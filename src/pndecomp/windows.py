@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .corpus import Document
-from .splits import PROBE_SPLITS, split_of, unit_hash
+from .splits import PREDICTOR_SPLITS, PROBE_SPLITS, split_of, unit_hash
 from .tasks import ProbeTask, ProbeWindow, control_labels
 from .tasks import get as get_task
 
@@ -198,14 +198,17 @@ def check_selection(selected: Mapping[str, pd.DataFrame], *, length: int, reques
     ``requested`` is the config's windows per predictor split; ``counts`` (from :func:`build_windows`)
     adds how many documents were too short to the message.
     """
-    eval_needed = 2  # Var and Spearman need two windows; train.eval_windows is checked against the config
-    available = {split: len(selected[split]) for split in ("predictor_train", "predictor_eval")}
-    if available["predictor_train"] < 1 or available["predictor_eval"] < eval_needed:
+    # Var and Spearman need two eval windows, the learning curve two val windows; train.eval_windows is
+    # checked against the config.
+    eval_needed = 2
+    available = {split: len(selected[split]) for split in PREDICTOR_SPLITS}
+    if (available["predictor_train"] < 1 or available["predictor_eval"] < eval_needed
+            or available["predictor_val"] < eval_needed):
         short = (f" ({counts.get('skipped_short', 0)} of {counts.get('documents', 0)} documents are shorter than "
                  f"windows.length = {length} tokens)" if counts is not None else "")
         raise NotEnoughWindows(
             f"the corpus yields {available} windows of {length} tokens for the predictor splits{short}; "
-            f"windows.predictor_eval needs at least {eval_needed} and predictor_train at "
+            f"windows.predictor_eval and predictor_val need at least {eval_needed} and predictor_train at "
             "least 1: add documents, lower windows.length, raise windows.per_document or the split fractions")
     for split, n_available in available.items():
         if n_available < requested[split]:
