@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
+from test_windows import CharTokenizer
 
 from pndecomp import bootstrap, probe_stages
 from pndecomp.corpus import Document
@@ -17,18 +18,6 @@ from pndecomp.windows import build_windows, select_windows
 
 FRACTIONS = {"predictor_train": 0.1, "predictor_eval": 0.1, "probe_train": 0.5, "probe_val": 0.1, "probe_test": 0.2}
 DOMAINS = ("w", "x", "y", "z")
-
-
-class CharTokenizer:
-    """One token per character: token ids are code points (no special tokens)."""
-
-    bos_token_id = 1
-
-    def __call__(self, texts, add_special_tokens=False):
-        return {"input_ids": [[ord(c) for c in text] for text in texts]}
-
-    def decode(self, ids):
-        return "".join(map(chr, ids))
 
 
 def zipf_documents(n, n_types=400, exponent=1.1, length=6, seed=0):

@@ -414,7 +414,8 @@ def test_no_duplicate_spans_two_splits_after_windowing(planted_corpus, dedup):
     tasks = [TASKS["domain"]]
     candidates, counts = build_windows(stream, CharTokenizer(), length=20, per_document=2, prepend_bos=False,
                                        fractions=FRACTIONS, seed=0, tasks=tasks)
-    selected = select_windows(candidates, predictor_counts={"predictor_train": 10**6, "predictor_eval": 10**6},
+    everything = {split: 10**6 for split in ("predictor_train", "predictor_val", "predictor_eval")}
+    selected = select_windows(candidates, predictor_counts=everything,
                               probe_caps={"domain": {split: 10**6 for split in PROBE_SPLITS}}, tasks=tasks)
     windows = pd.concat(selected.values(), ignore_index=True)
     assert len(windows) == len(candidates) == 2 * 3 * N_PLANTED

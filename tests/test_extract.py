@@ -137,12 +137,13 @@ def eval_extraction_feeds(workdir, tiny_model_dir, tiny_corpus, dtype: str) -> s
 
 
 def test_auto_makes_the_other_stores_wait_for_the_eval_extraction(tmp_path, tiny_model_dir, tiny_corpus):
-    """With auto the choice file feeds the train extraction and the probe features too (training and
-    decomposition wait for the eval extraction anyway); an explicit dtype leaves the DAG as it was."""
+    """With auto the choice file feeds the train and val extractions, the training and the probe features
+    too (decomposition waits for the eval extraction anyway); an explicit dtype leaves the DAG as it was."""
     explicit = eval_extraction_feeds(tmp_path / "float16", tiny_model_dir, tiny_corpus, "float16")
     auto = eval_extraction_feeds(tmp_path / "auto", tiny_model_dir, tiny_corpus, "auto")
     assert "decompose_eval" in explicit and "train_predictor" not in explicit  # training reads predictor_val
-    assert auto - explicit == {"extract_train_activations", "extract_val_activations", "probe_features"}
+    assert auto - explicit == {"extract_train_activations", "extract_val_activations", "train_predictor",
+                               "probe_features"}
     assert explicit <= auto
 
 

@@ -108,7 +108,7 @@ def test_requests_cover_the_measured_peak_of_each_streaming_stage(case, tmp_path
     storage.save_tensors({"surprisal": torch.from_numpy(rng.exponential(3.0, (n_windows, length - 1))).float()},
                          surprisal, {})
     eval_windows = tmp_path / "eval.parquet"
-    pd.DataFrame({"doc_id": [f"d{i // 2}" for i in range(n_windows)]}).to_parquet(eval_windows)
+    pd.DataFrame({"group": [f"d{i // 2}" for i in range(n_windows)]}).to_parquet(eval_windows)
     residual, scores = tmp_path / "residual.safetensors", tmp_path / "scores.json"
     runs = {
         "decompose_eval": ("stages", config, str(hidden), str(weights), str(residual), str(scores)),

@@ -42,6 +42,23 @@ def test_full_run_makes_every_figure_and_table(tiny_run):
         assert (out / "figures" / name).stat().st_size > 1000, name
     summary = pd.read_csv(out / "metrics" / "attn1" / "layer_summary.tsv", sep="\t", dtype={"layer": str})
     assert list(summary["layer"]) == ["0", "2", "3"]
+    # Every model under every mask, with its interval and the paired difference to that mask's best baseline.
+    from pndecomp.metric_stages import MASKS
+
+    baselines = [column.removeprefix("r2_") for column in summary.columns if column.startswith("r2_")
+                 and not column.endswith(("_lo", "_hi")) and column != "r2_minus_best"]
+    assert {"mean", "persistence", "context_mean", "context_mean_from2", "ridge_ar1", "ridge_ar4"} == set(baselines)
+    for mask in MASKS:
+        for stem in ("r2", *[f"r2_{name}" for name in baselines], "r2_minus_best"):
+            assert (summary[f"{mask}_{stem}_lo"] <= summary[f"{mask}_{stem}_hi"]).all(), (mask, stem)
+        assert summary[f"{mask}_best_baseline"].isin(baselines).all()
+    # The learning curve is computed on predictor_val, never on the reported predictor_eval windows.
+    curve = pd.read_parquet(out / "predictors" / "attn1" / "layer-2" / "curve.parquet")
+    assert {"val_mse", "val_r2"} <= set(curve.columns) and not any(c.startswith("eval_") for c in curve.columns)
+    splits = {name: set(pd.read_parquet(out / "windows" / f"{name}.parquet")["group"])
+              for name in ("predictor_train", "predictor_val", "predictor_eval")}
+    others = splits["predictor_train"] | splits["predictor_eval"]
+    assert splits["predictor_val"] and not splits["predictor_val"] & others
     for task in ("domain", "next_token_type_8", "domain_control", "next_token_type_8_control"):
         table = pd.read_csv(out / "probes" / "attn1" / f"{task}.tsv", sep="\t", dtype={"layer": str})
         assert len(table) == 3 * 5
@@ -61,12 +78,15 @@ def test_full_run_makes_every_figure_and_table(tiny_run):
             assert list(table["control_test_macro_f1"]) == list(control["test_macro_f1"])
             selectivity = table["test_macro_f1"] - table["control_test_macro_f1"]
             assert (table["selectivity"] - selectivity).abs().max() < 2e-6  # the TSV keeps 6 significant digits
+            assert (table["selectivity_lo"] <= table["selectivity_hi"]).all()
         else:
             assert "selectivity" not in table
     for figure in ("probe_domain_control", "probe_next_token_type_8_control"):
         assert (out / "figures" / f"{figure}.png").stat().st_size > 1000, figure
     per_position = pd.read_parquet(out / "metrics" / "attn1" / "per_position" / "layer-2.parquet")
     assert list(per_position["position"]) == list(range(2, 25))
+    for column in ("spearman_rho", "spearman_rho_best_baseline", "spearman_rho_displacement"):
+        assert per_position[column].between(-1, 1).all() and f"{column}_lo" in per_position, column
 
 
 def test_interventions_make_their_tables_and_figures(tiny_run):

@@ -344,7 +344,7 @@ def patching_scores(model: nn.Module, layer: Layer, tokens, hidden, predictor: n
 def mean_with_intervals(values: np.ndarray, documents: Sequence, *, n_resamples: int = 1000, seed: int = 0,
                         level: float = bootstrap.LEVEL) -> pd.DataFrame:
     """Means of ``values`` [W, P] over windows, per position and pooled over positions, with
-    document-level bootstrap intervals (:mod:`pndecomp.bootstrap`; every window of a drawn document
+    split-unit bootstrap intervals (:mod:`pndecomp.bootstrap`; every window of a drawn document
     counts as often as it is drawn).
 
     Rows: scope "position" (one per column p, ``position`` = p + 1 is the column index, 1-based) then

@@ -1,5 +1,5 @@
 """Scores with context (numbers a reviewer can trust): the predictor's R² beside its baselines, with
-document-level bootstrap intervals, and robust views of where the squared error comes from.
+split-unit bootstrap intervals, and robust views of where the squared error comes from.
 
 Everything is computed from per-window sufficient statistics of the eval rows (positions 2..T of
 every eval window), read batch by batch, so memory is one batch plus [windows, positions] arrays:
