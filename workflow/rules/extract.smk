@@ -25,7 +25,8 @@ rule extract_train_activations:
         "../scripts/extract_activations.py"
 
 
-# The learning curve's windows (predictor_val): small, read by every training job.
+# The learning curve's windows (predictor_val): small, read by every training job, so it runs before
+# the baselines that compete with it for the cores (training is the longer path).
 rule extract_val_activations:
     input:
         **storage_dtype_choice(),
@@ -35,6 +36,7 @@ rule extract_val_activations:
         **per_layer(f"{OUT}/activations/predictor_val/layer-{{layer}}.safetensors"),
     log:
         f"{OUT}/logs/extract_val_activations.log",
+    priority: 1
     conda:
         "../../envs/pndecomp.yaml"
     threads: 2
