@@ -68,8 +68,9 @@ def weighted_sst(weights: np.ndarray, n: np.ndarray, mean: np.ndarray, m2: np.nd
 def r2_with_intervals(sse: Mapping[str, np.ndarray], n: np.ndarray, mean: np.ndarray, m2: np.ndarray,
                       documents: np.ndarray, n_resamples: int, seed: int) -> dict:
     """Pooled R² of every model (``sse``: name -> [W] per-window SSE) with 95 % intervals from a
-    document-level bootstrap, plus the paired difference between the first model and the best of the
-    others (by point R²), from the same resamples."""
+    bootstrap over split units (``documents``: each window's unit, :mod:`pndecomp.bootstrap`), plus the
+    paired difference between the first model and the best of the others (by point R²), from the same
+    resamples."""
     point_sst = weighted_sst(np.ones((1, len(n))), n, mean, m2)[0]
     point = {name: 1.0 - values.sum() / point_sst for name, values in sse.items()}
     first, *others = sse
