@@ -112,13 +112,13 @@ def steer_layer(config: Mapping, materialized_dir: str | None, layer: str, probe
     rows = steered_windows(labels, documents, test, section["steering_windows_per_domain"], config["seed"])
     tokens = tokens_array(frame.iloc[rows])
     parsed = lm.parse_layer(layer)
-    model, _ = load_frozen_lm(config, materialized_dir, [parsed], tokens.shape[1])
+    model, device = load_frozen_lm(config, materialized_dir, [parsed], tokens.shape[1])
     capture = lm.ResidualCapture(model, [parsed])
     with torch.no_grad():
-        # The tokens go to the model's device: on CUDA an index tensor on the CPU fails the embedding.
-        hidden = torch.cat([capture.run(torch.from_numpy(batch).to(model.device))[parsed]
-                            for batch in np.array_split(tokens, range(section["batch_size"], len(tokens),
-                                                                      section["batch_size"]))])
+        # The caller moves the token ids, as every ResidualCapture user does (on CUDA, ids on the CPU fail).
+        batch_size = section["batch_size"]
+        hidden = torch.cat([capture.run(torch.from_numpy(tokens[start:start + batch_size]).to(device))[parsed]
+                            for start in range(0, len(tokens), batch_size)])
     scale = interventions.typical_norm(hidden, section["from_position"])
     table = interventions.steering_scores(
         model, parsed, tokens, hidden, labels[rows], frame[bootstrap.UNIT].to_numpy()[rows], directions, scale=scale,

@@ -190,43 +190,38 @@ def per_position_metrics(config: Mapping, eval_hidden_path: str, residual_path: 
     storage.write_parquet(frame, out_path, {**output_metadata(config), "layer": layer, **extra})
 
 
-def masked_columns(mask: str, scores: Mapping) -> dict:
-    """One mask's layer-summary columns, named ``<mask>_`` + the all-rows column: ``<mask>_r2`` (the
-    predictor), ``<mask>_r2_<baseline>``, each with ``_lo``/``_hi``; ``<mask>_best_baseline`` and
-    ``<mask>_r2_minus_best`` with its paired interval."""
+def score_columns(scores: Mapping, prefix: str = "") -> dict:
+    """Layer-summary columns of one view (all rows, or a mask's with ``prefix`` = ``"<mask>_"``):
+    ``r2`` (the predictor) and ``r2_<baseline>``, each with ``_lo``/``_hi``; ``best_baseline`` and
+    ``r2_minus_best`` with its paired interval; every name prefixed."""
     columns = {}
-    for name, model in scores["models"].items():
+    # The predictor first, then the baselines in their stored (sorted) order.
+    for name in sorted(scores["models"], key=lambda name: name != "predictor"):
+        model = scores["models"][name]
         stem = "r2" if name == "predictor" else f"r2_{name}"
-        columns.update({f"{mask}_{stem}{key.removeprefix('r2')}": value for key, value in model.items()
+        columns.update({f"{prefix}{stem}{key.removeprefix('r2')}": value for key, value in model.items()
                         if key.startswith("r2")})
     difference = scores["difference"]
-    columns.update({f"{mask}_best_baseline": difference["minus"], f"{mask}_r2_minus_best": difference["r2"],
-                    f"{mask}_r2_minus_best_lo": difference.get("r2_lo"),
-                    f"{mask}_r2_minus_best_hi": difference.get("r2_hi")})
+    columns.update({f"{prefix}best_baseline": difference["minus"], f"{prefix}r2_minus_best": difference["r2"],
+                    f"{prefix}r2_minus_best_lo": difference.get("r2_lo"),
+                    f"{prefix}r2_minus_best_hi": difference.get("r2_hi")})
     return columns
 
 
 def layer_summary(score_paths: Mapping[str, str], out_path: str) -> None:
     """One row per layer: the predictor's MSE, Var and R² over all eval windows with its interval, every
     baseline's R² with intervals, the difference to the best baseline, and the same under each of
-    :data:`MASKS` (:func:`masked_columns`)."""
+    :data:`MASKS` (:func:`score_columns`)."""
     rows = []
     for layer, path in score_paths.items():
         scores = storage.read_json(path)
         row = {"layer": layer, "n_windows": scores["n_windows"], "n_documents": scores["n_documents"],
                **scores["eval_scores"]}
-        # The predictor's point R² is eval_scores' (the metric code's own accumulator); its interval and
-        # every baseline's R² come from the per-window statistics.
-        row.update({key: value for key, value in scores["models"]["predictor"].items() if key in ("r2_lo", "r2_hi")})
-        for name, model in scores["models"].items():
-            if name != "predictor":
-                row.update({f"r2_{name}{key.removeprefix('r2')}": value for key, value in model.items()
-                            if key.startswith("r2")})
-        difference = scores["difference"]
-        row.update(best_baseline=difference["minus"], r2_minus_best=difference["r2"],
-                   r2_minus_best_lo=difference.get("r2_lo"), r2_minus_best_hi=difference.get("r2_hi"))
+        # The predictor's point R² on all rows is eval_scores' (the metric code's own accumulator); its
+        # interval and every baseline's R² come from the per-window statistics.
+        row.update({key: value for key, value in score_columns(scores).items() if key != "r2"})
         for mask in MASKS:
-            row.update(masked_columns(mask, scores[mask]))
+            row.update(score_columns(scores[mask], prefix=f"{mask}_"))
         row.update(outlier_rows=scores["no_outliers"]["rows_removed"],
                    late_from_position=scores["late_positions"]["from_position"],
                    tail_sse_share_1pct=scores["tail_sse_share_1pct"])
