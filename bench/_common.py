@@ -130,6 +130,35 @@ def interleaved(variants: Mapping[str, Callable[[], object]], rounds: int, devic
     return wall, cpu
 
 
+# The machine's speed varies from day to day (a two-thread float32 matmul of this shape ran at 123 GFLOP/s
+# on 2026-11-29, the day of the 892.5-s cold default, and at 46-67 on 2026-12-04), so a wall-time target
+# is read against this probe, measured in the same run.
+SPEED_SHAPE = (2048, 576, 1536)
+REFERENCE_GFLOPS = 123.0  # 2026-11-29, idle 2-core EPYC, two threads (docs/benchmarks.md)
+
+
+def matmul_gflops(threads: int = 2, repeats: int = 30) -> float:
+    """Median GFLOP/s of ``x @ w`` (SPEED_SHAPE, float32) on ``threads`` torch threads."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        rows, inner, cols = SPEED_SHAPE
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn(rows, inner, generator=generator)
+        w = torch.randn(inner, cols, generator=generator)
+        x @ w  # warm-up
+        seconds = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            x @ w
+            seconds.append(time.perf_counter() - start)
+        return 2 * rows * inner * cols / statistics.median(seconds) / 1e9
+    finally:
+        torch.set_num_threads(previous)
+
+
 def median(values) -> float:
     return statistics.median(values)
 

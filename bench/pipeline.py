@@ -31,7 +31,10 @@ measured on the copy, and the copy is deleted afterwards (--keep-copy keeps it).
 Snakemake provenance records for the copied outputs, so its no-op skips their params/code checks:
 a few JSON reads per job, small next to Snakemake's start-up.
 
-Targets: no-op <= 10 s, one figure <= 30 s.
+Targets: no-op <= 10 s, one figure <= 30 s, the cold default <= 15 min. The machine's speed varies from
+day to day (up to 2-3x here), so the cold run is bracketed by a speed probe (a two-thread matmul,
+_common.matmul_gflops) and also reported scaled to the reference speed of 2026-11-29, the day the
+15-min budget was last met on an idle machine; the probe needs an idle machine, as the cold run does.
 """
 from __future__ import annotations
 
@@ -150,8 +153,8 @@ def main() -> None:
                              "start-up cost without the SLURM plugin's probe")
     parser.add_argument("--quick", action="store_true", help="--skip-cold and one round")
     parser.add_argument("--configfile", default=None,
-                        help="a config on top of config.yaml, e.g. configs/predictor-study.yaml (its experiment is "
-                             "replaced by --experiment, bench-cold by default)")
+                        help="a config file, e.g. configs/predictor-study.yaml, which extends config.yaml (its "
+                             "experiment is replaced by --experiment, bench-cold by default)")
     args = parser.parse_args()
     args.skip_cold = args.skip_cold or args.quick or bool(args.copy_of)
     if args.copy_of:
@@ -178,7 +181,7 @@ def main() -> None:
         C.say(f"  `scontrol show config` takes {slurm_wait:.1f} s here; the SLURM executor plugin runs it at every "
               "Snakemake start-up, so every wall time below includes it")
 
-    cold = None
+    cold = cold_at_reference = None
     if args.copy_of:
         source = C.REPO / "results" / args.copy_of
         if not (source / "figures" / "fig6.png").exists():
@@ -199,11 +202,17 @@ def main() -> None:
         if out.exists():
             shutil.rmtree(out)
         C.say("cold run: snakemake all into a fresh results dir (~15 min on 2 cores) ...")
+        speed_before = C.matmul_gflops()
         started = time.time()
         cold, output, rc = snakemake(args, ["all"], timeout=3 * 3600, label="cold")
         if rc:
             fail("cold run", output, rc)
+        speed_after = C.matmul_gflops()
+        cold_at_reference = cold * (speed_before + speed_after) / 2 / C.REFERENCE_GFLOPS
         C.say(f"  cold: {cold:.1f} s ({cold / 60:.1f} min), {CPU['cold'][0]:.0f} CPU s")
+        C.say(f"  machine speed: two-thread matmul {speed_before:.0f} GFLOP/s before, {speed_after:.0f} after "
+              f"(reference {C.REFERENCE_GFLOPS:.0f}, 2026-11-29); cold scaled to the reference speed: "
+              f"{cold_at_reference:.0f} s ({cold_at_reference / 60:.1f} min)")
         per_rule = rule_seconds(args.experiment, started)
         job_seconds = sum(per_rule.values())
         C.say("  job seconds per rule (2 jobs may run at once): " + ", ".join(
@@ -257,7 +266,8 @@ def main() -> None:
           f"{'met' if fig <= 30 else 'MISSED'}")
     if args.copy_of and not args.keep_copy:
         shutil.rmtree(out)
-    cold_text = f"cold {cold / 60:.1f} min" if cold is not None else "cold skipped"
+    cold_text = (f"cold {cold / 60:.1f} min (at the reference speed {cold_at_reference / 60:.1f} min)"
+                 if cold is not None else "cold skipped")
     slurm_text = f"; scontrol at start-up {slurm_wait:.1f} s" if slurm_wait is not None else ""
     where = f"{args.experiment} (copy of {args.copy_of})" if args.copy_of else args.experiment
     where += ", scontrol hidden" if args.hide_scontrol else ""
