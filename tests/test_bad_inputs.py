@@ -481,23 +481,6 @@ def test_resume_checkpoint_never_runs_code(tmp_path):
     assert not marker.exists()
 
 
-def test_model_weights_only_from_safetensors(tmp_path, tiny_model_dir):
-    """A model directory whose weights are only a pickled pytorch_model.bin is refused."""
-    import shutil
-
-    import torch
-
-    from pndecomp import lm
-
-    pickled = tmp_path / "pickled-model"
-    shutil.copytree(tiny_model_dir, pickled)
-    (pickled / "model.safetensors").unlink()
-    model = lm.load_model(lm.ModelSource(str(tiny_model_dir)))
-    torch.save(model.state_dict(), pickled / "pytorch_model.bin")
-    with pytest.raises(OSError, match="model.safetensors"):
-        lm.load_model(lm.ModelSource(str(pickled)))
-
-
 def test_trust_remote_code_off_unless_set_and_warns_when_set(tmp_path, tiny_model_dir, tiny_corpus):
     from pndecomp import lm
 

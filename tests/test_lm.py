@@ -84,7 +84,7 @@ def test_resolve_source_gguf_and_hub(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.gguf"):
         lm.resolve_source({"id": str(tmp_path / "missing.gguf")})
     source = lm.resolve_source({"id": "EleutherAI/pythia-410m-deduped", "revision": "step143000"})
-    assert source.kwargs() == {"trust_remote_code": False, "revision": "step143000"}
+    assert source.revision == "step143000" and source.kwargs() == {"trust_remote_code": False}
     with pytest.warns(UserWarning, match="trust_remote_code"):
         lm.resolve_source({"id": "some/model", "trust_remote_code": True})
 

@@ -2,11 +2,13 @@
 
 With empty placeholder files at the configured paths the dry run lists every stage of the paper's
 experiment, and a corpus file changed in place reruns the windows; without the files Snakemake
-itself reports them as missing inputs. The model is a hub id outside the local cache, so the
-DAG-time shape check is skipped with a warning (``pndecomp.config.model_shape``).
+itself reports them as missing inputs. The model is a hub id: its config.json stands in a throwaway hub
+cache, as ``hf download`` leaves it (no job runs in a dry run, so its weights may be empty); without it the
+dry run stops before any job with the command that downloads it (``pndecomp.config.model_shape``).
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import yaml
 from snakemake_log import job_stats
+from tiny import write_hub_snapshot
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "Snakefile"
@@ -34,10 +37,23 @@ NOT_NEEDED = {"embedded_corpus", "materialize_model", "materialize_tokenizer", "
               "draw_model_comparison", "extract_probe_activations"}
 
 
-def dry_run(workdir: Path) -> subprocess.CompletedProcess:
+# Pythia-410m-deduped's shape, as its config.json on the hub gives it.
+PYTHIA_410M_CONFIG = {"model_type": "gpt_neox", "num_hidden_layers": 24, "hidden_size": 1024,
+                      "num_attention_heads": 16, "intermediate_size": 4096, "max_position_embeddings": 2048,
+                      "vocab_size": 50304}
+
+
+def dry_run(workdir: Path, model_downloaded: bool = True) -> subprocess.CompletedProcess:
+    """``snakemake -n`` of the paper's config in ``workdir``, with a hub cache of its own there."""
+    cache = workdir / "hub-cache"
+    cache.mkdir(exist_ok=True)
+    if model_downloaded:
+        write_hub_snapshot(cache, CONFIG["model"]["id"], CONFIG["model"]["revision"],
+                           {"config.json": json.dumps(PYTHIA_410M_CONFIG), "model.safetensors": ""})
     return subprocess.run([sys.executable, "-m", "snakemake", "-n", "--snakefile", str(SNAKEFILE),
                            "--directory", str(workdir), "--configfile", str(PAPER)],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"})
 
 
 def workflow_rules() -> set[str]:
@@ -73,7 +89,6 @@ def test_paper_dry_run_lists_every_stage_and_reruns_windows_for_a_changed_corpus
     make_windows = log[log.index("rule make_windows:"):]
     make_windows = make_windows[:make_windows.index("\n\n")]
     assert f"reason: Updated input files: {paths[0]}" in make_windows, make_windows
-    assert "is not in the local hub cache" in log  # the shape check is left to the rules that load the model
 
 
 def test_paper_dry_run_without_the_corpus_names_the_missing_files(tmp_path):
@@ -84,3 +99,17 @@ def test_paper_dry_run_without_the_corpus_names_the_missing_files(tmp_path):
     for path in CONFIG["corpus"]["files"]["paths"]:
         assert path in log, log[-3000:]
     assert not (tmp_path / "results").exists()
+
+
+def test_paper_dry_run_without_the_model_names_the_download_command(tmp_path):
+    """The hub model not downloaded yet: the DAG is never built, and the one error says what to run."""
+    for path in CONFIG["corpus"]["files"]["paths"]:
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).touch()
+    result = dry_run(tmp_path, model_downloaded=False)
+    log = result.stdout + result.stderr
+    assert result.returncode != 0, log[-3000:]
+    assert ("model.id: 'EleutherAI/pythia-410m-deduped' (revision 'main') is not in the local hub cache. "
+            f"The workflow reads hub models only from the local hub cache ({tmp_path / 'hub-cache'}") in log, log
+    assert "/bin/hf download EleutherAI/pythia-410m-deduped --revision main\n" in log, log
+    assert "Job stats" not in log and not (tmp_path / "results").exists(), log[-3000:]

@@ -69,9 +69,7 @@ def test_model_study_runs_the_pipeline_once_per_model_and_compares(tmp_path):
 def test_relative_depths_resolve_per_model():
     shape = lm.ModelShape(n_blocks=30, context_length=None, d_model=8, attention_width=8, model_type="llama")
     assert cfg.resolve_layers([0.0, 0.25, 0.5, 1.0, 3, "final"], shape, "m") == [0, 7, 14, 29, 3, "final"]
-    assert cfg.resolve_layers([0, 1], None, "m") == [0, 1]  # block indices need no shape
-    with pytest.raises(cfg.ConfigError, match="relative depths"):
-        cfg.resolve_layers([0.5], None, "hub/model")
+    assert cfg.resolve_layers([0, 1], shape, "m") == [0, 1]
     with pytest.raises(cfg.ConfigError, match="same block"):
         cfg.resolve_layers([0.5, 0.49], shape, "m")
 

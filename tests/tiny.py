@@ -87,3 +87,23 @@ def write_config(path: Path, model_dir: Path, corpus: Path, **overrides) -> Path
         node[leaf] = value
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def write_hub_snapshot(cache: Path, repo_id: str, revision: str, files: dict[str, Path | str]) -> Path:
+    """A hub model as ``hf download`` leaves it in a hub cache (HF_HUB_CACHE): the revision's ref names a
+    commit whose snapshot folder holds the files, given as a source file to copy or a text. No network."""
+    import hashlib
+    import shutil
+
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = hashlib.sha1(f"{repo_id}@{revision}".encode()).hexdigest()
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / revision).write_text(commit)
+    for name, content in files.items():
+        if isinstance(content, Path):
+            shutil.copyfile(content, snapshot / name)
+        else:
+            (snapshot / name).write_text(content)
+    return snapshot

@@ -73,15 +73,9 @@ def check_interventions(config: Mapping) -> None:
                           "null (no steering without it)")
 
 
-def resolve_layers(layers, shape: lm.ModelShape | None, model_id: str) -> list:
+def resolve_layers(layers, shape: lm.ModelShape, model_id: str) -> list:
     """``layers`` with relative depths (floats in [0, 1], e.g. 0.5) turned into block indices
     round(depth × (n_blocks − 1)); block indices and named layers pass through."""
-    relative = [layer for layer in layers if isinstance(layer, float)]
-    if not relative:
-        return list(layers)
-    if shape is None:
-        raise ConfigError(f"layers: relative depths {relative} need {model_id!r}'s block count, which is not known "
-                          "before the model is downloaded: give block indices, or download the model first")
     resolved = [round(layer * (shape.n_blocks - 1)) if isinstance(layer, float) else layer for layer in layers]
     duplicates = sorted({str(layer) for layer in resolved if resolved.count(layer) > 1})
     if duplicates:
@@ -262,21 +256,23 @@ def check_model(model_id: str, layers, window_length: int, shape: lm.ModelShape)
                           f"({shape.context_length} tokens)")
 
 
-def model_shape(config: Mapping, materialized_dir: str | None = None) -> tuple[lm.ModelShape | None, str]:
-    """The model's shape for :func:`check`, or (None, why) when only the hub could tell.
+def model_shape(config: Mapping, materialized_dir: str | None = None) -> lm.ModelShape:
+    """The model's shape for :func:`check`, read when Snakemake builds the DAG, after checking that the
+    weights every LM job loads are there: a hub model not downloaded yet raises
+    :class:`~pndecomp.lm.ModelNotDownloaded`, which names the download command.
 
     A materialized copy is read when it exists: its config.json is faster to read than a GGUF header.
     """
     if materialized_dir and (Path(materialized_dir) / "config.json").is_file():
-        return lm.read_model_shape(lm.ModelSource(str(materialized_dir))), ""
+        return lm.read_model_shape(lm.ModelSource(str(materialized_dir)))
     source = lm.resolve_source(config["model"])
     try:
-        return lm.read_model_shape(source), ""
+        shape = lm.read_model_shape(source)
     except lm.adapters.UnknownModelType as error:
         raise ConfigError(f"model.id: {config['model']['id']!r}: {error}") from error
-    except OSError as error:  # a hub id not in the local cache
-        return None, (f"model {source.path!r} is not in the local hub cache ({type(error).__name__}); the layer "
-                      "and context checks run when a rule loads it")
+    if not source.gguf_file:
+        lm.weights_file(lm.model_directory(source))
+    return shape
 
 
 def config_view(config: Mapping, *keys: str) -> dict:
@@ -329,9 +325,7 @@ def relative_depths(config: Mapping) -> dict[str, float]:
     """Each configured layer's relative depth in its model: block b of n is b / (n − 1); 'final' (after
     the final norm) is 1; 'embed' is one block before block 0, −1 / (n − 1)."""
     model_dir = Path("results") / config["experiment"] / "model"
-    shape, note = model_shape(config, str(model_dir))
-    if shape is None:
-        raise ConfigError(f"models: the block count of {config['model']['id']!r} is needed for relative depths: {note}")
+    shape = model_shape(config, str(model_dir))
     last = max(shape.n_blocks - 1, 1)
     named = {"embed": -1 / last, "final": 1.0}
     layers = resolve_layers(config["layers"], shape, config["model"]["id"])

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import importlib.util
 import logging
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -50,12 +51,16 @@ class ModelSource:
     trust_remote_code: bool = False
 
     def kwargs(self) -> dict:
+        """``from_pretrained``'s keywords for :func:`model_directory` (the revision is already resolved there)."""
         kwargs = {"trust_remote_code": self.trust_remote_code}
         if self.gguf_file:
             kwargs["gguf_file"] = self.gguf_file
-        if self.revision:
-            kwargs["revision"] = self.revision
         return kwargs
+
+
+class ModelNotDownloaded(FileNotFoundError):
+    """A hub id whose files are not (all) in the local hub cache; the message names the command that downloads
+    them."""
 
 
 def resolve_source(model: Mapping) -> ModelSource:
@@ -101,20 +106,108 @@ def model_fingerprint(source: ModelSource) -> dict:
     return fingerprint
 
 
+#: What ``from_pretrained`` reads as weights, in its order of preference: safetensors (one file or an index
+#: of shards), else a pickled PyTorch checkpoint (one file or an index of shards).
+WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json")
+
+
+def download_command(source: ModelSource) -> str:
+    """The command that puts a hub model into the local hub cache: the ``hf`` CLI of the running
+    interpreter's huggingface_hub (``.venv/bin/hf`` in the project's venv)."""
+    hf = Path(sys.executable).parent / "hf"
+    if not hf.is_file():
+        hf = Path("hf")
+    elif hf.is_relative_to(Path.cwd()):
+        hf = hf.relative_to(Path.cwd())
+    revision = f" --revision {source.revision}" if source.revision else ""
+    return f"{hf} download {source.path}{revision}"
+
+
+def weights_file(directory: Path) -> Path:
+    """The weights ``from_pretrained`` reads in a model directory (:data:`WEIGHTS_FILES`); for a sharded
+    checkpoint its index, once every shard it names is there."""
+    import json
+
+    for name in WEIGHTS_FILES:
+        path = directory / name
+        if not path.is_file():
+            continue
+        if name.endswith(".index.json"):
+            shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
+            missing = [shard for shard in shards if not (directory / shard).is_file()]
+            if missing:
+                raise FileNotFoundError(f"{directory} has {name} but not its shard(s) {missing}")
+        return path
+    raise FileNotFoundError(f"model directory {str(directory)!r} has no weights: expected one of "
+                            f"{', '.join(WEIGHTS_FILES)} (save_pretrained writes model.safetensors)")
+
+
+def model_directory(source: ModelSource) -> Path:
+    """The directory with the model's files: a local directory as given, a hub id's snapshot in the local
+    hub cache. Never the network: Snakemake reads the model's shape from there when it builds the DAG,
+    and every job loads the model from the same files. A hub id whose snapshot is missing, or lacks its
+    config.json or weights, raises :class:`ModelNotDownloaded`, which names the download command.
+    """
+    directory = Path(source.path).expanduser()
+    if directory.is_dir():
+        return directory
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, IncompleteSnapshotError, LocalEntryNotFoundError
+
+    try:
+        directory = Path(snapshot_download(source.path, revision=source.revision, local_files_only=True))
+    except HFValidationError as error:
+        raise FileNotFoundError(f"model.id: {source.path!r} is neither a local directory nor a valid hub id "
+                                f"({error})") from error
+    except IncompleteSnapshotError as error:
+        raise _not_downloaded(source, "is incomplete in the local hub cache (an interrupted download)") from error
+    except LocalEntryNotFoundError as error:
+        raise _not_downloaded(source, "is not in the local hub cache") from error
+    try:
+        if not (directory / "config.json").is_file():
+            raise FileNotFoundError(f"{directory} has no config.json")
+        weights_file(directory)
+    except FileNotFoundError as error:
+        raise _not_downloaded(source, f"is incomplete in the local hub cache: {error}") from error
+    return directory
+
+
+def _not_downloaded(source: ModelSource, problem: str) -> ModelNotDownloaded:
+    from huggingface_hub import constants
+
+    revision = f"revision {source.revision!r}" if source.revision else "its default branch"
+    return ModelNotDownloaded(
+        f"model.id: {source.path!r} ({revision}) {problem}. The workflow reads hub models only from the local "
+        f"hub cache ({constants.HF_HUB_CACHE}; HF_HOME or HF_HUB_CACHE move it), so download it there first:\n"
+        f"    {download_command(source)}\n"
+        "(if model.id is meant as a local directory: there is none at that path)")
+
+
 def load_tokenizer(source: ModelSource):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(source.path, **source.kwargs())
+    return AutoTokenizer.from_pretrained(str(model_directory(source)), **source.kwargs())
 
 
 def load_model(source: ModelSource, device: str | torch.device = "cpu",
                dtype: torch.dtype = torch.float32) -> nn.Module:
-    """The frozen LM: ``eval()``, gradients off. GGUF weights are dequantized on load."""
+    """The frozen LM: ``eval()``, gradients off. GGUF weights are dequantized on load.
+
+    Safetensors weights are preferred; a checkpoint that ships only a pickled ``pytorch_model.bin`` (as
+    older hub revisions do) is read with ``torch.load(weights_only=True)``, which rebuilds tensors only
+    and refuses any other object, so no code in the file runs.
+    """
     from transformers import AutoModelForCausalLM
 
-    # Weights only from safetensors (or GGUF): a pickled pytorch_model.bin is refused, not unpickled.
-    safetensors_only = {} if source.gguf_file else {"use_safetensors": True}
-    model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype, **safetensors_only, **source.kwargs())
+    directory = model_directory(source)
+    if source.gguf_file:
+        weights = {}
+    else:
+        path = weights_file(directory)
+        log.info("loading the LM's weights from %s", path)
+        weights = {"use_safetensors": ".safetensors" in path.name, "weights_only": True}
+    model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=dtype, **weights, **source.kwargs())
     model.eval().requires_grad_(False)
     return model.to(device)
 
@@ -236,8 +329,8 @@ def gguf_metadata(path: str | Path) -> dict[str, object]:
 def read_model_shape(source: ModelSource) -> ModelShape:
     """The model's shape from its config.json or GGUF header alone, in well under a second.
 
-    Used when Snakemake builds the DAG, so it avoids importing transformers where it can, and a
-    model_type without an adapter fails here, before any job starts.
+    Used when Snakemake builds the DAG, so it reads files only (no transformers import), and a
+    model_type without an adapter, or a hub model not downloaded yet, fails here, before any job starts.
     """
     if source.gguf_file:
         metadata = gguf_metadata(Path(source.path) / source.gguf_file)
@@ -252,15 +345,12 @@ def read_model_shape(source: ModelSource) -> ModelShape:
         n_heads = value("attention.head_count")
         d_head = value("attention.key_length") or width // n_heads
         return ModelShape(value("block_count"), value("context_length"), width, n_heads * d_head, model_type)
-    config_json = Path(source.path) / "config.json"
-    if config_json.is_file():
-        import json
+    import json
 
-        return shape_from_config(json.loads(config_json.read_text()))
-    from transformers import AutoConfig
-
-    # Only the local hub cache: building the DAG must not wait on the network.
-    return shape_from_config(AutoConfig.from_pretrained(source.path, local_files_only=True, **source.kwargs()))
+    config_json = model_directory(source) / "config.json"
+    if not config_json.is_file():
+        raise FileNotFoundError(f"model.id: model directory {source.path!r} has no config.json")
+    return shape_from_config(json.loads(config_json.read_text()))
 
 
 class _StopForward(Exception):

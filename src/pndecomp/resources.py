@@ -20,8 +20,8 @@ cache, which the kernel reclaims under a cgroup limit: neither is counted.
 Runtimes are deliberately generous (assumed throughputs well below a current CPU core or GPU, then
 doubled): a job killed for time is worse than one that waits a little longer in the queue.
 
-When the model's shape is unknown at DAG time (a hub id not in the local cache), every rule asks
-for its :data:`FALLBACK` request instead, constants large enough for the paper's config.
+The model's shape is always known at DAG time: a hub model must be in the local hub cache by then
+(:func:`pndecomp.config.model_shape`).
 """
 from __future__ import annotations
 
@@ -108,30 +108,6 @@ PATCH_KINDS = 5
 class Request:
     mem_mb: int
     runtime: int  # minutes
-
-
-#: Every rule's request when the model's shape is unknown at DAG time: at least what the paper's config
-#: (Pythia-410m, configs/paper.yaml) computes, see docs/slurm.md.
-FALLBACK: dict[str, Request] = {
-    "materialize_model": Request(16000, 60),
-    "materialize_tokenizer": Request(4000, 30),
-    "embedded_corpus": Request(4000, 30),
-    "make_windows": Request(16000, 240),
-    "extract_train_activations": Request(32000, 240),
-    "extract_val_activations": Request(32000, 60),
-    "extract_eval_activations": Request(32000, 240),
-    "extract_probe_activations": Request(32000, 240),
-    "train_predictor": Request(32000, 1440),
-    "train_predictors_joint": Request(32000, 2880),
-    "score_baselines": Request(32000, 240),
-    "decompose_eval": Request(32000, 120),
-    "probe_features": Request(32000, 240),
-    "fit_probe": Request(32000, 240),
-    "patch_layer": Request(32000, 240),
-    "steer_layer": Request(32000, 480),
-    "layer_scores": Request(16000, 120),
-    "per_position_metrics": Request(16000, 120),
-}
 
 
 @dataclass(frozen=True)
@@ -548,14 +524,7 @@ def model_extras(config: Mapping, materialized_dir: str | None = None) -> dict[s
             values = {"vocab": metadata.get(f"{arch}.vocab_size"),
                       "ffn_width": metadata.get(f"{arch}.feed_forward_length")}
         else:
-            config_json = Path(source.path) / "config.json"
-            if config_json.is_file():
-                model_config = json.loads(config_json.read_text())
-            else:
-                from transformers import AutoConfig
-
-                model_config = AutoConfig.from_pretrained(source.path, local_files_only=True,
-                                                          **source.kwargs()).to_dict()
+            model_config = json.loads((lm.model_directory(source) / "config.json").read_text())
             model_config = model_config.get("text_config") or model_config
             values = {"vocab": model_config.get("vocab_size"),
                       "ffn_width": model_config.get("intermediate_size") or model_config.get("n_inner")}
@@ -645,11 +614,8 @@ def estimates(config: Mapping, shape: lm.ModelShape, extras: Mapping[str, int] |
     return {rule: stage(s) for rule, stage in STAGES.items()}
 
 
-def requests(config: Mapping, shape: lm.ModelShape | None, materialized_dir: str | None = None) -> dict[str, Request]:
-    """{rule: Request} for every rule that runs as a job: from the config's sizes, or :data:`FALLBACK`
-    when the model's shape is unknown (None)."""
-    if shape is None:
-        return dict(FALLBACK)
+def requests(config: Mapping, shape: lm.ModelShape, materialized_dir: str | None = None) -> dict[str, Request]:
+    """{rule: Request} for every rule that runs as a job, from the config's sizes and the model's."""
     found = estimates(config, shape, model_extras(config, materialized_dir))
     return {rule: estimate.request() for rule, estimate in found.items()}
 
@@ -673,14 +639,11 @@ def main(argv: list[str] | None = None) -> None:
         shape, extras = lm.ModelShape(values[0], None, values[1], values[2], "given"), {}
         extras.update(zip(("vocab", "ffn_width"), values[3:], strict=False))
     else:
-        shape, note = cfg.model_shape(config)
-        extras = model_extras(config) if shape is not None else {}
-    if shape is None:
-        print(f"{note}\nthe model's shape is unknown, so every rule asks for its fallback request:")
-        print("| rule | mem_mb | runtime (min) |\n|---|---:|---:|")
-        for rule, request in FALLBACK.items():
-            print(f"| `{rule}` | {request.mem_mb:,} | {request.runtime:,} |")
-        return
+        try:
+            shape = cfg.model_shape(config)
+        except lm.ModelNotDownloaded as error:
+            parser.error(f"{error}\nor give the model's shape with --shape")
+        extras = model_extras(config)
     print("| rule | mem_mb | runtime (min) | largest memory terms (MB) |\n|---|---:|---:|---|")
     for rule, estimate in estimates(config, shape, extras).items():
         request = estimate.request()

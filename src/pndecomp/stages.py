@@ -50,8 +50,8 @@ def output_metadata(config: Mapping, **extra) -> dict:
 
 
 def load_frozen_lm(config: Mapping, materialized_dir: str | None, layers, window_length: int):
-    """The LM on the configured device, after checking the layers and window length against it
-    (the DAG-time check cannot when the model's config is only on the hub)."""
+    """The LM on the configured device, after checking the layers and window length against it (the
+    DAG-time check read a config.json or a GGUF header; this one, the config of the model as loaded)."""
     device = cfg.resolve_device(config["device"])
     model = lm.load_model(model_source(config, materialized_dir), device, cfg.model_dtype(config, device))
     if config["model"]["random_init"]:

@@ -1,6 +1,5 @@
 import functools
 
-from snakemake.logging import logger
 from snakemake.utils import validate
 
 
@@ -21,9 +20,8 @@ MODEL_DIR = f"{OUT}/model"
 TOKENIZER_DIR = f"{OUT}/tokenizer"
 
 # Every semantic check runs here, before any job starts; relative depths become block indices first.
-MODEL_SHAPE, MODEL_SHAPE_NOTE = pnconfig.model_shape(config, MODEL_DIR if MATERIALIZE_MODEL else None)
-if MODEL_SHAPE_NOTE:
-    logger.warning(MODEL_SHAPE_NOTE)
+# A hub model not in the local hub cache fails here, naming the command that downloads it.
+MODEL_SHAPE = pnconfig.model_shape(config, MODEL_DIR if MATERIALIZE_MODEL else None)
 config["layers"] = pnconfig.resolve_layers(config["layers"], MODEL_SHAPE, config["model"]["id"])
 if config["interventions"]["steering_layers"] is not None:
     config["interventions"]["steering_layers"] = pnconfig.resolve_layers(
@@ -121,7 +119,7 @@ def storage_dtype_choice():
 @functools.cache
 def resource_requests():
     """{rule: mem_mb and runtime (minutes)} of every rule that runs as a job, from the config's sizes and the
-    model's shape (pndecomp.resources; its fallback constants when the shape is unknown at DAG time)."""
+    model's shape (pndecomp.resources)."""
     return pnresources.requests(config, MODEL_SHAPE, MODEL_DIR if MATERIALIZE_MODEL else None)
 
 
