@@ -7,7 +7,16 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+from pndecomp import config_files
+
+# The config (pndecomp.config_files): the --configfile files, each on the schema's defaults plus what it
+# `extends:`, or without any the embedded default, config.yaml; --config on top. (Snakemake's configfile
+# directive would merge every --configfile over config.yaml.)
+COMPOSED_CONFIG, CONFIG_FILES = config_files.compose(workflow.overwrite_configfiles, workflow.config_settings.config)
+config.clear()
+config.update(COMPOSED_CONFIG)
+# listed in the report, as the directive lists the files it reads
+workflow.configfiles.extend(path for path in CONFIG_FILES if path not in workflow.configfiles)
 
 
 if config.get("models"):

@@ -91,6 +91,8 @@ def reduced_config(model_dir: str, device: str, smoke: bool, train_keys: set[str
                          + (" (stream mode trains one layer per job, one LM pass per step each)"
                             if key == "joint_layers" else ""))
     config = {
+        # on the embedded default's settings (config.yaml) for every key not set here
+        "extends": str(C.REPO / "config.yaml"),
         "experiment": "gpu-check-smoke" if smoke else "gpu-check",
         "seed": 0,
         "device": device,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from safetensors import safe_open
 from snakemake_log import job_stats, planned_jobs
 from tiny import write_config
@@ -38,6 +39,8 @@ def tiny_run(tmp_path_factory, tiny_model_dir, tiny_corpus):
 def test_full_run_makes_every_figure_and_table(tiny_run):
     workdir, _ = tiny_run
     out = workdir / "results" / "tiny"
+    recorded = yaml.safe_load((out / "config.yaml").read_text())  # the resolved config, defaults filled
+    assert recorded["layers"] == [0, 2, 3] and recorded["train"]["weight_decay"] == 0.01
     for name in FIGURES:
         assert (out / "figures" / name).stat().st_size > 1000, name
     summary = pd.read_csv(out / "metrics" / "attn1" / "layer_summary.tsv", sep="\t", dtype={"layer": str})
@@ -170,9 +173,10 @@ def test_added_predictor_runs_only_its_own_jobs(tiny_run):
     assert {job["rule"] for job in jobs} == {
         "train_predictor", "decompose_eval", "layer_scores", "layer_summary", "probe_features", "fit_probe",
         "probe_table", "patch_layer", "steer_layer", "intervention_table", "predictor_comparison",
-        "draw_predictor_comparison"}
+        "draw_predictor_comparison", "resolved_config"}
     for job in jobs:
-        assert "/wide/" in job["output"] or "predictor_comparison" in job["output"], job
+        if job["rule"] != "resolved_config":  # the record of the changed config
+            assert "/wide/" in job["output"] or "predictor_comparison" in job["output"], job
         assert job["reason"].startswith("Missing output files"), job
     assert sum(job["rule"] == "train_predictor" for job in jobs) == 3  # one per layer
 
@@ -195,7 +199,7 @@ def test_figure_setting_reruns_only_figures(tiny_run):
     workdir, _ = tiny_run
     jobs = job_stats(snakemake(changed_copy(workdir, "metrics:", "figures: {dpi: 100}\nmetrics:"), "-n"))
     assert set(jobs) == {"draw_learning_curve", "draw_per_position", "draw_layer_scores", "draw_probe_heatmap",
-                         "draw_interventions", "all"}
+                         "draw_interventions", "resolved_config", "all"}
 
 
 def test_bootstrap_setting_reruns_only_metric_and_figure_jobs(tiny_run):
@@ -204,6 +208,7 @@ def test_bootstrap_setting_reruns_only_metric_and_figure_jobs(tiny_run):
     jobs = job_stats(snakemake(changed, "-n"))
     assert {"layer_scores", "per_position_metrics", "fit_probe", "layer_summary"} <= set(jobs)
     assert set(jobs) <= {"layer_scores", "per_position_metrics", "fit_probe", "probe_table", "layer_summary", "all",
+                         "resolved_config",
                          "draw_learning_curve", "draw_per_position", "draw_layer_scores", "draw_probe_heatmap",
                          "patch_layer", "steer_layer", "intervention_table", "draw_interventions"}
 

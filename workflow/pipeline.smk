@@ -16,6 +16,7 @@ include: "rules/probes.smk"
 include: "rules/interventions.smk"
 include: "rules/figures.smk"
 include: "rules/compare.smk"
+include: "rules/config.smk"
 
 
 # Everything this model's run makes; the Snakefile's `all` (or a model study's) asks for it.

@@ -12,14 +12,11 @@ from pathlib import Path
 import torch
 
 from . import lm, storage, tasks
+from .config_schema import ConfigError
 from .predictor import predictor_kind, predictor_settings
 from .train import TrainConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message says which key, what value, and what would."""
 
 
 def layer_names(config: Mapping) -> list[str]:

@@ -94,6 +94,11 @@ def _limits(node: Mapping, prefix: str = "") -> str:
     return prefix + ", ".join(parts) if parts else ""
 
 
+def allowed(node: Mapping) -> str:
+    """What a schema node allows, as one phrase: its type and its limits (the type and limits columns)."""
+    return ", ".join(part for part in (_type(node), _limits(node)) if part and part != "any") or "any value"
+
+
 def _pipes(text: str) -> str:
     """A Markdown table cell of code and symbols: one line, pipes escaped (inside code spans too)."""
     return " ".join(str(text).split()).replace("|", "\\|")
@@ -118,10 +123,11 @@ def render(schema: Mapping, schema_name: str = "workflow/schemas/config.schema.y
         "",
         f"Generated from `{schema_name}` by `python -m pndecomp.config_doc`; do not edit by hand",
         "(`tests/test_docs.py` fails when this file and the schema differ). A config file states only what",
-        "differs: `config.yaml` is the embedded default, and every key that no config sets takes the default",
-        "below. `<name>` and `<task>` stand for keys you choose. The [README](../README.md#using-it) explains",
-        "how configs compose and how to override a key on the command line; [method.md](method.md) what the",
-        "keys mean for the method.",
+        "differs from the defaults below: `config.yaml`, the embedded default, is the config when no",
+        "`--configfile` is given; a file given with `--configfile` starts from these defaults, or from the file",
+        "it `extends`. `<name>` and `<task>` stand for keys you choose. The [README](../README.md#using-it)",
+        "explains how configs compose and how to override a key on the command line; [method.md](method.md)",
+        "what the keys mean for the method.",
         "",
         _cell(schema.get("description", "")),
         "",

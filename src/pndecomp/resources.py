@@ -624,16 +624,17 @@ def main(argv: list[str] | None = None) -> None:
     """``python -m pndecomp.resources CONFIG``: every rule's request and its largest memory terms."""
     import argparse
 
-    import yaml
-    from snakemake.utils import validate
+    from .config_files import compose
+    from .config_schema import check
+    from .overrides import load_schema
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("config", help="a config file, e.g. configs/paper.yaml")
     parser.add_argument("--shape", help="the model's n_blocks,d_model,attention_width[,vocab,ffn_width] when it is not "
                                         "in the local hub cache, e.g. 24,1024,1024,50304,4096 for Pythia-410m")
     args = parser.parse_args(argv)
-    config = yaml.safe_load(Path(args.config).read_text())
-    validate(config, str(Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"))
+    config, _ = compose([args.config])  # as the workflow reads it with --configfile: extends included
+    check(config, load_schema(Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"))
     if args.shape:
         values = [int(v) for v in args.shape.split(",")]
         shape, extras = lm.ModelShape(values[0], None, values[1], values[2], "given"), {}

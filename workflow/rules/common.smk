@@ -1,17 +1,15 @@
 import functools
 
-from snakemake.utils import validate
-
 
 from pndecomp import config as pnconfig
+from pndecomp import config_schema as pnschema
 from pndecomp import figures as pnfigures
 from pndecomp import resources as pnresources
 from pndecomp import tasks as pntasks
-from pndecomp.overrides import coerce_to_schema, load_schema
+from pndecomp.overrides import load_schema
 
-# --config KEY=VALUE hands nested values over as strings; type them by the schema first.
-config.update(coerce_to_schema(config, load_schema(workflow.source_path("../schemas/config.schema.yaml"))))
-validate(config, "../schemas/config.schema.yaml")
+# --config KEY=VALUE strings typed by the schema, its defaults filled in, every violation named by its key path.
+pnschema.check(config, load_schema(workflow.source_path("../schemas/config.schema.yaml")))
 
 OUT = f"results/{config['experiment']}"
 # GGUF weights (the embedded default among them) are dequantized once into a model directory.
@@ -210,7 +208,7 @@ def steering_features(wildcards):
 
 
 def all_targets():
-    targets = [*figure_targets()]
+    targets = [rules.resolved_config.output[0], *figure_targets()]
     for predictor in PREDICTORS:
         targets.append(f"{OUT}/metrics/{predictor}/layer_summary.tsv")
         targets.extend(f"{OUT}/probes/{predictor}/{task}.tsv" for task in TASKS)

@@ -2,13 +2,11 @@
 # module, its rules prefixed <model>_ and its files under results/<experiment>/<model>/, then the
 # comparison across models. Adding a model adds its own jobs and reruns only the comparison.
 
-from snakemake.utils import validate
-
 from pndecomp import config as pnconfig
-from pndecomp.overrides import coerce_to_schema, load_schema
+from pndecomp import config_schema as pnschema
+from pndecomp.overrides import load_schema
 
-config.update(coerce_to_schema(config, load_schema(workflow.source_path("../schemas/config.schema.yaml"))))
-validate(config, "../schemas/config.schema.yaml")
+pnschema.check(config, load_schema(workflow.source_path("../schemas/config.schema.yaml")))
 
 STUDY = f"results/{config['experiment']}"
 MODEL_CONFIGS = pnconfig.model_configs(config)
@@ -23,6 +21,9 @@ for model_name, model_config in MODEL_CONFIGS.items():
 DEPTHS = {name: pnconfig.relative_depths(model_config) for name, model_config in MODEL_CONFIGS.items()}
 MAIN = {name: pnconfig.predictor_names(model_config)[0] for name, model_config in MODEL_CONFIGS.items()}
 GAP_TASKS = [task for task in ("domain", "next_token_type_8") if task in config["probes"]["tasks"]]
+
+
+include: "config.smk"
 
 
 rule model_comparison:
@@ -74,6 +75,7 @@ localrules:
 
 
 ALL_TARGETS = [
+    rules.resolved_config.output[0],
     *[path for name in MODEL_CONFIGS for path in getattr(rules, f"{name}_pipeline").input],
     *rules.model_comparison.output,
     rules.draw_model_comparison.output.png,
