@@ -14,6 +14,8 @@ rule predictor_comparison:
         ),
     log:
         f"{OUT}/logs/predictor_comparison.log",
+    benchmark:
+        f"{OUT}/benchmarks/predictor_comparison.tsv"
     conda:
         "../../envs/pndecomp.yaml"
     params:
@@ -21,6 +23,7 @@ rule predictor_comparison:
         layers=LAYERS,
         # the costs' pattern, for the script to find each (predictor, layer)'s file by name
         costs=lambda wildcards: f"{PREDICTOR_DIR}/cost.json",
+        code=code_version("predictor_comparison"),
     script:
         "../scripts/predictor_comparison.py"
 
@@ -37,9 +40,12 @@ rule draw_predictor_comparison:
         pdf=f"{OUT}/figures/predictor_comparison.pdf",
     log:
         f"{OUT}/logs/figures/predictor_comparison.log",
+    benchmark:
+        f"{OUT}/benchmarks/figures/predictor_comparison.tsv"
     conda:
         "../../envs/pndecomp.yaml"
     params:
         config=view("figures"),
+        code=code_version("draw_predictor_comparison"),
     script:
         "../scripts/draw_predictor_comparison.py"

@@ -21,5 +21,6 @@ rule resolved_config:
     params:
         # the whole config: any change rewrites the record
         config=config,
+        code=code_version("resolved_config"),
     script:
         "../scripts/resolved_config.py"

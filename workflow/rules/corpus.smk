@@ -4,6 +4,8 @@ rule embedded_corpus:
         manifest=f"{OUT}/corpus/manifest.tsv",
     log:
         f"{OUT}/logs/embedded_corpus.log",
+    benchmark:
+        f"{OUT}/benchmarks/embedded_corpus.tsv"
     conda:
         "../../envs/pndecomp.yaml"
     threads: 1
@@ -12,5 +14,6 @@ rule embedded_corpus:
         runtime=stage_runtime("embedded_corpus"),
     params:
         config=view("corpus.embedded"),
+        code=code_version("embedded_corpus"),
     script:
         "../scripts/embedded_corpus.py"

@@ -8,6 +8,8 @@ rule decompose_eval:
         scores=f"{METRICS}/eval_scores/layer-{{layer}}.json",
     log:
         f"{OUT}/logs/decompose_eval/{{predictor}}/layer-{{layer}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/decompose_eval/{{predictor}}/layer-{{layer}}.tsv"
     conda:
         "../../envs/pndecomp.yaml"
     threads: 1
@@ -16,6 +18,7 @@ rule decompose_eval:
         runtime=stage_runtime("decompose_eval"),
     params:
         config=view(*PROVENANCE, "device", "extraction"),
+        code=code_version("decompose_eval"),
     script:
         "../scripts/decompose_eval.py"
 
@@ -33,6 +36,8 @@ rule probe_features:
         **per_layer(f"{OUT}/probe_features/{{predictor}}/layer-{{layer}}.safetensors"),
     log:
         f"{OUT}/logs/probe_features/{{predictor}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/probe_features/{{predictor}}.tsv"
     conda:
         "../../envs/pndecomp.yaml"
     threads: 2
@@ -41,5 +46,6 @@ rule probe_features:
         runtime=stage_runtime("probe_features"),
     params:
         config=view(*PROVENANCE, "device", "layers", "extraction"),
+        code=code_version("probe_features"),
     script:
         "../scripts/probe_features.py"

@@ -13,6 +13,8 @@ rule extract_train_activations:
         **per_layer(f"{OUT}/activations/predictor_train/layer-{{layer}}.safetensors"),
     log:
         f"{OUT}/logs/extract_train_activations.log",
+    benchmark:
+        f"{OUT}/benchmarks/extract_train_activations.tsv"
     conda:
         "../../envs/pndecomp.yaml"
     threads: 2
@@ -21,6 +23,7 @@ rule extract_train_activations:
         runtime=stage_runtime("extract_train_activations"),
     params:
         config=view(*PROVENANCE, "device", "layers", "extraction"),
+        code=code_version("extract_activations"),
     script:
         "../scripts/extract_activations.py"
 
@@ -36,6 +39,8 @@ rule extract_val_activations:
         **per_layer(f"{OUT}/activations/predictor_val/layer-{{layer}}.safetensors"),
     log:
         f"{OUT}/logs/extract_val_activations.log",
+    benchmark:
+        f"{OUT}/benchmarks/extract_val_activations.tsv"
     priority: 1
     conda:
         "../../envs/pndecomp.yaml"
@@ -45,6 +50,7 @@ rule extract_val_activations:
         runtime=stage_runtime("extract_val_activations"),
     params:
         config=view(*PROVENANCE, "device", "layers", "extraction"),
+        code=code_version("extract_activations"),
     script:
         "../scripts/extract_activations.py"
 
@@ -59,6 +65,8 @@ rule extract_eval_activations:
         surprisal=f"{OUT}/activations/predictor_eval/surprisal.safetensors",
     log:
         f"{OUT}/logs/extract_eval_activations.log",
+    benchmark:
+        f"{OUT}/benchmarks/extract_eval_activations.tsv"
     conda:
         "../../envs/pndecomp.yaml"
     threads: 2
@@ -67,6 +75,7 @@ rule extract_eval_activations:
         runtime=stage_runtime("extract_eval_activations"),
     params:
         config=view(*PROVENANCE, "device", "layers", "extraction"),
+        code=code_version("extract_activations"),
     script:
         "../scripts/extract_activations.py"
 
@@ -81,6 +90,8 @@ rule extract_probe_activations:
         **per_layer(f"{OUT}/activations/probe/layer-{{layer}}.safetensors"),
     log:
         f"{OUT}/logs/extract_probe_activations.log",
+    benchmark:
+        f"{OUT}/benchmarks/extract_probe_activations.tsv"
     conda:
         "../../envs/pndecomp.yaml"
     threads: 2
@@ -89,5 +100,6 @@ rule extract_probe_activations:
         runtime=stage_runtime("extract_probe_activations"),
     params:
         config=view(*PROVENANCE, "device", "layers", "extraction"),
+        code=code_version("extract_activations"),
     script:
         "../scripts/extract_activations.py"

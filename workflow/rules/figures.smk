@@ -12,6 +12,8 @@ rule draw_learning_curve:
         pdf=f"{OUT}/figures/{{figure}}.pdf",
     log:
         f"{OUT}/logs/figures/{{figure}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/figures/{{figure}}.tsv"
     wildcard_constraints:
         figure=figures_of("learning_curve"),
     conda:
@@ -20,6 +22,7 @@ rule draw_learning_curve:
         config=view("figures"),
         column=lambda wildcards: FIGURES[wildcards.figure].column,
         caption=lambda wildcards: FIGURES[wildcards.figure].caption,
+        code=code_version("draw_learning_curve"),
     script:
         "../scripts/draw_learning_curve.py"
 
@@ -32,6 +35,8 @@ rule draw_per_position:
         pdf=f"{OUT}/figures/{{figure}}.pdf",
     log:
         f"{OUT}/logs/figures/{{figure}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/figures/{{figure}}.tsv"
     wildcard_constraints:
         figure=figures_of("per_position"),
     conda:
@@ -40,6 +45,7 @@ rule draw_per_position:
         config=view("figures", "metrics.hide_first_positions"),
         column=lambda wildcards: FIGURES[wildcards.figure].column,
         caption=lambda wildcards: FIGURES[wildcards.figure].caption,
+        code=code_version("draw_per_position"),
     script:
         "../scripts/draw_per_position.py"
 
@@ -52,6 +58,8 @@ rule draw_layer_scores:
         pdf=f"{OUT}/figures/{{figure}}.pdf",
     log:
         f"{OUT}/logs/figures/{{figure}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/figures/{{figure}}.tsv"
     wildcard_constraints:
         figure=figures_of("layer_scores"),
     conda:
@@ -59,6 +67,7 @@ rule draw_layer_scores:
     params:
         config=view("figures"),
         caption=lambda wildcards: FIGURES[wildcards.figure].caption,
+        code=code_version("draw_layer_scores"),
     script:
         "../scripts/draw_layer_scores.py"
 
@@ -72,6 +81,8 @@ rule draw_probe_heatmap:
         pdf=f"{OUT}/figures/{{figure}}.pdf",
     log:
         f"{OUT}/logs/figures/{{figure}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/figures/{{figure}}.tsv"
     wildcard_constraints:
         figure="|".join(HEATMAPS) or "none",
     conda:
@@ -80,5 +91,6 @@ rule draw_probe_heatmap:
         config=view("figures"),
         task=lambda wildcards: HEATMAPS[wildcards.figure],
         caption=lambda wildcards: pntasks.get(HEATMAPS[wildcards.figure]).caption,
+        code=code_version("draw_probe_heatmap"),
     script:
         "../scripts/draw_probe_heatmap.py"

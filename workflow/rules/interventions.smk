@@ -17,6 +17,8 @@ rule patch_layer:
         f"{INTERVENTIONS}/patching/layer-{{layer}}.parquet",
     log:
         f"{OUT}/logs/patch_layer/{{predictor}}/layer-{{layer}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/patch_layer/{{predictor}}/layer-{{layer}}.tsv"
     wildcard_constraints:
         layer="embed|[0-9]+",
     conda:
@@ -38,6 +40,7 @@ rule patch_layer:
             "interventions.batch_size",
             "interventions.patching_windows",
         ),
+        code=code_version("patch_layer"),
     script:
         "../scripts/patch_layer.py"
 
@@ -51,6 +54,8 @@ rule steer_layer:
         f"{INTERVENTIONS}/steering/layer-{{layer}}.parquet",
     log:
         f"{OUT}/logs/steer_layer/{{predictor}}/layer-{{layer}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/steer_layer/{{predictor}}/layer-{{layer}}.tsv"
     wildcard_constraints:
         layer="[0-9]+",
     conda:
@@ -71,6 +76,7 @@ rule steer_layer:
             "interventions.alphas",
         ),
         readout=lambda wildcards: pnconfig.steering_readout_layers(config, wildcards.layer),
+        code=code_version("steer_layer"),
     script:
         "../scripts/steer_layer.py"
 
@@ -87,10 +93,14 @@ rule intervention_table:
         ),
     log:
         f"{OUT}/logs/intervention_table/{{predictor}}/{{intervention}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/intervention_table/{{predictor}}/{{intervention}}.tsv"
     wildcard_constraints:
         intervention="patching|steering",
     conda:
         "../../envs/pndecomp.yaml"
+    params:
+        code=code_version("intervention_table"),
     script:
         "../scripts/intervention_table.py"
 
@@ -107,11 +117,14 @@ rule draw_interventions:
         pdf=f"{OUT}/figures/{{intervention}}.pdf",
     log:
         f"{OUT}/logs/figures/{{intervention}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/figures/{{intervention}}.tsv"
     wildcard_constraints:
         intervention="patching|steering",
     conda:
         "../../envs/pndecomp.yaml"
     params:
         config=view("figures"),
+        code=code_version("draw_interventions"),
     script:
         "../scripts/draw_interventions.py"

@@ -12,6 +12,8 @@ rule score_baselines:
         f"{OUT}/metrics/baselines/layer-{{layer}}.parquet",
     log:
         f"{OUT}/logs/score_baselines/layer-{{layer}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/score_baselines/layer-{{layer}}.tsv"
     conda:
         "../../envs/pndecomp.yaml"
     threads: 1
@@ -22,6 +24,7 @@ rule score_baselines:
         config=view(
             *PROVENANCE, "device", "metrics.baselines", "metrics.baseline_train_windows", "train.data", "extraction"
         ),
+        code=code_version("score_baselines"),
     script:
         "../scripts/score_baselines.py"
 
@@ -44,6 +47,8 @@ rule layer_scores:
         ),
     log:
         f"{OUT}/logs/layer_scores/{{predictor}}/layer-{{layer}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/layer_scores/{{predictor}}/layer-{{layer}}.tsv"
     conda:
         "../../envs/pndecomp.yaml"
     threads: 1
@@ -52,6 +57,7 @@ rule layer_scores:
         runtime=stage_runtime("layer_scores"),
     params:
         config=view(*PROVENANCE, "metrics", "extraction.batch_size"),
+        code=code_version("layer_scores"),
     script:
         "../scripts/layer_scores.py"
 
@@ -68,6 +74,8 @@ rule per_position_metrics:
         f"{METRICS}/per_position/layer-{{layer}}.parquet",
     log:
         f"{OUT}/logs/per_position_metrics/{{predictor}}/layer-{{layer}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/per_position_metrics/{{predictor}}/layer-{{layer}}.tsv"
     conda:
         "../../envs/pndecomp.yaml"
     threads: 1
@@ -76,6 +84,7 @@ rule per_position_metrics:
         runtime=stage_runtime("per_position_metrics"),
     params:
         config=view(*PROVENANCE, "metrics.bootstrap", "extraction.batch_size"),
+        code=code_version("per_position_metrics"),
     script:
         "../scripts/per_position_metrics.py"
 
@@ -92,8 +101,12 @@ rule layer_summary:
         ),
     log:
         f"{OUT}/logs/layer_summary/{{predictor}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/layer_summary/{{predictor}}.tsv"
     conda:
         "../../envs/pndecomp.yaml"
     threads: 1
+    params:
+        code=code_version("layer_summary"),
     script:
         "../scripts/layer_summary.py"

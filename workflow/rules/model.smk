@@ -3,6 +3,8 @@ rule materialize_model:
         directory(MODEL_DIR),
     log:
         f"{OUT}/logs/materialize_model.log",
+    benchmark:
+        f"{OUT}/benchmarks/materialize_model.tsv"
     conda:
         "../../envs/pndecomp.yaml"
     threads: 1
@@ -11,6 +13,7 @@ rule materialize_model:
         runtime=stage_runtime("materialize_model"),
     params:
         config=view("model"),
+        code=code_version("materialize_model"),
     script:
         "../scripts/materialize_model.py"
 
@@ -20,6 +23,8 @@ rule materialize_tokenizer:
         directory(TOKENIZER_DIR),
     log:
         f"{OUT}/logs/materialize_tokenizer.log",
+    benchmark:
+        f"{OUT}/benchmarks/materialize_tokenizer.tsv"
     conda:
         "../../envs/pndecomp.yaml"
     threads: 1
@@ -28,5 +33,6 @@ rule materialize_tokenizer:
         runtime=stage_runtime("materialize_tokenizer"),
     params:
         config=view("model"),
+        code=code_version("materialize_tokenizer"),
     script:
         "../scripts/materialize_tokenizer.py"

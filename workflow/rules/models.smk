@@ -9,6 +9,11 @@ from pndecomp.overrides import load_schema
 pnschema.check(config, load_schema(workflow.source_path("../schemas/config.schema.yaml")))
 
 STUDY = f"results/{config['experiment']}"
+
+
+include: "code_version.smk"
+
+
 MODEL_CONFIGS = pnconfig.model_configs(config)
 # The models' names come from the config, so the modules are declared through the API that the
 # `module` and `use rule * from ... as ...` statements compile to.
@@ -38,12 +43,15 @@ rule model_comparison:
         report(f"{STUDY}/model_comparison.tsv", category="Model comparison", caption="../report/model_comparison.rst"),
     log:
         f"{STUDY}/logs/model_comparison.log",
+    benchmark:
+        f"{STUDY}/benchmarks/model_comparison.tsv"
     conda:
         "../../envs/pndecomp.yaml"
     params:
         models=list(MODEL_CONFIGS),
         depths=DEPTHS,
         tasks=GAP_TASKS,
+        code=code_version("model_comparison"),
     script:
         "../scripts/model_comparison.py"
 
@@ -60,10 +68,13 @@ rule draw_model_comparison:
         pdf=f"{STUDY}/figures/model_comparison.pdf",
     log:
         f"{STUDY}/logs/figures/model_comparison.log",
+    benchmark:
+        f"{STUDY}/benchmarks/figures/model_comparison.tsv"
     conda:
         "../../envs/pndecomp.yaml"
     params:
         config=pnconfig.config_view(config, "figures"),
+        code=code_version("draw_model_comparison"),
     script:
         "../scripts/draw_model_comparison.py"
 

@@ -7,6 +7,8 @@ rule fit_probe:
         differences=f"{PROBES}/{{task}}/layer-{{layer}}_differences.parquet",
     log:
         f"{OUT}/logs/fit_probe/{{predictor}}/{{task}}/layer-{{layer}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/fit_probe/{{predictor}}/{{task}}/layer-{{layer}}.tsv"
     conda:
         "../../envs/pndecomp.yaml"
     threads: 1
@@ -21,6 +23,7 @@ rule fit_probe:
             "probes.min_test_per_class",
             "metrics.bootstrap",
         ),
+        code=code_version("fit_probe"),
     script:
         "../scripts/fit_probe.py"
 
@@ -43,10 +46,13 @@ rule probe_table:
         ),
     log:
         f"{OUT}/logs/probe_table/{{predictor}}/{{task}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/probe_table/{{predictor}}/{{task}}.tsv"
     conda:
         "../../envs/pndecomp.yaml"
     threads: 1
     params:
         layers=LAYERS,
+        code=code_version("probe_table"),
     script:
         "../scripts/probe_table.py"

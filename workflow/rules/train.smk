@@ -18,6 +18,8 @@ if config["train"]["joint_layers"]:
             costs=expand(f"{PREDICTOR_DIR}/cost.json", layer=LAYERS, allow_missing=True),
         log:
             f"{OUT}/logs/train_predictors_joint/{{predictor}}.log",
+        benchmark:
+            f"{OUT}/benchmarks/train_predictors_joint/{{predictor}}.tsv"
         conda:
             "../../envs/pndecomp.yaml"
         threads: 1
@@ -28,6 +30,7 @@ if config["train"]["joint_layers"]:
             config=predictor_view(*PROVENANCE, "device", "layers", "predictor", "train", "extraction.dtype"),
             # Not outputs: Snakemake deletes the outputs of an interrupted job, and these must survive.
             resume=lambda wildcards: expand(f"{PREDICTOR_DIR}/.resume.pt", layer=LAYERS, **wildcards),
+            code=code_version("train_predictors_joint"),
         script:
             "../scripts/train_predictors_joint.py"
 
@@ -45,6 +48,8 @@ else:
             cost=f"{PREDICTOR_DIR}/cost.json",
         log:
             f"{OUT}/logs/train_predictor/{{predictor}}/layer-{{layer}}.log",
+        benchmark:
+            f"{OUT}/benchmarks/train_predictor/{{predictor}}/layer-{{layer}}.tsv"
         conda:
             "../../envs/pndecomp.yaml"
         # One thread: a small predictor gains little from more, so layers train side by side instead.
@@ -56,5 +61,6 @@ else:
             config=predictor_view(*PROVENANCE, "device", "predictor", "train", "extraction.dtype"),
             # Not an output: Snakemake deletes the outputs of an interrupted job, and this must survive.
             resume=f"{PREDICTOR_DIR}/.resume.pt",
+            code=code_version("train_predictor"),
         script:
             "../scripts/train_predictor.py"

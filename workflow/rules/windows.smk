@@ -13,6 +13,8 @@ rule make_windows:
         summary=f"{OUT}/windows/summary.json",
     log:
         f"{OUT}/logs/make_windows.log",
+    benchmark:
+        f"{OUT}/benchmarks/make_windows.tsv"
     conda:
         "../../envs/pndecomp.yaml"
     threads: 1
@@ -21,5 +23,6 @@ rule make_windows:
         runtime=stage_runtime("make_windows"),
     params:
         config=view(*PROVENANCE, "corpus", "windows", "probes.tasks", "probes.caps"),
+        code=code_version("make_windows"),
     script:
         "../scripts/make_windows.py"
