@@ -7,6 +7,10 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
+# The front page of `snakemake --report`: what the workflow does and how to read the report.
+report: "workflow/report/workflow.rst"
+
+
 from pndecomp import config_files
 
 # The config (pndecomp.config_files): the --configfile files, each on the schema's defaults plus what it

@@ -223,3 +223,4 @@ def test_report_holds_every_figure_and_table(tiny_run):
                  "steering.tsv"]:
         assert name in html, name
     assert "Domain probe: test macro-F1" in html  # a caption from the task registry, rendered
+    assert "How to read this report" in html  # the workflow's description, workflow/report/workflow.rst
