@@ -41,10 +41,11 @@ CLUSTER_PROFILE = REPO / "profiles" / "slurm"
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
 NICE = ["nice", "-n", "19"] if shutil.which("nice") else []
 
-# Declared `localrules` in workflow/rules/common.smk and models.smk: they run in the Snakemake process.
-LOCAL_RULES = {"all", "probe_table", "layer_summary", "draw_learning_curve", "draw_per_position", "draw_layer_scores",
-               "draw_probe_heatmap", "predictor_comparison", "draw_predictor_comparison", "model_comparison",
-               "draw_model_comparison", "intervention_table", "draw_interventions"}
+# Declared `localrules` in workflow/rules/common.smk and models.smk (resolved_config: `localrule: True` in
+# config.smk): they run in the Snakemake process.
+LOCAL_RULES = {"all", "resolved_config", "probe_table", "layer_summary", "draw_learning_curve", "draw_per_position",
+               "draw_layer_scores", "draw_probe_heatmap", "predictor_comparison", "draw_predictor_comparison",
+               "model_comparison", "draw_model_comparison", "intervention_table", "draw_interventions"}
 # Local rules that only a study runs (two or more predictors, or `models:`).
 STUDY_RULES = {"predictor_comparison", "draw_predictor_comparison", "model_comparison", "draw_model_comparison"}
 # The stages the profiles give `gpu: 1` (-> sbatch --gpus=1).
