@@ -197,8 +197,10 @@ def main() -> None:
             fail("snakemake --touch all on the copy", output, rc)
         C.say(f"  snakemake --touch all on the copy: {seconds:.1f} s")
     elif not args.skip_cold:
-        if not args.experiment.startswith("bench-"):
-            sys.exit(f"the cold run deletes results/{args.experiment} first: pick an experiment named bench-*")
+        # An experiment of one's own may be run cold only when there is nothing of it to delete.
+        if not args.experiment.startswith("bench-") and (Path("results") / args.experiment).exists():
+            sys.exit(f"the cold run deletes results/{args.experiment} first: pick an experiment named bench-*, "
+                     "or one with no results directory yet")
         if out.exists():
             shutil.rmtree(out)
         C.say("cold run: snakemake all into a fresh results dir (~15 min on 2 cores) ...")

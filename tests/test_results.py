@@ -1,22 +1,17 @@
 """pndecomp.results: a run's tables in layer order, from hand-made results directories written by the
-workflow's own writers and from a whole tiny workflow run."""
+workflow's own writers (a whole tiny workflow run: tests/test_workflow.py)."""
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from tiny import write_config, write_model
 
 from pndecomp import storage
 from pndecomp.results import ResultsError, layer_key, load
 
-REPO = Path(__file__).resolve().parents[1]
 # Config order, as the workflow writes its tables: not model order.
 LAYERS = ["10", "final", "2", "embed"]
 MODEL_ORDER = ["embed", "2", "10", "final"]
@@ -131,47 +126,3 @@ def test_a_model_study_holds_its_runs_and_the_comparison(tmp_path):
     claims = pd.DataFrame({"claim": ["ĥ carries the domain"], "verdict": ["supported"]})
     storage.write_tsv(claims, study / "claims.tsv")
     pd.testing.assert_frame_equal(run.claims(), claims)
-
-
-@pytest.mark.slow
-def test_every_table_of_a_tiny_run_reads_in_layer_order(tmp_path_factory, tiny_corpus):
-    """The whole tiny workflow with layers given as [10, 2] (its tables are written in that order)."""
-    workdir = tmp_path_factory.mktemp("results_run")
-    model = write_model(workdir / "tiny-neox-11", tiny_corpus, n_layers=11)
-    write_config(workdir / "config.yaml", model, tiny_corpus, layers=[10, 2])
-    result = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--cores", "2",
-                             "--directory", str(workdir)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    out = workdir / "results" / "tiny"
-    run = load(out)
-    assert run.predictors == ["attn1"] and run.layers == ["2", "10"]
-    assert set(run.tasks) == {"domain", "next_token_type_8"}
-
-    def written(relative: str) -> pd.DataFrame:
-        return pd.read_csv(out / relative, sep="\t", dtype={"layer": str, "probe_layer": str})
-
-    for table, relative in [(run.layer_summary(), "metrics/attn1/layer_summary.tsv"),
-                            (run.probes("domain"), "probes/attn1/domain.tsv"),
-                            (run.probe_differences("domain"), "probes/attn1/domain_differences.tsv"),
-                            (run.patching(), "interventions/attn1/patching.tsv")]:
-        file = written(relative)
-        assert list(dict.fromkeys(file["layer"])) == ["10", "2"], relative
-        assert list(dict.fromkeys(table["layer"])) == ["2", "10"], relative
-        expected = pd.concat([file[file["layer"] == "2"], file[file["layer"] == "10"]], ignore_index=True)
-        pd.testing.assert_frame_equal(table.astype({"layer": str}), expected, check_dtype=False)
-    steering = run.steering()
-    assert set(steering["layer"]) == {"2"} and set(steering["probe_layer"].dropna()) == {"2", "10"}
-    assert list(steering["probe_layer"].cat.categories) == ["2", "10"]
-    for table, name in [(run.per_position(), "metrics/attn1/per_position/layer-{}.parquet"),
-                        (run.learning_curves(), "predictors/attn1/layer-{}/curve.parquet")]:
-        assert list(dict.fromkeys(table["layer"])) == ["2", "10"]
-        for layer in ("2", "10"):
-            pd.testing.assert_frame_equal(
-                table[table["layer"] == layer].drop(columns="layer").reset_index(drop=True),
-                pd.read_parquet(out / name.format(layer)))
-    # Half-finished: a deleted table is named with its target; the rest still reads.
-    shutil.rmtree(out / "metrics" / "attn1" / "per_position")
-    with pytest.raises(ResultsError, match=r"`snakemake results/tiny/metrics/attn1/per_position/layer-2\.parquet "
-                                           r"results/tiny/metrics/attn1/per_position/layer-10\.parquet`"):
-        load(out).per_position()
-    assert len(load(out).layer_summary()) == 2

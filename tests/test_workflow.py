@@ -1,4 +1,5 @@
 """The whole workflow through the snakemake CLI on the tiny model and corpus, in a temp directory."""
+import os
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from snakemake_log import job_stats, planned_jobs
 from tiny import write_config
 
 from pndecomp import storage
+from pndecomp.results import ResultsError, load
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--cores", "2"]
@@ -20,8 +22,12 @@ FIGURES = [f"fig{i}.{ext}" for i in range(1, 7) for ext in ("png", "pdf")]
 pytestmark = pytest.mark.slow
 
 
-def snakemake(workdir: Path, *args: str) -> str:
-    result = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), *args], capture_output=True, text=True)
+def snakemake(workdir: Path, *args: str, package_root: Path | None = None) -> str:
+    """Snakemake in workdir; with package_root, pndecomp is imported from there (Snakemake and its jobs)."""
+    env = dict(os.environ)
+    if package_root is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(package_root), *filter(None, [env.get("PYTHONPATH")])])
+    result = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), *args], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout + result.stderr
 
@@ -226,3 +232,74 @@ def test_report_holds_every_figure_and_table(tiny_run):
         assert name in html, name
     assert "Domain probe: test macro-F1" in html  # a caption from the task registry, rendered
     assert "How to read this report" in html  # the workflow's description, workflow/report/workflow.rst
+
+
+def test_results_api_reads_every_table_of_a_run(tiny_run):
+    """pndecomp.results.load on a real run: each accessor gives the files' rows (layers in depth order), and a
+    deleted table is named with the snakemake target that rebuilds it."""
+    workdir, _ = tiny_run
+    out = workdir / "results" / "tiny"
+    run = load(out)
+    assert run.predictors == ["attn1"] and run.layers == ["0", "2", "3"]
+    assert {"domain", "next_token_type_8"} <= set(run.tasks)
+
+    def written(relative: str) -> pd.DataFrame:
+        return pd.read_csv(out / relative, sep="\t", dtype={"layer": str, "probe_layer": str})
+
+    for table, relative in [(run.layer_summary(), "metrics/attn1/layer_summary.tsv"),
+                            (run.probes("domain"), "probes/attn1/domain.tsv"),
+                            (run.probe_differences("domain"), "probes/attn1/domain_differences.tsv"),
+                            (run.patching(), "interventions/attn1/patching.tsv")]:
+        pd.testing.assert_frame_equal(table.astype({"layer": str}), written(relative), check_dtype=False)
+    assert list(run.steering()["probe_layer"].cat.categories) == ["0", "2", "3"]
+    for table, name in [(run.per_position(), "metrics/attn1/per_position/layer-{}.parquet"),
+                        (run.learning_curves(), "predictors/attn1/layer-{}/curve.parquet")]:
+        assert list(dict.fromkeys(table["layer"])) == ["0", "2", "3"]
+        for layer in ("0", "2", "3"):
+            pd.testing.assert_frame_equal(
+                table[table["layer"] == layer].drop(columns="layer").reset_index(drop=True),
+                pd.read_parquet(out / name.format(layer)))
+    # Half-finished (on a copy): a deleted table is named with its target; the rest still reads.
+    copy = workdir.parent / "results-api-copy"
+    shutil.copytree(out, copy)
+    shutil.rmtree(copy / "metrics" / "attn1" / "per_position")
+    with pytest.raises(ResultsError, match=r"metrics/attn1/per_position/layer-0\.parquet"):
+        load(copy).per_position()
+    assert len(load(copy).layer_summary()) == 3
+
+
+@pytest.fixture
+def package_copy(tmp_path):
+    """A copy of the pndecomp sources that this Python imports from, under tmp_path/src: it stands for a
+    changed checkout when put first on PYTHONPATH."""
+    from pndecomp.code_version import package_dir
+
+    copy = tmp_path / "src" / "pndecomp"
+    shutil.copytree(package_dir(), copy, ignore=shutil.ignore_patterns("__pycache__"))
+    return copy
+
+
+def test_unchanged_code_is_a_no_op_wherever_it_lies(tiny_run, package_copy):
+    workdir, _ = tiny_run
+    assert "Nothing to be done" in snakemake(workdir, "-n", "results/tiny/figures/fig1.png",
+                                             package_root=package_copy.parent)
+
+
+def test_changed_figure_module_reruns_the_figures_alone(tiny_run, package_copy):
+    """A change to pndecomp/figures.py reruns the jobs whose scripts import it (the drawing rules), nothing else."""
+    workdir, _ = tiny_run
+    figures = package_copy / "figures.py"
+    figures.write_text(figures.read_text() + "\n# a change to the figure code\n")
+    # the subprocess resolves pndecomp to the copy, not to the checkout
+    probe = "import importlib.util; print(importlib.util.find_spec('pndecomp').origin)"
+    env = {**os.environ, "PYTHONPATH": str(package_copy.parent)}
+    origin = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
+    assert Path(origin.stdout.strip()) == package_copy / "__init__.py"
+
+    jobs = planned_jobs(snakemake(workdir, "-n", "results/tiny/figures/fig1.png", package_root=package_copy.parent))
+    assert [job["rule"] for job in jobs] == ["draw_learning_curve"]
+    assert "params" in jobs[0]["reason"].lower(), jobs[0]
+    jobs = [job for job in planned_jobs(snakemake(workdir, "-n", package_root=package_copy.parent))
+            if job["rule"] != "all"]
+    assert {job["rule"] for job in jobs} == {"draw_learning_curve", "draw_per_position", "draw_layer_scores",
+                                             "draw_probe_heatmap", "draw_interventions"}
