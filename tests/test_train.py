@@ -12,15 +12,26 @@ from tiny import write_config
 from pndecomp import config as cfg
 from pndecomp import stages, storage
 from pndecomp.baselines import make_baseline
-from pndecomp.predictor import PredictorConfig, RidgeARConfig, load_predictor, predictor_kind, predictor_settings
+from pndecomp.predictor import (
+    Normalized,
+    PredictorConfig,
+    RidgeARConfig,
+    load_predictor,
+    normalization_stats,
+    predictor_kind,
+    predictor_settings,
+    save_predictor,
+)
 from pndecomp.train import (
     CURVE_COLUMNS,
     NonFiniteLoss,
+    Plateau,
     PredictorTrainer,
     StreamPoolTooSmall,
     TrainConfig,
     batch_indices,
     check_stream_pool,
+    evaluate,
     fit_predictor,
     get_lr,
     train_predictor,
@@ -331,3 +342,161 @@ def test_config_check_accepts_suffixed_names_and_refuses_others(tmp_path, tiny_m
             cfg.check({**config, "predictor": {**config["predictor"], "kind": name}})
     with pytest.raises(cfg.ConfigError, match="predictor.d_head is 7: rotary"):
         cfg.check({**config, "predictor": {**config["predictor"], "kind": "attn1_rope", "d_head": 7}})
+
+
+# ---------------------------------------------------------------- normalised training (train.normalize)
+
+def offset_ar1_hidden(scale: float, sink: float = 1.0, n_windows=64, length=12, d=8, seed=0):
+    """An AR(1) process around a large mean, times ``scale``; position 1 of every window times ``sink`` (an
+    attention-sink row, an outlier when sink is large)."""
+    hidden = ar1_hidden(n_windows, length, d, seed) + 5.0
+    hidden[:, 0] *= sink
+    return hidden * scale
+
+
+@pytest.mark.parametrize("kind", ["rms", "robust_rms", "standardize"])
+def test_normalised_training_does_not_depend_on_the_states_scale(kind, name="attn1"):
+    """×100 on every hidden state changes val R² after a fixed number of steps by less than 0.01; without
+    normalisation it changes by more (the optimiser's steps are ~lr whatever the states' size)."""
+    settings = predictor_settings(name, SECTION, 8, 8)
+
+    def val_r2(scale: float, normalize: str) -> float:
+        hidden = offset_ar1_hidden(scale)
+        cfg_ = TrainConfig(steps=60, batch_size=16, lr=1e-2, warmup_steps=5, eval_every=60, normalize=normalize)
+        _, curve = train_predictor(settings, cfg_, lambda step: hidden[batch_indices(64, 16, 0, step)],
+                                   hidden[:16], n_windows=64)
+        return curve["val_r2"].iloc[-1]
+
+    assert abs(val_r2(1.0, kind) - val_r2(100.0, kind)) < 0.01
+    assert abs(val_r2(1.0, "none") - val_r2(100.0, "none")) > 0.01
+
+
+def test_normalisation_statistics_equal_numpy():
+    rows = offset_ar1_hidden(3.0, sink=30.0).reshape(-1, 8).numpy().astype(np.float64)
+    norms = np.linalg.norm(rows, axis=1)
+    typical = rows[norms <= 10 * np.median(norms)]
+    assert len(typical) < len(rows)  # the sink rows are outliers
+    expected = {"rms": (np.zeros(8), np.full(8, np.sqrt(np.mean(rows ** 2)))),
+                "robust_rms": (np.zeros(8), np.full(8, np.sqrt(np.mean(typical ** 2)))),
+                "standardize": (typical.mean(0), typical.std(0, ddof=1))}
+    for kind, (center, scale) in expected.items():
+        got = normalization_stats(kind, torch.from_numpy(rows).float(), 10.0)
+        np.testing.assert_allclose(got[0].numpy(), center, rtol=1e-5, atol=1e-5, err_msg=kind)
+        np.testing.assert_allclose(got[1].numpy(), scale, rtol=1e-5, err_msg=kind)
+    with pytest.raises(ValueError, match=r"unknown normalisation 'zscore'; known are 'none', 'rms'"):
+        normalization_stats("zscore", torch.from_numpy(rows), 10.0)
+
+
+def test_normalised_predictor_saves_in_the_lms_units_and_loads_transparently(tmp_path):
+    hidden = offset_ar1_hidden(50.0, sink=30.0)
+    cfg_ = TrainConfig(steps=10, batch_size=16, lr=1e-2, warmup_steps=1, eval_every=10, normalize="standardize")
+    model, _ = train_predictor(PREDICTOR, cfg_, lambda step: hidden[batch_indices(64, 16, 0, step)], hidden[:16],
+                               n_windows=64)
+    assert isinstance(model, Normalized)
+    first = hidden[batch_indices(64, 16, 0, 0)].reshape(-1, 8)
+    typical = first[first.norm(dim=1) <= 10 * first.norm(dim=1).median()]
+    torch.testing.assert_close(model.center, typical.mean(0))  # the first batch's statistics
+    save_predictor(model, tmp_path / "p.safetensors")
+    loaded = load_predictor(tmp_path / "p.safetensors")
+    assert storage.load_metadata(tmp_path / "p.safetensors")["normalization"] == "standardize"
+    torch.testing.assert_close(loaded(hidden[:4]), model(hidden[:4]))
+    # the prediction is in the LM's units: the inner predictor on standardised states, mapped back
+    expected = model.center + model.scale * model.inner((hidden[:4] - model.center) / model.scale)
+    torch.testing.assert_close(loaded(hidden[:4]), expected)
+
+
+# ---------------------------------------------------------------- stopping at a plateau (train.stop_patience)
+
+def test_plateau_rule_on_a_synthetic_val_curve():
+    """Evaluations every 10 steps, warm-up 35 steps, patience 3, tolerance 1 %: the curve improves by more
+    than 1 % until step 60, by less after (70, 90), so the stop comes 3 evaluations later, at step 90, keeping
+    the lowest val MSE (step 90's)."""
+    cfg_ = TrainConfig(steps=1000, batch_size=1, warmup_steps=35, eval_every=10, stop_patience=3, stop_rel_tol=0.01)
+    losses = {10: 5.0, 20: 5.0, 30: 5.0, 40: 4.0, 50: 3.0, 60: 2.0, 70: 1.99, 80: 2.5, 90: 1.985, 100: 1.0}
+    plateau, stopped_at = Plateau(), None
+    for step, loss in losses.items():
+        plateau.update(step, loss, cfg_)
+        if plateau.stopped:
+            stopped_at = step
+            break
+    assert (stopped_at, plateau.best_step, plateau.best_val_mse, plateau.reference_val_mse) == (90, 90, 1.985, 2.0)
+    # flat from the start: evaluations in the warm-up never count, so no stop before it ends
+    plateau = Plateau()
+    stops = [step for step in range(10, 200, 10) if plateau.update(step, 1.0, cfg_) is not None and plateau.stopped]
+    assert stops[0] == 60  # 40, 50, 60: three evaluations after the warm-up without improvement
+
+
+def stop_curve_hidden():
+    return ar1_hidden(n_windows=64, length=12)
+
+
+def test_stopping_rule_stops_keeps_the_best_weights_and_respects_the_cap():
+    hidden = stop_curve_hidden()
+
+    def run(**kwargs):
+        cfg_ = TrainConfig(batch_size=16, lr=3e-2, warmup_steps=5, eval_every=5, **kwargs)
+        trainer = PredictorTrainer(PREDICTOR, cfg_, hidden[:16])
+        model, curve = train_predictors({"p": trainer}, cfg_,
+                                        lambda step: {"p": hidden[batch_indices(64, 16, 0, step)]}, 64)["p"]
+        return trainer, model, curve
+
+    trainer, model, curve = run(steps=2000, stop_patience=2, stop_rel_tol=0.05)
+    summary = trainer.stop_summary()
+    assert summary["last_step"] < 2000 and not summary["hit_cap"]
+    assert curve["step"].max() == summary["last_step"]
+    kept = curve[curve["kept"]]
+    assert len(kept) == 1 and kept["step"].item() == summary["kept_step"]
+    assert kept["val_mse"].item() == curve["val_mse"].min() == summary["best_val_mse"]
+    assert evaluate(model, hidden[:16], 32, "cpu")["mse"] == pytest.approx(summary["best_val_mse"], rel=1e-5)
+    # a cap below the plateau: every step runs, and the summary says the cap ended it
+    trainer, _, curve = run(steps=20, stop_patience=50)
+    assert curve["step"].max() == 20 and trainer.stop_summary()["hit_cap"]
+    # no rule: the last evaluation is kept
+    _, _, curve = run(steps=20)
+    assert curve["kept"].tolist() == [False, False, False, True]
+
+
+def test_resume_mid_patience_gives_the_same_stop(tmp_path):
+    hidden = stop_curve_hidden()
+    cfg_ = TrainConfig(steps=2000, batch_size=16, lr=3e-2, warmup_steps=5, eval_every=5, checkpoint_every=5,
+                       stop_patience=3, stop_rel_tol=0.05)
+
+    def batches(step):
+        return hidden[batch_indices(64, 16, 0, step)]
+
+    reference_trainer = PredictorTrainer(PREDICTOR, cfg_, hidden[:16])
+    reference, reference_curve = train_predictors({"p": reference_trainer}, cfg_, lambda s: {"p": batches(s)}, 64)["p"]
+    stop = reference_trainer.stop_summary()["last_step"]
+    assert stop < 2000
+    # patience 3, an evaluation and a checkpoint every 5 steps: the checkpoint at stop − 5 has seen two
+    # evaluations without improvement
+    interrupt = stop - 3
+
+    def failing_batches(step):
+        if step == interrupt:
+            raise KeyboardInterrupt
+        return batches(step)
+
+    resume = tmp_path / "resume.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train_predictor(PREDICTOR, cfg_, failing_batches, hidden[:16], n_windows=64, resume_path=resume)
+    assert torch.load(resume, weights_only=True)["plateau"]["evals_since_improvement"] == 2
+    trainer = PredictorTrainer(PREDICTOR, cfg_, hidden[:16], resume_path=resume)
+    resumed, curve = train_predictors({"p": trainer}, cfg_, lambda s: {"p": batches(s)}, 64)["p"]
+    assert trainer.stop_summary() == reference_trainer.stop_summary()
+    for key, value in reference.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    assert curve.equals(reference_curve)
+
+
+def test_a_stopped_predictor_takes_no_more_steps_in_a_joint_run():
+    # i.i.d. noise: nothing to learn, a plateau at once
+    noise = torch.randn(32, 10, 8, generator=torch.Generator().manual_seed(0))
+    data = {"flat": noise, "learning": predictable_hidden()}
+    cfg_ = TrainConfig(steps=60, batch_size=8, lr=1e-2, warmup_steps=2, eval_every=5, stop_patience=2,
+                       stop_rel_tol=0.01)
+    trainers = {name: PredictorTrainer(PREDICTOR, cfg_, hidden[:8], name=name) for name, hidden in data.items()}
+    results = train_predictors(trainers, cfg_, lambda step: {name: hidden[batch_indices(32, 8, 0, step)]
+                                                             for name, hidden in data.items()}, 32)
+    assert trainers["flat"].next_step < trainers["learning"].next_step
+    assert results["flat"][1]["step"].max() == trainers["flat"].next_step

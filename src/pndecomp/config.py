@@ -134,7 +134,9 @@ def train_config(config: Mapping) -> TrainConfig:
         steps=section["steps"], batch_size=section["batch_size"], lr=section["lr"],
         weight_decay=section["weight_decay"], warmup_steps=section["warmup_steps"],
         min_lr_ratio=section["min_lr_ratio"], grad_clip=section["grad_clip"], eval_every=section["eval_every"],
-        checkpoint_every=section["checkpoint_every"], seed=config["seed"], max_epochs=section["max_epochs"])
+        checkpoint_every=section["checkpoint_every"], seed=config["seed"], max_epochs=section["max_epochs"],
+        normalize=section["normalize"], outlier_norm_ratio=config["metrics"]["outlier_norm_ratio"],
+        stop_patience=section["stop_patience"], stop_rel_tol=section["stop_rel_tol"])
 
 
 def probe_caps(config: Mapping) -> dict[str, dict[str, int]]:

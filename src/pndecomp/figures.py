@@ -34,7 +34,8 @@ class Figure:
 FIGURES: dict[str, Figure] = {
     "fig1": Figure("learning_curve", "val_mse", "Validation MSE of each layer's predictor against training step "
                    "(figure 1 of the paper), on the fixed subset of predictor_val windows (train.eval_windows); the "
-                   "reported scores come from predictor_eval, after training."),
+                   "reported scores come from predictor_eval, after training. A black star marks the evaluation whose "
+                   "weights were kept: the last, or the lowest under a stopping rule (train.stop_patience)."),
     "fig2": Figure("learning_curve", "val_r2", "Validation R² = 1 − MSE/Var of each layer's predictor against "
                    "training step (figure 2)."),
     "fig3": Figure("per_position", "mse", "Per-position MSE over all eval windows; the first positions are "
@@ -79,11 +80,16 @@ def _stack(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
 
 
 def learning_curves(curves: Mapping[str, pd.DataFrame], metric: str, png, pdf, dpi: int = 150) -> None:
-    """Figures 1 and 2: eval MSE or R² against training step, one line per layer."""
+    """Figures 1 and 2: eval MSE or R² against training step, one line per layer; a black star marks the
+    evaluation whose weights were kept (the last, or the best one under a stopping rule, train.stop_patience)."""
     labels = {"val_mse": "validation MSE", "val_r2": "validation R²"}
     sns.set_theme(style="whitegrid")
     fig, ax = plt.subplots(figsize=(6, 4))
-    sns.lineplot(data=_stack(curves), x="step", y=metric, hue="layer", marker="o", markersize=3, ax=ax)
+    frame = _stack(curves)
+    sns.lineplot(data=frame, x="step", y=metric, hue="layer", marker="o", markersize=3, ax=ax)
+    if "kept" in frame:
+        kept = frame[frame["kept"].astype(bool)]
+        ax.scatter(kept["step"], kept[metric], marker="*", s=80, color="black", zorder=3, label="kept weights")
     ylabel = labels[metric]
     if metric == "val_mse":
         ax.set_yscale("log")  # layers differ by orders of magnitude in scale

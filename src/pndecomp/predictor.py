@@ -227,6 +227,78 @@ def fit_ridge_ar(settings: RidgeARConfig, batches: Iterable) -> RidgeARPredictor
     return predictor
 
 
+# ---------------------------------------------------------------- training in a normalised space
+
+def _rms(hidden: torch.Tensor) -> torch.Tensor:
+    return hidden.pow(2).mean().sqrt()
+
+
+def _typical_rows(hidden: torch.Tensor, outlier_norm_ratio: float) -> torch.Tensor:
+    """The rows [n, d] whose ‖h‖ is at most outlier_norm_ratio × the median ‖h‖ (the metrics' outlier rule)."""
+    norms = hidden.norm(dim=-1)
+    return hidden[norms <= outlier_norm_ratio * norms.median()]
+
+
+def _scalar(value: torch.Tensor, d_model: int) -> torch.Tensor:
+    return value.expand(d_model).clone()
+
+
+# train.normalize: (train rows [n, d] float64, outlier_norm_ratio) -> (center [d], scale [d]). The predictor
+# sees (h − center) / scale and its output is mapped back, so the optimiser's steps are of the order of the
+# states whatever their scale. The single place to add a candidate.
+NORMALIZATIONS: dict[str, Callable[[torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]] = {
+    # one scalar: the RMS of every train state (TemporalFeatureAnalysis's input scaling)
+    "rms": lambda rows, _ratio: (torch.zeros(rows.shape[-1], dtype=rows.dtype), _scalar(_rms(rows), rows.shape[-1])),
+    # one scalar: the RMS of the rows that are not outliers (attention-sink and massive-activation rows)
+    "robust_rms": lambda rows, ratio: (torch.zeros(rows.shape[-1], dtype=rows.dtype),
+                                       _scalar(_rms(_typical_rows(rows, ratio)), rows.shape[-1])),
+    # per dimension: mean and standard deviation of the rows that are not outliers
+    "standardize": lambda rows, ratio: (_typical_rows(rows, ratio).mean(0), _typical_rows(rows, ratio).std(0)),
+}
+
+
+def check_normalization(kind: str) -> None:
+    if kind != "none" and kind not in NORMALIZATIONS:
+        raise ValueError(f"train.normalize: unknown normalisation {kind!r}; known are "
+                         f"{', '.join(map(repr, ['none', *NORMALIZATIONS]))}")
+
+
+def normalization_stats(kind: str, hidden: torch.Tensor,
+                        outlier_norm_ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(center, scale) [d_model] float32 of ``train.normalize`` = kind, from train states [..., d_model]."""
+    check_normalization(kind)
+    center, scale = NORMALIZATIONS[kind](hidden.reshape(-1, hidden.shape[-1]).double(), outlier_norm_ratio)
+    tiny = torch.finfo(torch.float32).tiny ** 0.5
+    return center.float(), scale.clamp_min(tiny).float()  # a constant dimension keeps scale > 0
+
+
+class Normalized(nn.Module):
+    """f(h) = center + scale · g((h − center) / scale): the predictor g in a normalised space, in and out.
+
+    Predictions, residuals and saved weights are in the LM's units; ``center`` and ``scale`` are buffers,
+    saved with the weights. ``loss_unit`` (mean scale²) divides the paper's loss while training: the same
+    minimiser, gradients of order 1, so gradient clipping and AdamW act alike at every scale."""
+
+    def __init__(self, inner: nn.Module, center: torch.Tensor, scale: torch.Tensor, kind: str):
+        super().__init__()
+        self.inner, self.config, self.normalization = inner, inner.config, kind
+        self.register_buffer("center", center.clone())
+        self.register_buffer("scale", scale.clone())
+
+    @property
+    def loss_unit(self) -> torch.Tensor:
+        return self.scale.pow(2).mean()
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        center, scale = self.center.to(hidden.dtype), self.scale.to(hidden.dtype)
+        return center + scale * self.inner((hidden - center) / scale)
+
+
+def loss_unit(predictor: nn.Module) -> torch.Tensor | float:
+    """What the training loss is divided by: mean scale² for a :class:`Normalized` predictor, else 1."""
+    return predictor.loss_unit if isinstance(predictor, Normalized) else 1.0
+
+
 # ---------------------------------------------------------------- loss and residuals
 
 def prediction_loss(predictor: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
@@ -363,11 +435,14 @@ def build_predictor(settings) -> nn.Module:
 
 
 def save_predictor(predictor: nn.Module, path, metadata: dict | None = None) -> None:
-    """Weights as safetensors; the architecture (kind name and settings) travels in the file's metadata."""
+    """Weights as safetensors; the architecture (kind name and settings) travels in the file's metadata, and
+    so does a :class:`Normalized` predictor's normalisation (its center and scale are tensors of the file)."""
     from .storage import save_tensors
 
+    normalization = {"normalization": predictor.normalization} if isinstance(predictor, Normalized) else {}
     save_tensors(predictor.state_dict(), path, {"predictor_kind": kind_name(predictor),
-                                                "predictor_config": asdict(predictor.config), **(metadata or {})})
+                                                "predictor_config": asdict(predictor.config), **normalization,
+                                                **(metadata or {})})
 
 
 def load_predictor(path, device: str | torch.device = "cpu") -> nn.Module:
@@ -378,5 +453,9 @@ def load_predictor(path, device: str | torch.device = "cpu") -> nn.Module:
     metadata = load_metadata(path)
     kind = predictor_kind(metadata.get("predictor_kind", "attn1"))
     predictor = kind.module(kind.settings(**metadata["predictor_config"]))
+    normalization = metadata.get("normalization", "none")
+    if normalization != "none":
+        d_model = predictor.config.d_model
+        predictor = Normalized(predictor, torch.zeros(d_model), torch.ones(d_model), normalization)
     predictor.load_state_dict(load_file(str(path)))
     return predictor.to(device).eval().requires_grad_(False)

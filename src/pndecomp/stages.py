@@ -225,10 +225,12 @@ def train_predictors(config: Mapping, materialized_dir: str | None, train_data_p
 
         results = train_loop(trainers, train_cfg, next_batch, n_windows)
         seconds = {layer: trainer.train_seconds for layer, trainer in trainers.items()}
+        stops = {layer: trainer.stop_summary() for layer, trainer in trainers.items()}
     for layer, (model, curve) in results.items():
         metadata = output_metadata(config, layer=lm.parse_layer(layer), train=config["train"])
         fit_info = getattr(model, "fit_info", None)
-        predictor.save_predictor(model, layers[layer].weights, {**metadata, "fit": fit_info} if fit_info else metadata)
+        extra = {"fit": fit_info} if fit_info else {"stop": stops[layer]}
+        predictor.save_predictor(model, layers[layer].weights, {**metadata, **extra})
         storage.write_parquet(curve, layers[layer].curve, metadata)
         storage.write_json({"train_seconds": seconds[layer], "steps": int(max(curve["step"].max(), 1)),
                             "closed_form": fit_info is not None,

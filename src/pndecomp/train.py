@@ -24,7 +24,15 @@ import pandas as pd
 import torch
 
 from .metrics import RegressionAccumulator
-from .predictor import build_predictor, kind_of, prediction_loss
+from .predictor import (
+    Normalized,
+    build_predictor,
+    check_normalization,
+    kind_of,
+    loss_unit,
+    normalization_stats,
+    prediction_loss,
+)
 from .storage import atomic_path
 
 log = logging.getLogger(__name__)
@@ -44,6 +52,10 @@ class TrainConfig:
     checkpoint_every: int = 1000
     seed: int = 0
     max_epochs: float = 1.0  # stream mode: passes over the window pool a run may take
+    normalize: str = "none"  # train in a normalised space: none or a key of predictor.NORMALIZATIONS
+    outlier_norm_ratio: float = 10.0  # rows above this × the median ‖h‖ are outliers (robust normalisations)
+    stop_patience: int | None = None  # stop after this many evaluations without improvement (None: never)
+    stop_rel_tol: float = 1e-3  # an improvement lowers the best val MSE by more than this fraction
 
 
 def get_lr(step: int, cfg: TrainConfig) -> float:
@@ -101,8 +113,34 @@ class StreamPoolTooSmall(ValueError):
     """Stream-mode training would take more passes over its window pool than ``train.max_epochs``."""
 
 
-# val_*: scores on train.eval_windows predictor_val windows (never the reported predictor_eval split).
-CURVE_COLUMNS = ["step", "lr", "train_loss", "windows_seen", "tokens_seen", "val_mse", "val_var", "val_r2"]
+# val_*: scores on train.eval_windows predictor_val windows (never the reported predictor_eval split);
+# kept: the evaluation whose weights are the result (the best val MSE with a stopping rule, else the last).
+CURVE_COLUMNS = ["step", "lr", "train_loss", "windows_seen", "tokens_seen", "val_mse", "val_var", "val_r2", "kept"]
+
+
+@dataclass
+class Plateau:
+    """The stopping rule's state: stop once ``patience`` evaluations after the warm-up have not lowered the
+    val MSE by more than ``rel_tol`` of the last value that did (``reference_val_mse``). The weights of the
+    lowest val MSE (``best_step``) are the result."""
+
+    best_val_mse: float = math.inf
+    best_step: int = 0
+    reference_val_mse: float = math.inf
+    evals_since_improvement: int = 0
+    stopped: bool = False
+
+    def update(self, step: int, val_mse: float, cfg: TrainConfig) -> bool:
+        """Record the evaluation at ``step``; True if its val MSE is the lowest so far."""
+        lowest = val_mse < self.best_val_mse
+        if lowest:
+            self.best_val_mse, self.best_step = val_mse, step
+        if val_mse < self.reference_val_mse * (1 - cfg.stop_rel_tol) or not math.isfinite(self.reference_val_mse):
+            self.reference_val_mse, self.evals_since_improvement = val_mse, 0
+        elif step > cfg.warmup_steps:  # evaluations in the warm-up never count toward the patience
+            self.evals_since_improvement += 1
+        self.stopped = cfg.stop_patience is not None and self.evals_since_improvement >= cfg.stop_patience
+        return lowest
 
 
 def check_stream_pool(n_windows: int, cfg: TrainConfig) -> None:
@@ -120,10 +158,12 @@ def check_stream_pool(n_windows: int, cfg: TrainConfig) -> None:
 
 
 class PredictorTrainer:
-    """One predictor's training state (weights, AdamW, learning curve, resume file) and its step.
+    """One predictor's training state (weights, AdamW, learning curve, stopping rule, resume file) and its step.
 
     ``next_step`` is the first step still to run: 0, or where a compatible resume file (same configs and
-    data) left off. With ``resume_path``, state is saved there every ``checkpoint_every`` steps.
+    data) left off. With ``resume_path``, state is saved there every ``checkpoint_every`` steps and when the
+    stopping rule stops it. With ``train.normalize``, the predictor is :class:`Normalized` by the statistics
+    of the first training batch.
     """
 
     def __init__(self, predictor_cfg, cfg: TrainConfig, val_hidden: torch.Tensor, *,
@@ -135,10 +175,15 @@ class PredictorTrainer:
             raise ValueError(f"{name}: a {predictor_cfg.kind} predictor is fitted in closed form (fit_predictor), "
                              "not trained by SGD")
         torch.manual_seed(cfg.seed)  # the same initial weights whichever job (per layer or joint) trains it
-        self.predictor = build_predictor(predictor_cfg).to(self.device)
+        self.predictor = build_predictor(predictor_cfg)
+        check_normalization(cfg.normalize)
+        if cfg.normalize != "none":  # placeholder statistics, set from the first batch (or the resume file)
+            ones = torch.ones(predictor_cfg.d_model)
+            self.predictor = Normalized(self.predictor, ones * 0, ones, cfg.normalize)
+        self.predictor = self.predictor.to(self.device)
         self.optimizer = torch.optim.AdamW(self.predictor.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.fingerprint = _run_fingerprint(predictor_cfg, cfg, data_id)
-        self.next_step, self.curve = 0, []
+        self.next_step, self.curve, self.plateau, self.best_state = 0, [], Plateau(), None
         # Wall seconds of the optimizer steps alone (no evaluation, no batch loading): the predictor's cost.
         self.train_seconds = 0.0
         if self.resume_path is not None and self.resume_path.exists():
@@ -148,20 +193,32 @@ class PredictorTrainer:
                 self.predictor.load_state_dict(state["model"])
                 self.optimizer.load_state_dict(state["optimizer"])
                 self.next_step, self.curve = state["step"], state["curve"]
+                self.plateau, self.best_state = Plateau(**state["plateau"]), state["best_model"]
                 self.train_seconds = state.get("train_seconds", 0.0)
                 log.info("%s: resumed from %s at step %d", name, self.resume_path, self.next_step)
             else:
                 log.warning("%s: ignoring %s: it was written for another configuration", name, self.resume_path)
         self.predictor.train()
 
+    @property
+    def done(self) -> bool:
+        return self.plateau.stopped or self.next_step >= self.cfg.steps
+
     def step(self, step: int, hidden: torch.Tensor, windows_seen: int) -> None:
-        """One optimizer step on hidden [batch, T, d_model]; evaluates and checkpoints when due."""
+        """One optimizer step on hidden [batch, T, d_model]; evaluates, applies the stopping rule and
+        checkpoints when due."""
         cfg = self.cfg
         started = time.perf_counter()
         lr = get_lr(step, cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         hidden = hidden.to(self.device, non_blocking=True)
+        if step == 0 and isinstance(self.predictor, Normalized):
+            center, scale = normalization_stats(cfg.normalize, hidden.float().cpu(), cfg.outlier_norm_ratio)
+            self.predictor.center.copy_(center)
+            self.predictor.scale.copy_(scale)
+            log.info("%s: %s normalisation from the first batch: mean scale %.4g, |center| %.4g", self.name,
+                     cfg.normalize, scale.mean().item(), center.norm().item())
         # On CUDA the predictor's matmuls run in bf16 under autocast (the weights and AdamW state stay
         # fp32); the batch was computed before, outside it, so a frozen LM runs in its own dtype.
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
@@ -171,7 +228,7 @@ class PredictorTrainer:
                                 f"batch: {hidden.float().abs().max().item():.4g}); lower train.lr or check the "
                                 "hidden states")
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss / loss_unit(self.predictor)).backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.predictor.parameters(), cfg.grad_clip)
         self.optimizer.step()
@@ -181,20 +238,41 @@ class PredictorTrainer:
         done = self.next_step = step + 1
         if done % cfg.eval_every == 0 or done == cfg.steps:
             scores = evaluate(self.predictor, self.val_hidden, cfg.eval_batch_size, self.device)
+            if self.plateau.update(done, scores["mse"], cfg) and cfg.stop_patience is not None:
+                self.best_state = {key: value.detach().clone() for key, value in self.predictor.state_dict().items()}
             self.curve.append({"step": done, "lr": lr, "train_loss": loss.item(), "windows_seen": windows_seen,
                                "tokens_seen": windows_seen * hidden.shape[1],
                                **{f"val_{k}": v for k, v in scores.items()}})
             log.info("%s: step %d  train loss %.5g  val mse %.5g  r2 %.4f", self.name, done, loss.item(),
                      scores["mse"], scores["r2"])
-        if self.resume_path is not None and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+            if self.plateau.stopped:
+                log.info("%s: stopped at step %d: %d evaluations without a val MSE %.3g%% below %.5g; keeping "
+                         "step %d (val MSE %.5g)", self.name, done, cfg.stop_patience, 100 * cfg.stop_rel_tol,
+                         self.plateau.reference_val_mse, self.plateau.best_step, self.plateau.best_val_mse)
+        due = done % cfg.checkpoint_every == 0 or self.plateau.stopped  # a stop is saved for a joint run's resume
+        if self.resume_path is not None and due and done < cfg.steps:
             with atomic_path(self.resume_path) as tmp:
                 torch.save({"model": self.predictor.state_dict(), "optimizer": self.optimizer.state_dict(),
                             "step": done, "curve": self.curve, "fingerprint": self.fingerprint,
+                            "plateau": asdict(self.plateau), "best_model": self.best_state,
                             "train_seconds": self.train_seconds}, tmp)
 
     def result(self) -> tuple[torch.nn.Module, pd.DataFrame]:
+        """The trained predictor (the best evaluation's weights with a stopping rule) and its learning curve."""
+        if self.best_state is not None:
+            self.predictor.load_state_dict(self.best_state)
         self.predictor.eval()
-        return self.predictor, pd.DataFrame(self.curve, columns=CURVE_COLUMNS)
+        curve = pd.DataFrame(self.curve, columns=CURVE_COLUMNS[:-1])
+        kept = self.plateau.best_step if self.cfg.stop_patience is not None else curve["step"].max()
+        return self.predictor, curve.assign(kept=curve["step"] == kept)
+
+    def stop_summary(self) -> dict:
+        """How training ended, for the weights' metadata: the last step, the kept step, the best val MSE and
+        whether the run reached train.steps (the cap) rather than a plateau."""
+        kept = self.plateau.best_step if self.cfg.stop_patience is not None else self.next_step
+        return {"stopping_rule": self.cfg.stop_patience is not None, "last_step": self.next_step,
+                "kept_step": kept, "best_val_mse": self.plateau.best_val_mse,
+                "hit_cap": not self.plateau.stopped}
 
 
 def train_predictors(trainers: Mapping[str, PredictorTrainer], cfg: TrainConfig,
@@ -208,13 +286,16 @@ def train_predictors(trainers: Mapping[str, PredictorTrainer], cfg: TrainConfig,
     """
     first_step = min(trainer.next_step for trainer in trainers.values())
     for step in range(first_step, cfg.steps):
+        if all(trainer.done for trainer in trainers.values()):
+            break
         passes = -(-(step + 1) * cfg.batch_size // n_windows)  # passes over the windows begun by this step
         if step == first_step or passes > -(-step * cfg.batch_size // n_windows):
             log.info("step %d: pass %d over the %d windows", step + 1, passes, n_windows)
         batch = next_batch(step)
         windows_seen = min((step + 1) * cfg.batch_size, n_windows)
         for name, trainer in trainers.items():
-            if trainer.next_step == step:  # a trainer resumed further along skips the steps it has done
+            # a trainer resumed further along skips the steps it has done; a stopped one takes no more
+            if trainer.next_step == step and not trainer.done:
                 trainer.step(step, batch[name], windows_seen)
     return {name: trainer.result() for name, trainer in trainers.items()}
 
@@ -254,6 +335,7 @@ def fit_predictor(predictor_cfg, train_batches: Callable[[], Iterable[torch.Tens
              train_loss, scores["mse"], scores["r2"],
              {key: value for key, value in getattr(predictor, "fit_info", {}).items() if key != "grid_scores"})
     curve = pd.DataFrame([{"step": 0, "lr": math.nan, "train_loss": train_loss, "windows_seen": windows,
-                           "tokens_seen": windows * length, **{f"val_{k}": v for k, v in scores.items()}}],
+                           "tokens_seen": windows * length, **{f"val_{k}": v for k, v in scores.items()},
+                           "kept": True}],
                          columns=CURVE_COLUMNS)
     return predictor, curve

@@ -27,7 +27,9 @@ if config["train"]["joint_layers"]:
             mem_mb=stage_mem_mb("train_predictors_joint"),
             runtime=stage_runtime("train_predictors_joint"),
         params:
-            config=predictor_view(*PROVENANCE, "device", "layers", "predictor", "train", "extraction.dtype"),
+            config=predictor_view(
+                *PROVENANCE, "device", "layers", "predictor", "train", "extraction.dtype", "metrics.outlier_norm_ratio"
+            ),
             # Not outputs: Snakemake deletes the outputs of an interrupted job, and these must survive.
             resume=lambda wildcards: expand(f"{PREDICTOR_DIR}/.resume.pt", layer=LAYERS, **wildcards),
             code=code_version("train_predictors_joint"),
@@ -58,7 +60,9 @@ else:
             mem_mb=stage_mem_mb("train_predictor"),
             runtime=stage_runtime("train_predictor"),
         params:
-            config=predictor_view(*PROVENANCE, "device", "predictor", "train", "extraction.dtype"),
+            config=predictor_view(
+                *PROVENANCE, "device", "predictor", "train", "extraction.dtype", "metrics.outlier_norm_ratio"
+            ),
             # Not an output: Snakemake deletes the outputs of an interrupted job, and this must survive.
             resume=f"{PREDICTOR_DIR}/.resume.pt",
             code=code_version("train_predictor"),
