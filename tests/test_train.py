@@ -421,9 +421,13 @@ def test_plateau_rule_on_a_synthetic_val_curve():
             break
     assert (stopped_at, plateau.best_step, plateau.best_val_mse, plateau.reference_val_mse) == (90, 90, 1.985, 2.0)
     # flat from the start: evaluations in the warm-up never count, so no stop before it ends
-    plateau = Plateau()
-    stops = [step for step in range(10, 200, 10) if plateau.update(step, 1.0, cfg_) is not None and plateau.stopped]
-    assert stops[0] == 60  # 40, 50, 60: three evaluations after the warm-up without improvement
+    plateau, stopped_at = Plateau(), None
+    for step in range(10, 200, 10):
+        plateau.update(step, 1.0, cfg_)
+        if plateau.stopped:
+            stopped_at = step
+            break
+    assert stopped_at == 60  # 40, 50, 60: three evaluations after the warm-up without improvement
 
 
 def stop_curve_hidden():
@@ -500,3 +504,14 @@ def test_a_stopped_predictor_takes_no_more_steps_in_a_joint_run():
                                                              for name, hidden in data.items()}, 32)
     assert trainers["flat"].next_step < trainers["learning"].next_step
     assert results["flat"][1]["step"].max() == trainers["flat"].next_step
+
+
+def test_only_an_outlier_normalisation_makes_training_read_the_outlier_ratio():
+    """metrics.outlier_norm_ratio is a training input (rerunning training when it changes) only for
+    robust_rms and standardize."""
+    def config(normalize):
+        return {"train": {"normalize": normalize}, "metrics": {"outlier_norm_ratio": 10}}
+
+    assert cfg.train_keys(config("none")) == cfg.train_keys(config("rms")) == ("train",)
+    for kind in ("robust_rms", "standardize"):
+        assert cfg.train_keys(config(kind)) == ("train", "metrics.outlier_norm_ratio")

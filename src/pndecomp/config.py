@@ -13,7 +13,7 @@ import torch
 
 from . import lm, storage, tasks
 from .config_schema import ConfigError
-from .predictor import predictor_kind, predictor_settings
+from .predictor import OUTLIER_RULE_NORMALIZATIONS, predictor_kind, predictor_settings
 from .train import TrainConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -128,15 +128,24 @@ def predictor_config(config: Mapping, shape: lm.ModelShape):
     return predictor_settings(section["kind"], section, shape.d_model, shape.attention_width)
 
 
+def train_keys(config: Mapping) -> tuple[str, ...]:
+    """The config keys training reads besides the predictor's: ``train``, and the outlier rule's ratio
+    only for a normalisation that uses it (else changing it would retrain every predictor for nothing)."""
+    uses_outliers = config["train"]["normalize"] in OUTLIER_RULE_NORMALIZATIONS
+    return ("train", *(("metrics.outlier_norm_ratio",) if uses_outliers else ()))
+
+
 def train_config(config: Mapping) -> TrainConfig:
     section = config["train"]
+    outliers = {"outlier_norm_ratio": config["metrics"]["outlier_norm_ratio"]} \
+        if section["normalize"] in OUTLIER_RULE_NORMALIZATIONS else {}
     return TrainConfig(
         steps=section["steps"], batch_size=section["batch_size"], lr=section["lr"],
         weight_decay=section["weight_decay"], warmup_steps=section["warmup_steps"],
         min_lr_ratio=section["min_lr_ratio"], grad_clip=section["grad_clip"], eval_every=section["eval_every"],
         checkpoint_every=section["checkpoint_every"], seed=config["seed"], max_epochs=section["max_epochs"],
-        normalize=section["normalize"], outlier_norm_ratio=config["metrics"]["outlier_norm_ratio"],
-        stop_patience=section["stop_patience"], stop_rel_tol=section["stop_rel_tol"])
+        normalize=section["normalize"], stop_patience=section["stop_patience"], stop_rel_tol=section["stop_rel_tol"],
+        **outliers)
 
 
 def probe_caps(config: Mapping) -> dict[str, dict[str, int]]:

@@ -243,18 +243,31 @@ def _scalar(value: torch.Tensor, d_model: int) -> torch.Tensor:
     return value.expand(d_model).clone()
 
 
+def _rms_stats(rows: torch.Tensor, _ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.zeros(rows.shape[-1], dtype=rows.dtype), _scalar(_rms(rows), rows.shape[-1])
+
+
+def _robust_rms_stats(rows: torch.Tensor, ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return _rms_stats(_typical_rows(rows, ratio), ratio)
+
+
+def _standardize_stats(rows: torch.Tensor, ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
+    typical = _typical_rows(rows, ratio)
+    return typical.mean(0), typical.std(0)
+
+
 # train.normalize: (train rows [n, d] float64, outlier_norm_ratio) -> (center [d], scale [d]). The predictor
 # sees (h − center) / scale and its output is mapped back, so the optimiser's steps are of the order of the
 # states whatever their scale. The single place to add a candidate.
 NORMALIZATIONS: dict[str, Callable[[torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]] = {
-    # one scalar: the RMS of every train state (TemporalFeatureAnalysis's input scaling)
-    "rms": lambda rows, _ratio: (torch.zeros(rows.shape[-1], dtype=rows.dtype), _scalar(_rms(rows), rows.shape[-1])),
+    "rms": _rms_stats,  # one scalar: the RMS of every train state (TemporalFeatureAnalysis's input scaling)
     # one scalar: the RMS of the rows that are not outliers (attention-sink and massive-activation rows)
-    "robust_rms": lambda rows, ratio: (torch.zeros(rows.shape[-1], dtype=rows.dtype),
-                                       _scalar(_rms(_typical_rows(rows, ratio)), rows.shape[-1])),
+    "robust_rms": _robust_rms_stats,
     # per dimension: mean and standard deviation of the rows that are not outliers
-    "standardize": lambda rows, ratio: (_typical_rows(rows, ratio).mean(0), _typical_rows(rows, ratio).std(0)),
+    "standardize": _standardize_stats,
 }
+# Those that leave out the outlier rows (metrics.outlier_norm_ratio): only their training depends on it.
+OUTLIER_RULE_NORMALIZATIONS = frozenset({"robust_rms", "standardize"})
 
 
 def check_normalization(kind: str) -> None:

@@ -178,8 +178,8 @@ class PredictorTrainer:
         self.predictor = build_predictor(predictor_cfg)
         check_normalization(cfg.normalize)
         if cfg.normalize != "none":  # placeholder statistics, set from the first batch (or the resume file)
-            ones = torch.ones(predictor_cfg.d_model)
-            self.predictor = Normalized(self.predictor, ones * 0, ones, cfg.normalize)
+            self.predictor = Normalized(self.predictor, torch.zeros(predictor_cfg.d_model),
+                                        torch.ones(predictor_cfg.d_model), cfg.normalize)
         self.predictor = self.predictor.to(self.device)
         self.optimizer = torch.optim.AdamW(self.predictor.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.fingerprint = _run_fingerprint(predictor_cfg, cfg, data_id)

@@ -28,7 +28,7 @@ if config["train"]["joint_layers"]:
             runtime=stage_runtime("train_predictors_joint"),
         params:
             config=predictor_view(
-                *PROVENANCE, "device", "layers", "predictor", "train", "extraction.dtype", "metrics.outlier_norm_ratio"
+                *PROVENANCE, "device", "layers", "predictor", "extraction.dtype", *pnconfig.train_keys(config)
             ),
             # Not outputs: Snakemake deletes the outputs of an interrupted job, and these must survive.
             resume=lambda wildcards: expand(f"{PREDICTOR_DIR}/.resume.pt", layer=LAYERS, **wildcards),
@@ -60,9 +60,7 @@ else:
             mem_mb=stage_mem_mb("train_predictor"),
             runtime=stage_runtime("train_predictor"),
         params:
-            config=predictor_view(
-                *PROVENANCE, "device", "predictor", "train", "extraction.dtype", "metrics.outlier_norm_ratio"
-            ),
+            config=predictor_view(*PROVENANCE, "device", "predictor", "extraction.dtype", *pnconfig.train_keys(config)),
             # Not an output: Snakemake deletes the outputs of an interrupted job, and this must survive.
             resume=f"{PREDICTOR_DIR}/.resume.pt",
             code=code_version("train_predictor"),
