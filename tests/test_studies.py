@@ -42,8 +42,9 @@ def test_predictor_study_lists_one_job_per_predictor_layer_and_stage(tmp_path):
         assert jobs.pop(rule) == predictors, rule
     assert jobs.pop("probe_table") == predictors * tasks
     assert jobs.pop("score_baselines") == layers  # the baselines are shared by every predictor
-    assert jobs.pop("per_position_metrics") == layers  # figures 3-4: the first predictor only
-    for rule in ("resolved_config", "predictor_comparison", "draw_predictor_comparison", "materialize_model",
+    # every predictor's: the scorecard's trend claims read them (figures 3-4 draw the first predictor's)
+    assert jobs.pop("per_position_metrics") == predictors * layers
+    for rule in ("resolved_config", "claims", "predictor_comparison", "draw_predictor_comparison", "materialize_model",
                  "materialize_tokenizer",
                  "embedded_corpus", "make_windows", "extract_train_activations", "extract_val_activations",
                  "extract_eval_activations",
@@ -58,13 +59,14 @@ def test_model_study_runs_the_pipeline_once_per_model_and_compares(tmp_path):
     models, layers = list(config["models"]), len(config["layers"])
     jobs = dry_run(REPO / "configs" / "model-study.yaml", tmp_path)
     assert jobs.pop("model_comparison") == 1 and jobs.pop("draw_model_comparison") == 1 and jobs.pop("all") == 1
+    assert jobs.pop("study_claims") == 1  # one scorecard across the models, from each model's own
     assert jobs.pop("resolved_config") == 1  # the study's record; each model's is <model>_resolved_config
     for model in models:
         mine = {rule.removeprefix(f"{model}_"): count for rule, count in jobs.items() if rule.startswith(f"{model}_")}
         assert mine["train_predictor"] == layers and mine["score_baselines"] == layers, model
         assert mine["extract_eval_activations"] == 1 and mine["probe_features"] == 1, model
         assert "predictor_comparison" not in mine, model  # one predictor: nothing to compare
-        assert mine["resolved_config"] == 1, model
+        assert mine["resolved_config"] == 1 and mine["claims"] == 1, model
     # every job belongs to one model (the prefixes do not overlap for these names)
     assert sum(jobs.values()) == sum(count for rule, count in jobs.items() if rule.startswith(tuple(models)))
 

@@ -1,5 +1,7 @@
 """The whole workflow through the snakemake CLI on the tiny model and corpus, in a temp directory."""
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -121,6 +123,35 @@ def test_interventions_make_their_tables_and_figures(tiny_run):
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000, name
 
 
+def test_claims_scorecard_reads_the_run_tables(tiny_run):
+    """claims.tsv has a verdict in every row, and its values are the metric tables' own: the paired
+    differences of the layer summary and the probe differences, and the MSE trend recomputed from the
+    per-position table with numpy."""
+    import numpy as np
+
+    from pndecomp import claims
+
+    workdir, _ = tiny_run
+    run = load(workdir / "results" / "tiny")
+    card = run.claims()
+    assert set(card["verdict"]) <= set(claims.VERDICTS) and card["verdict"].notna().all()
+    assert [claim.name for claim in claims.CLAIMS] == list(dict.fromkeys(card["claim"]))
+    summary = run.layer_summary().set_index("layer")
+    beats = card[card["claim"] == "beats_best_baseline"].set_index("layers")
+    for layer in ("0", "2", "3"):
+        assert beats.loc[layer, "value"] == pytest.approx(summary.loc[layer, "r2_minus_best"], rel=1e-5)
+        assert beats.loc[layer, "lo"] == pytest.approx(summary.loc[layer, "r2_minus_best_lo"], rel=1e-5)
+    differences = run.probe_differences("domain")
+    hhat_r = differences[(differences["representation_a"] == "hhat") & (differences["representation_b"] == "r")]
+    domain = card[card["claim"] == "domain_hhat_beats_r"]
+    np.testing.assert_allclose(domain["value"].to_numpy(), hhat_r["difference"].to_numpy(), rtol=1e-5)
+    per_position = run.per_position()
+    curve = per_position.loc[per_position["layer"] == "2", "mse"].to_numpy()
+    slope = np.polyfit(np.linspace(0, 1, len(curve)), curve / curve.mean(), 1)[0]
+    middle = card[card["claim"] == "mse_falls_with_position"].iloc[0]
+    assert middle["layers"] == "2" and middle["value"] == pytest.approx(slope, rel=1e-4)
+
+
 def test_auto_storage_dtype_is_chosen_once_and_stored_everywhere(tiny_run):
     """The tiny config leaves extraction.dtype at its default, auto: the eval extraction chose float16 for
     the tiny model's small states, and the train activations and the residuals are stored in it."""
@@ -218,7 +249,7 @@ def test_bootstrap_setting_reruns_only_metric_and_figure_jobs(tiny_run):
     assert set(jobs) <= {"layer_scores", "per_position_metrics", "fit_probe", "probe_table", "layer_summary", "all",
                          "resolved_config",
                          "draw_learning_curve", "draw_per_position", "draw_layer_scores", "draw_probe_heatmap",
-                         "patch_layer", "steer_layer", "intervention_table", "draw_interventions"}
+                         "patch_layer", "steer_layer", "intervention_table", "draw_interventions", "claims"}
 
 
 def test_report_holds_every_figure_and_table(tiny_run):
@@ -228,10 +259,13 @@ def test_report_holds_every_figure_and_table(tiny_run):
     html = (workdir / "report.html").read_text()
     for name in [*[f"fig{i}.png" for i in range(1, 7)], "layer_summary.tsv", "domain.tsv", "next_token_type_8.tsv",
                  "domain_differences.tsv", "probe_domain_control.png", "patching.png", "steering.png", "patching.tsv",
-                 "steering.tsv"]:
+                 "steering.tsv", "claims.tsv"]:
         assert name in html, name
     assert "Domain probe: test macro-F1" in html  # a caption from the task registry, rendered
     assert "How to read this report" in html  # the workflow's description, workflow/report/workflow.rst
+    # The report's menu lists categories alphabetically: the claims scorecard comes first.
+    categories = json.loads(re.search(r"categories = (\{.*?\});?\n", html).group(1))
+    assert sorted(categories)[0] == "Claims" and "Tables" in categories
 
 
 def test_results_api_reads_every_table_of_a_run(tiny_run):

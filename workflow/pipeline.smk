@@ -1,7 +1,7 @@
 # The whole pipeline for one model: the Snakefile includes it directly, or (a model study, config
 # `models:`) once per model as a module. Stages, in order:
 # model -> corpus -> windows -> extract -> train -> decompose -> metrics/probes -> interventions -> figures
-# -> comparisons.
+# -> comparisons -> the claims scorecard.
 
 
 include: "rules/common.smk"
@@ -17,6 +17,7 @@ include: "rules/probes.smk"
 include: "rules/interventions.smk"
 include: "rules/figures.smk"
 include: "rules/compare.smk"
+include: "rules/claims.smk"
 include: "rules/config.smk"
 
 

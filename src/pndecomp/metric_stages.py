@@ -7,6 +7,7 @@ states one batch at a time.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -174,6 +175,7 @@ def per_position_metrics(config: Mapping, eval_hidden_path: str, residual_path: 
         "position": np.arange(2, residual_sq.shape[1] + 2), "mse": mse,
         **{column: metrics.spearman_per_position(values, surprisal) for column, values in norms.items()},
         "var": variance.var(), "r2": 1.0 - mse / variance.var(), "n_windows": len(residual_sq)})
+    trends = {name: {"value": float(value)} for name, value in position_trends(frame).items()}
     n_resamples = config["metrics"]["bootstrap"]
     if n_resamples:
         units = pd.read_parquet(eval_windows_path, columns=[bootstrap.UNIT])[bootstrap.UNIT].to_numpy()
@@ -184,10 +186,37 @@ def per_position_metrics(config: Mapping, eval_hidden_path: str, residual_path: 
             samples["mse"].append(residual_sq[rows].mean(axis=0) / d_model)
             for column, values in norms.items():
                 samples[column].append(metrics.spearman_per_position(values[rows], surprisal[rows]))
+        samples = {column: np.stack(values) for column, values in samples.items()}
         for column, values in samples.items():
-            frame[f"{column}_lo"], frame[f"{column}_hi"] = bootstrap.interval(np.stack(values))
+            frame[f"{column}_lo"], frame[f"{column}_hi"] = bootstrap.interval(values)
+        # Each trend from the same resamples as the bands: the interval of a slope, not of a point.
+        for name, values in position_trends(samples).items():
+            trends[name]["lo"], trends[name]["hi"] = (float(bound) for bound in bootstrap.interval(values))
     layer = storage.load_metadata(residual_path)["layer"]
-    storage.write_parquet(frame, out_path, {**output_metadata(config), "layer": layer, **extra})
+    storage.write_parquet(frame, out_path, {**output_metadata(config), "layer": layer, **extra, "trends": trends})
+
+
+def position_trends(curves: Mapping) -> dict[str, np.ndarray]:
+    """What the claims scorecard reads of the per-position curves (``curves``: the columns ``mse``,
+    ``spearman_rho``, ``spearman_rho_displacement`` and maybe ``spearman_rho_best_baseline``, each [P] or
+    [resamples, P]):
+
+    - ``mse_slope``: the change of MSE_p across the window as a fraction of its mean
+      (:func:`pndecomp.metrics.position_slope`, relative); negative when MSE falls with position;
+    - ``rho_slope``: the change of ρ_p across the window; ``rho_mean``: ρ_p averaged over positions;
+    - ``rho_minus_displacement`` (and ``rho_minus_best_baseline``): the predictor's ρ_p minus the same ρ for
+      the plain displacement ‖h_{t+1} − h_t‖ (for the best baseline's residual), averaged over positions.
+    """
+    rho = np.asarray(curves["spearman_rho"], dtype=np.float64)
+    with warnings.catch_warnings():  # a position whose ρ is undefined in every resample is left out
+        warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
+        trends = {"mse_slope": metrics.position_slope(curves["mse"], relative=True),
+                  "rho_slope": metrics.position_slope(rho), "rho_mean": np.nanmean(rho, axis=-1)}
+        for name, column in (("displacement", "spearman_rho_displacement"),
+                             ("best_baseline", "spearman_rho_best_baseline")):
+            if column in curves:
+                trends[f"rho_minus_{name}"] = np.nanmean(rho - np.asarray(curves[column], dtype=np.float64), axis=-1)
+    return trends
 
 
 def score_columns(scores: Mapping, prefix: str = "") -> dict:

@@ -124,3 +124,27 @@ def spearman_per_position(x, y) -> np.ndarray:
         rho = numerator / denominator
     rho[denominator == 0] = np.nan
     return np.clip(rho, -1.0, 1.0)  # rounding can step just past ±1
+
+
+def position_slope(values, *, relative: bool = False) -> np.ndarray:
+    """The least-squares slope of a per-position curve against relative position x = 0..1 (first to last
+    position, evenly spaced): the change the fitted line makes across the window.
+
+    values: [..., n_positions] (e.g. per-position MSE, or one curve per bootstrap resample) -> [...].
+    ``relative``: the curve divided by its own mean first, so the slope is the change across the window as a
+    fraction of the curve's mean (a scale-free trend for MSE, whose scale differs by layer). NaN positions
+    (an undefined ρ) are left out of the fit; NaN when fewer than two positions remain.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    x = np.broadcast_to(np.linspace(0.0, 1.0, values.shape[-1]), values.shape)
+    valid = ~np.isnan(values)
+    count = valid.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if relative:
+            values = values / (np.where(valid, values, 0.0).sum(axis=-1) / count)[..., None]
+        x_mean = np.where(valid, x, 0.0).sum(axis=-1) / count
+        y_mean = np.where(valid, values, 0.0).sum(axis=-1) / count
+        dx = np.where(valid, x - x_mean[..., None], 0.0)
+        dy = np.where(valid, values - y_mean[..., None], 0.0)
+        slope = (dx * dy).sum(axis=-1) / (dx * dx).sum(axis=-1)
+    return np.where(count >= 2, slope, np.nan)

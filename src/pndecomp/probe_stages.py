@@ -7,13 +7,11 @@ torch (seconds per job, for 20+ jobs per run): the probe features are read as nu
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 from safetensors.numpy import load_file
 
 from . import bootstrap, probes, storage, tasks
@@ -124,8 +122,7 @@ class UnpairedControl(ValueError):
 
 def _seed_of(path) -> object:
     """The seed in a per-layer table's provenance (:func:`pndecomp.storage.provenance`), None without one."""
-    raw = (pq.read_schema(path).metadata or {}).get(b"pndecomp")
-    return json.loads(raw).get("seed") if raw else None
+    return storage.parquet_metadata(path).get("seed")
 
 
 def _check_pairing(table: pd.DataFrame, control: pd.DataFrame, paths: Mapping[str, str],

@@ -209,7 +209,7 @@ class Results:
         if not path.is_file():
             raise ResultsError(f"{path}: no claims scorecard in this run (runs made before the workflow wrote "
                                "claims.tsv have none)")
-        return self._read(path, ())
+        return pd.read_csv(path, sep="\t", dtype={"layers": str})  # a layer ("7") or a group ("0 vs 7, 15")
 
     # -- helpers
 

@@ -113,6 +113,14 @@ def write_parquet(frame: pd.DataFrame, path: str | os.PathLike, metadata: Mappin
         pq.write_table(table, tmp)
 
 
+def parquet_metadata(path: str | os.PathLike) -> dict:
+    """The provenance :func:`write_parquet` stored with a table ({} for a table without)."""
+    import pyarrow.parquet as pq
+
+    raw = (pq.read_schema(path).metadata or {}).get(b"pndecomp")
+    return json.loads(raw) if raw else {}
+
+
 def write_tsv(frame: pd.DataFrame, path: str | os.PathLike) -> None:
     """A human-readable table: tab-separated, 6 significant digits."""
     with atomic_path(path) as tmp:

@@ -33,6 +33,8 @@ LAYERS = pnconfig.layer_names(config)
 PREDICTORS = pnconfig.predictor_names(config)
 MAIN_PREDICTOR = PREDICTORS[0]
 TASKS = config["probes"]["tasks"]
+# Base tasks carry the claims scorecard's probe claims (their control tasks give selectivity in the base table).
+CLAIM_TASKS = [task for task in TASKS if pntasks.get(task).control is None]
 # Where one predictor's outputs live ({predictor} and {layer} stay wildcards).
 PREDICTOR_DIR = f"{OUT}/predictors/{{predictor}}/layer-{{layer}}"
 RESIDUALS = f"{OUT}/residuals/{{predictor}}"
@@ -69,6 +71,7 @@ localrules:
     draw_predictor_comparison,
     intervention_table,
     draw_interventions,
+    claims,
 
 
 def model_input():
@@ -208,7 +211,7 @@ def steering_features(wildcards):
 
 
 def all_targets():
-    targets = [rules.resolved_config.output[0], *figure_targets()]
+    targets = [rules.resolved_config.output[0], f"{OUT}/claims.tsv", *figure_targets()]
     for predictor in PREDICTORS:
         targets.append(f"{OUT}/metrics/{predictor}/layer_summary.tsv")
         targets.extend(f"{OUT}/probes/{predictor}/{task}.tsv" for task in TASKS)
@@ -217,3 +220,16 @@ def all_targets():
     if len(PREDICTORS) > 1:
         targets += [f"{OUT}/metrics/predictor_comparison.tsv", f"{OUT}/figures/predictor_comparison.png"]
     return targets
+
+
+def claims_patterns():
+    """Where each table the scorecard reads lives ({predictor}, {layer}, {task} left as fields)."""
+    patterns = {
+        "summary": f"{METRICS}/layer_summary.tsv",
+        "per_position": f"{METRICS}/per_position/layer-{{layer}}.parquet",
+        "probes": f"{PROBES}/{{task}}.tsv",
+        "differences": f"{PROBES}/{{task}}_differences.tsv",
+    }
+    if config["interventions"]["enabled"]:
+        patterns["patching"] = f"{INTERVENTIONS}/patching.tsv"
+    return patterns

@@ -79,15 +79,40 @@ rule draw_model_comparison:
         "../scripts/draw_model_comparison.py"
 
 
+rule study_claims:
+    input:
+        [f"{STUDY}/{name}/claims.tsv" for name in MODEL_CONFIGS],
+    output:
+        report(
+            f"{STUDY}/claims.tsv",
+            category="Claims",
+            caption="../report/claims.rst",
+            labels={"table": "claims scorecard", "model": "all models"},
+        ),
+    log:
+        f"{STUDY}/logs/study_claims.log",
+    benchmark:
+        f"{STUDY}/benchmarks/study_claims.tsv"
+    conda:
+        "../../envs/pndecomp.yaml"
+    params:
+        models=list(MODEL_CONFIGS),
+        code=code_version("study_claims"),
+    script:
+        "../scripts/study_claims.py"
+
+
 localrules:
     all,
     model_comparison,
     draw_model_comparison,
+    study_claims,
 
 
 ALL_TARGETS = [
     rules.resolved_config.output[0],
     *[path for name in MODEL_CONFIGS for path in getattr(rules, f"{name}_pipeline").input],
     *rules.model_comparison.output,
+    *rules.study_claims.output,
     rules.draw_model_comparison.output.png,
 ]

@@ -1,0 +1,157 @@
+"""The claims scorecard: the verdict rule, the trend slopes against numpy, and every claim on synthetic
+tables whose verdicts are known."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pndecomp import claims, metrics
+from pndecomp.claims import RunTables, beyond_regions, sign_regions, verdict
+from pndecomp.metric_stages import position_trends
+
+
+@pytest.mark.parametrize(("lo", "hi", "expected"), [
+    (0.1, 0.3, "holds"), (-0.3, -0.1, "contradicted"), (-0.1, 0.2, "inconclusive"), (0.0, 0.2, "inconclusive"),
+    (math.nan, math.nan, "inconclusive")])
+def test_sign_verdict(lo, hi, expected):
+    assert verdict(lo, hi, *sign_regions(1)) == expected
+    mirrored = {"holds": "contradicted", "contradicted": "holds"}.get(expected, expected)
+    assert verdict(-hi, -lo, *sign_regions(1)) == mirrored
+    assert verdict(-hi, -lo, *sign_regions(-1)) == expected
+
+
+def test_flat_verdict_is_a_band():
+    band = ((-0.25, 0.25), [(-math.inf, -0.25), (0.25, math.inf)])
+    assert verdict(-0.1, 0.2, *band) == "holds"
+    assert verdict(0.3, 0.5, *band) == "contradicted" and verdict(-0.5, -0.3, *band) == "contradicted"
+    assert verdict(0.1, 0.4, *band) == "inconclusive"
+
+
+def test_beyond_other_intervals_needs_no_overlap():
+    others = [(0.2, 0.3), (0.25, 0.4)]
+    assert verdict(0.45, 0.5, *beyond_regions(others, 1)) == "holds"
+    assert verdict(0.35, 0.5, *beyond_regions(others, 1)) == "inconclusive"  # overlaps the second
+    assert verdict(0.0, 0.2, *beyond_regions(others, 1)) == "contradicted"  # wholly below the second's low end
+    assert verdict(0.0, 0.1, *beyond_regions(others, -1)) == "holds"
+    assert verdict(0.5, 0.6, *beyond_regions(others, -1)) == "contradicted"
+
+
+def test_position_slope_is_the_least_squares_slope():
+    rng = np.random.default_rng(0)
+    curves = rng.normal(size=(4, 9)) + 3
+    x = np.linspace(0, 1, 9)
+    expected = [np.polyfit(x, curve, 1)[0] for curve in curves]
+    np.testing.assert_allclose(metrics.position_slope(curves), expected)
+    np.testing.assert_allclose(metrics.position_slope(curves, relative=True),
+                               [np.polyfit(x, curve / curve.mean(), 1)[0] for curve in curves])
+    holed = curves[0].copy()
+    holed[[2, 5]] = np.nan
+    keep = ~np.isnan(holed)
+    assert metrics.position_slope(holed) == pytest.approx(np.polyfit(x[keep], holed[keep], 1)[0])
+    assert np.isnan(metrics.position_slope(np.array([np.nan, 1.0, np.nan])))
+
+
+def test_position_trends_of_known_curves():
+    positions = np.arange(10)
+    curves = {"mse": 2.0 - 0.1 * positions, "spearman_rho": 0.1 + 0.02 * positions,
+              "spearman_rho_displacement": np.full(10, 0.05)}
+    trends = position_trends(curves)
+    # MSE falls from 2.0 to 1.1 (mean 1.55): the fitted line drops 0.9 / 1.55 of the mean across the window
+    assert trends["mse_slope"] == pytest.approx(-0.9 / 1.55)
+    assert trends["rho_slope"] == pytest.approx(0.18)
+    assert trends["rho_mean"] == pytest.approx(0.19)
+    assert trends["rho_minus_displacement"] == pytest.approx(0.14)
+    assert "rho_minus_best_baseline" not in trends
+
+
+def _run(layers=("0", "7", "15"), r2=((0.0, -0.02, 0.02), (0.3, 0.25, 0.35), (0.2, 0.15, 0.24)), **extra):
+    rows = []
+    for layer, (value, lo, hi) in zip(layers, r2, strict=True):
+        rows.append({"layer": layer, "n_documents": 40, "r2": value, "r2_lo": lo, "r2_hi": hi,
+                     "best_baseline": "ridge_ar1", "r2_minus_best": value - 0.1, "r2_minus_best_lo": lo - 0.1,
+                     "r2_minus_best_hi": hi - 0.1, "no_outliers_best_baseline": "ridge_ar1",
+                     "no_outliers_r2_minus_best": 0.05, "no_outliers_r2_minus_best_lo": 0.01,
+                     "no_outliers_r2_minus_best_hi": 0.09})
+    trend = {"value": -0.5, "lo": -0.7, "hi": -0.3}
+    trends = {layer: {"mse_slope": trend, "rho_slope": trend, "rho_mean": trend, "rho_minus_displacement": trend}
+              for layer in layers}
+    return RunTables("attn1", list(layers), pd.DataFrame(rows), trends, **extra)
+
+
+def _verdicts(card, claim):
+    rows = card[card["claim"] == claim]
+    return dict(zip(rows["layers"], rows["verdict"], strict=True))
+
+
+def test_scorecard_verdicts_on_known_tables():
+    differences = pd.DataFrame({
+        "layer": ["0", "0", "7", "7", "15", "15"], "task": "domain",
+        "representation_a": ["hhat", "hhat"] * 3, "representation_b": ["r", "h_mean"] * 3,
+        "difference": [0.2, -0.1, 0.1, 0.0, -0.3, 0.05], "difference_lo": [0.1, -0.2, -0.05, -0.1, -0.4, 0.01],
+        "difference_hi": [0.3, -0.05, 0.2, 0.1, -0.2, 0.1], "n_test_documents": 30})
+    patching = pd.DataFrame({"layer": ["7", "7"], "kind": ["hhat", "mean"], "metric": "delta_ce",
+                             "scope": "pooled", "mean": [0.1, 1.0], "low": [0.05, 0.8], "high": [0.15, 1.2],
+                             "n_documents": 12})
+    card = claims.scorecard([_run(differences={"domain": differences}, patching=patching)])
+    assert set(card["verdict"]) <= set(claims.VERDICTS)
+    assert _verdicts(card, "r2_lowest_at_first_layer") == {"0 vs 7": "holds"}
+    assert _verdicts(card, "r2_highest_at_last_layer") == {"15 vs 7": "contradicted"}
+    assert _verdicts(card, "mse_falls_with_position") == {"7": "holds"}
+    assert _verdicts(card, "mse_flat_over_position") == {"0": "contradicted", "15": "contradicted"}
+    assert _verdicts(card, "rho_high_at_ends") == {"0 vs 7": "inconclusive", "15 vs 7": "inconclusive"}
+    assert _verdicts(card, "rho_rises_at_last_layer") == {"15": "contradicted"}
+    assert _verdicts(card, "domain_hhat_beats_r") == {"0": "holds", "7": "inconclusive", "15": "contradicted"}
+    assert _verdicts(card, "domain_hhat_beats_h_mean") == {"0": "contradicted", "7": "inconclusive", "15": "holds"}
+    assert _verdicts(card, "beats_best_baseline") == {"0": "contradicted", "7": "holds", "15": "holds"}
+    assert set(_verdicts(card, "beats_best_baseline_no_outliers").values()) == {"holds"}
+    assert _verdicts(card, "hhat_patch_cheaper_than_mean") == {"7": "holds"}
+    # The values are the tables' own.
+    row = card[(card["claim"] == "domain_hhat_beats_r") & (card["layers"] == "0")].iloc[0]
+    assert (row["value"], row["lo"], row["hi"], row["n_documents"]) == (0.2, 0.1, 0.3, 30)
+
+
+def test_r_minus_hhat_is_read_from_a_stored_hhat_minus_r():
+    differences = pd.DataFrame({"layer": ["0"], "task": "next_token_type_8", "representation_a": ["hhat"],
+                                "representation_b": ["r"], "difference": [-0.2], "difference_lo": [-0.3],
+                                "difference_hi": [-0.1], "n_test_documents": [30]})
+    run = _run(layers=("0",), r2=((0.1, 0.0, 0.2),), differences={"next_token_type_8": differences})
+    row = claims.scorecard([run]).query("claim == 'next_token_type_r_beats_hhat'").iloc[0]
+    assert (row["value"], row["lo"], row["hi"], row["verdict"]) == (0.2, 0.1, 0.3, "holds")
+
+
+def test_claims_without_inputs_are_not_run_with_a_reason():
+    run = _run(layers=("0", "7"), r2=((0.1, 0.0, 0.2), (0.2, 0.1, 0.3)), missing={"patching": "interventions off"})
+    card = claims.scorecard([run])
+    not_run = card[card["verdict"] == "not run"]
+    reasons = dict(zip(not_run["claim"], not_run["reason"], strict=True))
+    assert "three layers" in reasons["r2_lowest_at_first_layer"] and "the run has 2" in reasons["rho_high_at_ends"]
+    assert reasons["domain_hhat_beats_r"] == "no domain task in probes.tasks"
+    assert reasons["next_token_type_r_beats_hhat"] == "no next_token_type task in probes.tasks"
+    assert reasons["hhat_patch_cheaper_than_mean"] == "interventions off"
+    assert "selectivity_positive" in reasons
+    # every claim appears, none dropped
+    assert [claim.name for claim in claims.CLAIMS] == list(dict.fromkeys(card["claim"]))
+
+
+def test_no_interval_is_inconclusive_and_says_why():
+    run = _run()
+    run.summary[["r2_minus_best_lo", "r2_minus_best_hi"]] = math.nan
+    card = claims.scorecard([run])
+    rows = card[card["claim"] == "beats_best_baseline"]
+    assert set(rows["verdict"]) == {"inconclusive"}
+    assert set(rows["reason"]) == {"no interval (metrics.bootstrap: 0)"}
+
+
+def test_markdown_card_and_readme_block(tmp_path):
+    card = claims.scorecard([_run()])
+    tsv = tmp_path / "claims.tsv"
+    card.to_csv(tsv, sep="\t", index=False)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\n{claims.BEGIN}\nSTALE CARD\n{claims.END}\n\n## After\n")
+    claims.main([str(tsv), "--into", str(readme)])
+    text = readme.read_text()
+    assert "STALE CARD" not in text and text.endswith(f"{claims.END}\n\n## After\n")
+    block = text.split(claims.BEGIN)[1].split(claims.END)[0]
+    assert block.count("\n| ") == len(card) + 1  # header and separator lines, one line per row
+    assert "**holds**" in block

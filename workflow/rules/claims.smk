@@ -1,0 +1,33 @@
+# The claims scorecard (pndecomp.claims): the paper's findings and the project's controls, each with a
+# verdict from the run's own tables. First in the report.
+
+
+rule claims:
+    input:
+        [
+            expand(pattern, predictor=PREDICTORS, layer=LAYERS, task=CLAIM_TASKS)
+            for pattern in claims_patterns().values()
+        ],
+    output:
+        report(
+            f"{OUT}/claims.tsv",
+            category="Claims",
+            caption="../report/claims.rst",
+            labels={"table": "claims scorecard"},
+        ),
+    log:
+        f"{OUT}/logs/claims.log",
+    benchmark:
+        f"{OUT}/benchmarks/claims.tsv"
+    conda:
+        "../../envs/pndecomp.yaml"
+    params:
+        predictors=PREDICTORS,
+        layers=LAYERS,
+        tasks=CLAIM_TASKS,
+        # patterns, not paths: a function keeps Snakemake from filling their fields as wildcards
+        patterns=lambda wildcards: claims_patterns(),
+        missing={} if config["interventions"]["enabled"] else {"patching": "interventions.enabled is false"},
+        code=code_version("claims"),
+    script:
+        "../scripts/claims.py"

@@ -1,0 +1,5 @@
+from pndecomp.claims import write_study_scorecard
+from pndecomp.script import setup
+
+setup(snakemake)
+write_study_scorecard(dict(zip(snakemake.params.models, snakemake.input, strict=True)), snakemake.output[0])
