@@ -191,6 +191,8 @@ CASES = {
     "window-over-context": Bad({"windows.length": 257}, ("windows.length is 257", "context", "256 tokens")),
     "rotary-odd-head": Bad({"predictor.rotary": True, "predictor.d_head": 7}, ("predictor.d_head is 7", "even")),
     "warmup-over-steps": Bad({"train.warmup_steps": 50}, ("train.warmup_steps is 50", "train.steps (20)")),
+    "budget-without-steps": Bad({"predictors": {"attn1": None, "attn1_long": {"kind": "attn1", "train": {"steps": 0}}}},
+                                ("predictors.attn1_long.train.steps is 0", "at least 1")),
     "eval-windows-over-val-split": Bad({"train.eval_windows": 32},
                                        ("train.eval_windows is 32", "windows.predictor_val (8)")),
     "split-fraction-zero": Bad({"windows.split_fractions.probe_val": 0},

@@ -31,6 +31,7 @@ README_HEADINGS = [
     "Reading results in Python",
     "Numbers with context",
     "The default's numbers, and what changed in them",
+    "The claims scorecard",
     "The paper's settings",
     "Paper-scale estimate (one modern GPU)",
     "Choices made where the paper is silent",
@@ -244,3 +245,19 @@ def test_a_stale_config_doc_or_an_undescribed_key_is_reported(tmp_path):
     doc.write_text(config_doc.render(config_doc.load_schema(undescribed)))
     assert config_doc_problems(undescribed, doc) == ["schema key without a description: extra_key"]
     assert config_doc.main(["--schema", str(undescribed), "--output", str(doc), "--check"]) == 1
+
+
+def test_readme_scorecard_is_a_generated_card():
+    """The README's card sits between the generator's markers, in its format: every row a claim of
+    pndecomp.claims.CLAIMS with a verdict of the rule (python -m pndecomp.claims ... --into README.md)."""
+    from pndecomp import claims
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = text.split(claims.BEGIN, 1)[1].split(claims.END, 1)[0]
+    rows = [line for line in block.splitlines() if line.startswith("| ")][1:]  # without the header (and |---|)
+    statements = tuple(claim.statement for claim in claims.CLAIMS)
+    assert rows, "the README's scorecard block is empty"
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert cells[0].startswith(statements), row
+        assert cells[-1].strip("*") in claims.VERDICTS, row

@@ -34,7 +34,8 @@ TOKEN_STORE = OUT / "windows" / "predictor_train_tokens"  # a directory
 # leave nothing to compare, nor to share the probe windows' states with.
 NOT_NEEDED = {"embedded_corpus", "materialize_model", "materialize_tokenizer", "extract_train_activations",
               "train_predictor", "predictor_comparison", "draw_predictor_comparison", "model_comparison",
-              "draw_model_comparison", "study_claims", "extract_probe_activations"}
+              "draw_model_comparison", "study_claims", "budget_comparison",
+              "draw_budget_comparison", "extract_probe_activations"}
 
 
 # Pythia-410m-deduped's shape, as its config.json on the hub gives it.

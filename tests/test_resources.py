@@ -211,3 +211,15 @@ def test_every_predictor_kind_has_requests(paper_config, kind):
     training = resources.estimates(config, PYTHIA_410M, PYTHIA_EXTRAS)["train_predictor"]
     assert ("ridge fit" in training.seconds) == kind.startswith("ridge_ar")
     assert training.request().mem_mb > 8192 * 256 * 1024 * 2 / resources.MB  # the cached activations
+
+
+def test_training_requests_cover_the_largest_budget(paper_config):
+    """Predictors that override train.steps (a budget study): the one train_predictor request is the
+    largest budget's."""
+    config = {**paper_config, "train": {**paper_config["train"], "data": "cache", "joint_layers": False,
+                                        "steps": 1000}}
+    alone = resources.estimates(config, PYTHIA_410M, PYTHIA_EXTRAS)["train_predictor"].request()
+    budgets = {**config, "predictors": {"attn1_short": {"kind": "attn1"},
+                                        "attn1_long": {"kind": "attn1", "train": {"steps": 10_000}}}}
+    assert resources.sizes(budgets, PYTHIA_410M, PYTHIA_EXTRAS).steps == 10_000
+    assert resources.estimates(budgets, PYTHIA_410M, PYTHIA_EXTRAS)["train_predictor"].request().runtime > alone.runtime

@@ -46,10 +46,10 @@ NICE = ["nice", "-n", "19"] if shutil.which("nice") else []
 LOCAL_RULES = {"all", "resolved_config", "probe_table", "layer_summary", "draw_learning_curve", "draw_per_position",
                "draw_layer_scores", "draw_probe_heatmap", "predictor_comparison", "draw_predictor_comparison",
                "model_comparison", "draw_model_comparison", "intervention_table", "draw_interventions", "claims",
-               "study_claims"}
+               "study_claims", "budget_comparison", "draw_budget_comparison"}
 # Local rules that only a study runs (two or more predictors, or `models:`).
 STUDY_RULES = {"predictor_comparison", "draw_predictor_comparison", "model_comparison", "draw_model_comparison",
-               "study_claims"}
+               "study_claims", "budget_comparison", "draw_budget_comparison"}
 # The stages the profiles give `gpu: 1` (-> sbatch --gpus=1).
 GPU_RULES = {"extract_train_activations", "extract_val_activations",
              "extract_eval_activations", "extract_probe_activations", "train_predictor",

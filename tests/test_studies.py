@@ -99,6 +99,17 @@ def test_with_predictor_gives_each_name_its_section_and_refuses_unknown_settings
     assert cfg.predictor_names({"predictor": {"kind": "attn2"}, "predictors": None}) == ["attn2"]
 
 
+def test_a_predictor_entry_may_override_training_for_itself_alone():
+    config = {"predictor": {"kind": "attn1"}, "train": {"steps": 200, "lr": 1e-3},
+              "predictors": {"attn1": None, "attn1_long": {"kind": "attn1", "train": {"steps": 5000}}}}
+    assert cfg.with_predictor(config, "attn1")["train"] == {"steps": 200, "lr": 1e-3}
+    long = cfg.with_predictor(config, "attn1_long")
+    assert long["train"] == {"steps": 5000, "lr": 1e-3} and long["predictor"] == {"kind": "attn1"}
+    assert config["train"]["steps"] == 200  # the shared section is left as it was
+    with pytest.raises(cfg.ConfigError, match=r"predictors.x.train: unknown setting\(s\) \['step'\]"):
+        cfg.with_predictor({**config, "predictors": {"x": {"kind": "attn1", "train": {"step": 5}}}}, "x")
+
+
 def write_summary(path: Path, r2: list[float], baseline: list[float]) -> str:
     frame = pd.DataFrame({"layer": ["0", "7"], "n_windows": [128, 128], "r2": r2, "r2_lo": np.subtract(r2, 0.1),
                           "r2_hi": np.add(r2, 0.1), "r2_mean": baseline, "r2_mean_lo": baseline, "r2_mean_hi": baseline,
@@ -164,4 +175,62 @@ def test_comparison_figure_draws_a_predictor_named_like_a_baseline(tmp_path):
     table = pd.DataFrame(rows, columns=["model", "kind", "layer", "r2"]).assign(r2_lo=0.0, r2_hi=0.3)
     png, pdf = tmp_path / "c.png", tmp_path / "c.pdf"
     figures.r2_by_layer(table, "predictors", png, pdf)
+    assert png.stat().st_size > 1000 and pdf.exists()
+
+
+def test_budget_study_trains_each_entry_at_its_own_budget(tmp_path):
+    """configs/budget-study.yaml: three budgets of each SGD predictor, each its own training job per layer,
+    ridge_ar4 beside them, and the budget table and figure."""
+    config = study("budget-study")
+    budgets = {(entry["kind"], entry["train"]["steps"]) for entry in config["predictors"].values() if entry}
+    assert budgets == {(kind, steps) for kind in ("attn1", "attn1_rope") for steps in (200, 1000, 5000)}
+    jobs = dry_run(REPO / "configs" / "budget-study.yaml", tmp_path)
+    entries, layers = len(config["predictors"]), len(config["layers"])
+    assert jobs["train_predictor"] == entries * layers
+    assert jobs["budget_comparison"] == 1 and jobs["draw_budget_comparison"] == 1 and jobs["claims"] == 1
+    assert jobs["patch_layer"] == entries * layers and "steer_layer" not in jobs
+
+
+def write_curve(path: Path, steps: list[int], kept: int, windows_per_step: int = 16) -> str:
+    frame = pd.DataFrame({"step": steps, "train_loss": [2.0 - 0.1 * i for i in range(len(steps))],
+                          "windows_seen": [step * windows_per_step for step in steps],
+                          "val_mse": [3.0 - 0.1 * i for i in range(len(steps))]})
+    frame["kept"] = frame["step"] == kept
+    frame.to_parquet(path)
+    return str(path)
+
+
+def test_budget_comparison_table(tmp_path):
+    summary = write_summary(tmp_path / "s.tsv", [0.1, 0.2], [0.0, -0.5])
+    frame = pd.read_csv(summary, sep="\t")
+    frame["best_baseline"] = "mean"
+    frame["no_outliers_best_baseline"] = "mean"
+    frame.to_csv(summary, sep="\t", index=False)
+    differences = tmp_path / "d.tsv"
+    pd.DataFrame({"layer": ["0", "7"], "representation_a": "hhat", "representation_b": "r", "difference": [0.3, -0.2],
+                  "difference_lo": [0.2, -0.3], "difference_hi": [0.4, -0.1]}).to_csv(
+        differences, sep="\t", index=False)
+    runs = {"attn1_200": {"kind": "attn1", "steps": 200, "summary": summary,
+                          "curves": {"0": write_curve(tmp_path / "c0.parquet", [100, 200], kept=200),
+                                     "7": write_curve(tmp_path / "c7.parquet", [100, 200, 250], kept=200)},
+                          "differences": {"domain": str(differences), "next_token_type_8": str(differences)},
+                          "patching": None}}
+    table = compare.budget_comparison(runs, train_windows=64)
+    mine = table[(table["kind"] == "attn1") & (table["layer"] == "7")].set_index("metric")
+    assert mine.loc["eval R²", "value"] == 0.2 and mine.loc["eval R²", "lo"] == pytest.approx(0.1)
+    assert mine.loc["domain F1: ĥ − r", "value"] == -0.2
+    gap = mine.loc["next-token type F1: r − ĥ"]
+    assert (gap["value"], gap["lo"], gap["hi"]) == (pytest.approx(0.2), pytest.approx(0.1), pytest.approx(0.3))
+    assert "domain F1: ĥ − h_mean" not in mine.index  # no (hhat, h_mean) pair in the differences
+    assert set(mine["last_step"]) == {250} and set(mine["kept_step"]) == {200}
+    assert mine["passes"].tolist() == pytest.approx([250 * 16 / 64] * len(mine))
+    assert mine["kept_train_loss"].tolist() == pytest.approx([1.9] * len(mine))
+    assert mine["kept_val_mse"].tolist() == pytest.approx([2.9] * len(mine))
+    baseline = table[(table["kind"] == "baseline") & (table["layer"] == "7") & (table["metric"] == "eval R²")]
+    assert list(baseline["baseline"]) == ["mean"] and list(baseline["value"]) == [-0.5]
+
+    from pndecomp import figures
+
+    png, pdf = tmp_path / "b.png", tmp_path / "b.pdf"
+    figures.budget_comparison(pd.concat([table, table.assign(predictor="attn1_1000", steps=1000)]), png, pdf)
     assert png.stat().st_size > 1000 and pdf.exists()

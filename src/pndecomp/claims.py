@@ -42,6 +42,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import storage
+from .compare import probe_gap
 
 #: |relative slope| of per-position MSE below which a curve counts as flat.
 FLAT_TOLERANCE = 0.25
@@ -220,15 +221,11 @@ def _task_named(run: RunTables, task: str | re.Pattern) -> str | None:
 def _difference(task: str | re.Pattern, a: str, b: str):
     """(a − b) F1 on ``task`` at a layer, from the task's paired differences (negated when stored as b − a)."""
     def column(run: RunTables, layer: str):
-        table = run.differences[_task_named(run, task)]
-        table = table[table["layer"].astype(str) == layer]
-        for first, second, sign in ((a, b, 1), (b, a, -1)):
-            rows = table[(table["representation_a"] == first) & (table["representation_b"] == second)]
-            if len(rows):
-                row = rows.iloc[0]
-                bounds = sorted(sign * float(row[key]) for key in ("difference_lo", "difference_hi"))
-                return sign * float(row["difference"]), *bounds, int(row["n_test_documents"])
-        return None
+        gap = probe_gap(run.differences[_task_named(run, task)], a, b)
+        if layer not in gap.index:
+            return None
+        row = gap.loc[layer]
+        return float(row["value"]), float(row["lo"]), float(row["hi"]), int(row["n_test_documents"])
     return column
 
 

@@ -82,3 +82,95 @@ def model_comparison(summaries: Mapping[str, str], differences: Mapping[str, Map
     table = pd.DataFrame(rows)
     table.insert(2, "depth", [depths[model][layer] for model, layer in zip(table["model"], table["layer"])])
     return table
+
+
+# The probe gaps a budget study follows: (task, representation a, representation b, metric: F1 a − b).
+BUDGET_GAPS = (("domain", "hhat", "r", "domain F1: ĥ − r"),
+               ("next_token_type_8", "r", "hhat", "next-token type F1: r − ĥ"),
+               ("domain", "hhat", "h_mean", "domain F1: ĥ − h_mean"))
+
+
+def probe_gap(table: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
+    """Per layer (the index) F1 a − b as ``value``, ``lo``, ``hi`` and ``n_test_documents`` from a probe
+    differences table, where the pair is stored as a − b or as b − a (then negated); empty without it."""
+    for first, second, sign in ((a, b, 1), (b, a, -1)):
+        rows = table[(table["representation_a"] == first) & (table["representation_b"] == second)]
+        if len(rows):
+            bounds = np.sort(np.stack([sign * rows["difference_lo"], sign * rows["difference_hi"]]), axis=0)
+            return pd.DataFrame({"value": (sign * rows["difference"]).to_numpy(), "lo": bounds[0], "hi": bounds[1],
+                                 "n_test_documents": rows.get("n_test_documents", pd.Series(np.nan, rows.index))
+                                 .to_numpy()}, index=pd.Index(rows["layer"].astype(str), name="layer"))
+    return pd.DataFrame(columns=["value", "lo", "hi", "n_test_documents"], index=pd.Index([], name="layer"))
+
+
+def budget_comparison(runs: Mapping[str, Mapping], train_windows: int) -> pd.DataFrame:
+    """Long rows for a budget study: per (predictor entry, layer) its training (``steps``: the budget, the
+    cap; ``last_step``, ``kept_step``, ``passes`` over the ``train_windows`` training windows, the train loss
+    and val MSE at the kept evaluation) and per metric its value with the 95 % interval: eval R² on all rows
+    and without outliers, the best baseline's R² under both (kind ``baseline``, for the figure's reference
+    lines), the probe gaps of :data:`BUDGET_GAPS` and, with interventions, the ΔCE of the ``hhat`` and
+    ``mean`` patches.
+
+    ``runs``: entry name -> {kind, steps, summary (layer_summary.tsv), curves ({layer: curve.parquet}),
+    differences ({task: <task>_differences.tsv}), patching (patching.tsv or None)}.
+    """
+    rows = []
+    for name, run in runs.items():
+        summary = pd.read_csv(run["summary"], sep="\t", dtype={"layer": str}).set_index("layer")
+        for layer, curve_path in run["curves"].items():
+            curve = pd.read_parquet(curve_path)
+            evaluated = curve.dropna(subset=["val_mse"])
+            kept = evaluated[evaluated["kept"]] if "kept" in evaluated else evaluated.tail(1)
+            kept = kept.iloc[-1] if len(kept) else evaluated.iloc[-1]
+            training = {"predictor": name, "kind": run["kind"], "steps": run["steps"], "layer": layer,
+                        "last_step": int(curve["step"].max()), "kept_step": int(kept["step"]),
+                        "passes": float(curve["windows_seen"].max()) / train_windows,
+                        "kept_train_loss": float(kept["train_loss"]), "kept_val_mse": float(kept["val_mse"])}
+            row = summary.loc[layer]
+            for metric, prefix in (("eval R²", ""), ("eval R², no outliers", "no_outliers_")):
+                rows.append({**training, "metric": metric, "value": row[f"{prefix}r2"],
+                             "lo": row.get(f"{prefix}r2_lo", np.nan), "hi": row.get(f"{prefix}r2_hi", np.nan)})
+                best = row.get(f"{prefix}best_baseline")
+                if isinstance(best, str):
+                    column = f"{prefix}r2_{best}"
+                    rows.append({**training, "kind": "baseline", "baseline": best, "metric": metric,
+                                 "value": row[column], "lo": row.get(f"{column}_lo", np.nan),
+                                 "hi": row.get(f"{column}_hi", np.nan)})
+            for task, a, b, metric in BUDGET_GAPS:
+                if task in run["differences"]:
+                    table = pd.read_csv(run["differences"][task], sep="\t", dtype={"layer": str})
+                    gap = probe_gap(table, a, b)
+                    if layer in gap.index:
+                        rows.append({**training, "metric": metric, **gap.loc[layer, ["value", "lo", "hi"]].to_dict()})
+            if run.get("patching"):
+                patching = pd.read_csv(run["patching"], sep="\t", dtype={"layer": str})
+                pooled = patching[(patching["scope"] == "pooled") & (patching["metric"] == "delta_ce")
+                                  & (patching["layer"] == layer)].set_index("kind")
+                for kind in ("hhat", "mean"):
+                    if kind in pooled.index:
+                        rows.append({**training, "metric": f"ΔCE, {kind} patch", "value": pooled.loc[kind, "mean"],
+                                     "lo": pooled.loc[kind, "low"], "hi": pooled.loc[kind, "high"]})
+    table = pd.DataFrame(rows)
+    if "baseline" not in table:
+        table["baseline"] = None
+    return table[["predictor", "kind", "steps", "layer", "metric", "value", "lo", "hi", "baseline", "last_step",
+                  "kept_step", "passes", "kept_train_loss", "kept_val_mse"]]
+
+
+def write_budget_comparison(budgets: Mapping[str, int], kinds: Mapping[str, str], layers, tasks,
+                            patterns: Mapping[str, str], interventions: bool, train_windows_path: str,
+                            out_path: str) -> None:
+    """The budget_comparison rule: every predictor entry's tables, found by ``patterns`` (fields
+    ``{predictor}``, ``{layer}``, ``{task}``), compared by :func:`budget_comparison` over the training
+    windows the predictors drew from (the rows of ``train_windows_path``)."""
+    import pyarrow.parquet as pq
+
+    runs = {}
+    for name, steps in budgets.items():
+        paths = {kind: pattern.replace("{predictor}", name) for kind, pattern in patterns.items()}
+        runs[name] = {"kind": kinds[name], "steps": steps, "summary": paths["summary"],
+                      "curves": {str(layer): paths["curve"].format(layer=layer) for layer in layers},
+                      "differences": {task: paths["differences"].format(task=task) for task in tasks},
+                      "patching": paths["patching"] if interventions else None}
+    train_windows = pq.ParquetFile(train_windows_path).metadata.num_rows
+    storage.write_tsv(budget_comparison(runs, train_windows), out_path)

@@ -192,24 +192,38 @@ def check(config: Mapping, shape: lm.ModelShape | None = None) -> None:
     if corpus["source"] == "hf" and not corpus["hf"]["name"]:
         raise ConfigError("corpus.hf.name is not set: give a dataset id for corpus.source 'hf'")
     check_probes(config["probes"], corpus)
-    train = config["train"]
-    if train["warmup_steps"] > train["steps"]:
-        raise ConfigError(f"train.warmup_steps is {train['warmup_steps']}, more than train.steps "
-                          f"({train['steps']}): it must be at most train.steps")
-    if train["joint_layers"] and train["data"] != "stream":
-        raise ConfigError(f"train.joint_layers is true with train.data {train['data']!r}: one LM pass serves every "
-                          "layer only in stream mode; set train.data: stream or train.joint_layers: false")
-    if train["eval_windows"] > config["windows"]["predictor_val"]:
-        raise ConfigError(f"train.eval_windows is {train['eval_windows']}, more than windows.predictor_val "
-                          f"({config['windows']['predictor_val']}): the learning curve's windows are taken from them")
     for split, value in config["windows"]["split_fractions"].items():
         if value <= 0:
             raise ConfigError(f"windows.split_fractions.{split} is {value}: every split needs a positive share")
+    check_train(config["train"], config["windows"], "train")
     for name in predictor_names(config):
-        check_predictor(with_predictor(config, name)["predictor"], train)
+        own = with_predictor(config, name)
+        if own["train"] != config["train"]:
+            check_train(own["train"], config["windows"], f"predictors.{name}.train")
+        check_predictor(own["predictor"], own["train"])
     check_interventions(config)
     if shape is not None:
         check_model(config["model"]["id"], config["layers"], config["windows"]["length"], shape)
+
+
+def check_train(train: Mapping, windows: Mapping, where: str) -> None:
+    """A train section (the shared one, or one predictor's with its overrides; ``where`` names it) that
+    training can run: whole positive step counts, a warm-up within them, joint layers only when streaming,
+    the learning curve's windows within predictor_val."""
+    for key in ("steps", "warmup_steps", "eval_every", "checkpoint_every"):
+        value = train[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "warmup_steps" else 1):
+            raise ConfigError(f"{where}.{key} is {value!r}: it must be a whole number, at least "
+                              f"{0 if key == 'warmup_steps' else 1}")
+    if train["warmup_steps"] > train["steps"]:
+        raise ConfigError(f"{where}.warmup_steps is {train['warmup_steps']}, more than {where}.steps "
+                          f"({train['steps']}): it must be at most the steps")
+    if train["joint_layers"] and train["data"] != "stream":
+        raise ConfigError(f"{where}.joint_layers is true with train.data {train['data']!r}: one LM pass serves every "
+                          "layer only in stream mode; set train.data: stream or train.joint_layers: false")
+    if train["eval_windows"] > windows["predictor_val"]:
+        raise ConfigError(f"{where}.eval_windows is {train['eval_windows']}, more than windows.predictor_val "
+                          f"({windows['predictor_val']}): the learning curve's windows are taken from them")
 
 
 def check_predictor(section: Mapping, train: Mapping) -> None:
@@ -321,12 +335,31 @@ def with_predictor(config: Mapping, name: str) -> dict:
         return dict(config)
     if name not in predictors:
         raise ConfigError(f"predictor {name!r} is not in predictors {list(predictors)}")
-    overrides = (predictors.get(name) if isinstance(predictors, Mapping) else None) or {}
+    overrides = dict((predictors.get(name) if isinstance(predictors, Mapping) else None) or {})
+    # A `train:` entry overrides the train section for this predictor alone (a budget study's steps).
+    train = overrides.pop("train", None) or {}
     unknown = sorted(set(overrides) - set(config["predictor"]))
     if unknown:
         raise ConfigError(f"predictors.{name}: unknown setting(s) {unknown}; valid are the predictor section's keys "
-                          f"{sorted(config['predictor'])}")
-    return {**config, "predictor": {**config["predictor"], "kind": name, **overrides}}
+                          f"{sorted(config['predictor'])} and train")
+    own = {**config, "predictor": {**config["predictor"], "kind": name, **overrides}}
+    if train:
+        unknown = sorted(set(train) - set(config["train"]))
+        if unknown:
+            raise ConfigError(f"predictors.{name}.train: unknown setting(s) {unknown}; valid are the train "
+                              f"section's keys {sorted(config['train'])}")
+        own["train"] = {**config["train"], **train}
+    return own
+
+
+def training_budgets(config: Mapping) -> dict[str, int]:
+    """{predictor: its train.steps} when the predictors differ in training (a budget study: entries with a
+    ``train:`` override), else {}."""
+    names = predictor_names(config)
+    steps = {name: with_predictor(config, name)["train"]["steps"] for name in names}
+    overridden = isinstance(config.get("predictors"), Mapping) and any(
+        isinstance(entry, Mapping) and entry.get("train") for entry in config["predictors"].values())
+    return steps if overridden and len(names) > 1 else {}
 
 
 def relative_depths(config: Mapping) -> dict[str, float]:

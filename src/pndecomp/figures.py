@@ -279,6 +279,35 @@ def model_comparison(table: pd.DataFrame, png, pdf, dpi: int = 150) -> None:
     _save(fig, png, pdf, dpi)
 
 
+def budget_comparison(table: pd.DataFrame, png, pdf, dpi: int = 150) -> None:
+    """A budget study: each metric against the training budget (steps, log axis), one line per (predictor
+    kind, layer) with 95 % intervals as bars; on the R² panels the layer's best baseline as a dotted line."""
+    predictors = table[table["kind"] != "baseline"]
+    metrics = list(dict.fromkeys(predictors["metric"]))
+    layers = list(dict.fromkeys(predictors["layer"]))
+    colors = dict(zip(layers, sns.color_palette(n_colors=len(layers)), strict=True))
+    styles = dict(zip(dict.fromkeys(predictors["kind"]), ["-", "--", "-.", ":"] * 4, strict=False))
+    sns.set_theme(style="whitegrid")
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        rows = predictors[predictors["metric"] == metric]
+        for (kind, layer), line in rows.groupby(["kind", "layer"], sort=False):
+            line = line.sort_values("steps")
+            ax.plot(line["steps"], line["value"], marker="o", markersize=4, color=colors[layer],
+                    linestyle=styles[kind], label=f"{kind}, layer {layer}")
+            ax.vlines(line["steps"], line["lo"], line["hi"], color=colors[layer], linewidth=1)
+        baselines = table[(table["kind"] == "baseline") & (table["metric"] == metric)]
+        for layer, rows_of_layer in baselines.groupby("layer", sort=False):
+            first = rows_of_layer.iloc[0]
+            ax.axhline(first["value"], color=colors[layer], linestyle=":", linewidth=1,
+                       label=f"{first['baseline']}, layer {layer}")
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set(xlabel="training steps (budget)", title=metric)
+    axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    _save(fig, png, pdf, dpi)
+
+
 def _interval_lines(ax, x, rows: pd.DataFrame, label: str, offset: float = 0.0, **style) -> None:
     """A line of ``mean`` against x with ``low``..``high`` as vertical bars."""
     (line,) = ax.plot(x + offset, rows["mean"], marker="o", markersize=4, label=label, **style)

@@ -590,7 +590,9 @@ def sizes(config: Mapping, shape: lm.ModelShape, extras: Mapping[str, int] | Non
                  "predictor_eval": windows["predictor_eval"],
                  "probe": probe, "probe_task": probe_task},
         length=windows["length"], extraction_batch=config["extraction"]["batch_size"],
-        train_batch=section["batch_size"], eval_windows=section["eval_windows"], steps=section["steps"],
+        train_batch=section["batch_size"], eval_windows=section["eval_windows"],
+        # one request per rule: every predictor's training job asks for the largest budget's time
+        steps=max(cfg.with_predictor(config, name)["train"]["steps"] for name in cfg.predictor_names(config)),
         eval_every=section["eval_every"], stream=section["data"] == "stream", n_layers=len(config["layers"]),
         storage_bytes=4 if config["extraction"]["dtype"] == "float32" else 2,
         model_bytes=2 if model_dtype in ("bfloat16", "float16") else 4, device_is_cpu=config["device"] == "cpu",

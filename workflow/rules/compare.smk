@@ -49,3 +49,66 @@ rule draw_predictor_comparison:
         code=code_version("draw_predictor_comparison"),
     script:
         "../scripts/draw_predictor_comparison.py"
+
+
+# A budget study (predictors that differ in train.steps): every metric against the budget.
+rule budget_comparison:
+    input:
+        summaries=expand(f"{METRICS}/layer_summary.tsv", predictor=PREDICTORS),
+        curves=expand(f"{PREDICTOR_DIR}/curve.parquet", predictor=PREDICTORS, layer=LAYERS),
+        differences=expand(f"{PROBES}/{{task}}_differences.tsv", predictor=PREDICTORS, task=BUDGET_TASKS),
+        patching=(
+            expand(f"{INTERVENTIONS}/patching.tsv", predictor=PREDICTORS) if config["interventions"]["enabled"] else []
+        ),
+        train_windows=rules.make_windows.output.predictor_train,
+    output:
+        report(
+            f"{OUT}/metrics/budget_comparison.tsv",
+            category="Predictor comparison",
+            caption="../report/budget_comparison.rst",
+        ),
+    log:
+        f"{OUT}/logs/budget_comparison.log",
+    benchmark:
+        f"{OUT}/benchmarks/budget_comparison.tsv"
+    conda:
+        "../../envs/pndecomp.yaml"
+    params:
+        budgets=pnconfig.training_budgets(config),
+        kinds={name: pnconfig.with_predictor(config, name)["predictor"]["kind"] for name in PREDICTORS},
+        layers=LAYERS,
+        tasks=BUDGET_TASKS,
+        # patterns, not paths: a function keeps Snakemake from filling their fields as wildcards
+        patterns=lambda wildcards: {
+            "summary": f"{METRICS}/layer_summary.tsv",
+            "curve": f"{PREDICTOR_DIR}/curve.parquet",
+            "differences": f"{PROBES}/{{task}}_differences.tsv",
+            "patching": f"{INTERVENTIONS}/patching.tsv",
+        },
+        interventions=config["interventions"]["enabled"],
+        code=code_version("budget_comparison"),
+    script:
+        "../scripts/budget_comparison.py"
+
+
+rule draw_budget_comparison:
+    input:
+        rules.budget_comparison.output[0],
+    output:
+        png=report(
+            f"{OUT}/figures/budget_comparison.png",
+            category="Predictor comparison",
+            caption="../report/budget_comparison_figure.rst",
+        ),
+        pdf=f"{OUT}/figures/budget_comparison.pdf",
+    log:
+        f"{OUT}/logs/figures/budget_comparison.log",
+    benchmark:
+        f"{OUT}/benchmarks/figures/budget_comparison.tsv"
+    conda:
+        "../../envs/pndecomp.yaml"
+    params:
+        config=view("figures"),
+        code=code_version("draw_budget_comparison"),
+    script:
+        "../scripts/draw_budget_comparison.py"

@@ -1,0 +1,8 @@
+import pandas as pd
+
+from pndecomp.figures import budget_comparison
+from pndecomp.script import setup
+
+config = setup(snakemake)
+table = pd.read_csv(snakemake.input[0], sep="\t", dtype={"layer": str})
+budget_comparison(table, snakemake.output.png, snakemake.output.pdf, config["figures"]["dpi"])
