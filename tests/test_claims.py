@@ -155,3 +155,4 @@ def test_markdown_card_and_readme_block(tmp_path):
     block = text.split(claims.BEGIN)[1].split(claims.END)[0]
     assert block.count("\n| ") == len(card) + 1  # header and separator lines, one line per row
     assert "**holds**" in block
+    assert "nan" not in block  # a control has no paper value: an empty cell

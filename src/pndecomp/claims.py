@@ -42,7 +42,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import storage
-from .compare import probe_gap
+from .compare import pooled_delta_ce, probe_gap
 
 #: |relative slope| of per-position MSE below which a curve counts as flat.
 FLAT_TOLERANCE = 0.25
@@ -92,7 +92,7 @@ class RunTables:
     probes: Mapping[str, pd.DataFrame] = field(default_factory=dict)
     differences: Mapping[str, pd.DataFrame] = field(default_factory=dict)
     patching: pd.DataFrame | None = None
-    missing: Mapping[str, str] = field(default_factory=dict)  # input -> reason: "tasks", "patching", ...
+    missing: Mapping[str, str] = field(default_factory=dict)  # input -> why the run has none ("patching")
 
     def summary_row(self, layer: str) -> pd.Series:
         return self.summary.set_index(self.summary["layer"].astype(str)).loc[layer]
@@ -241,22 +241,21 @@ def _selectivity(run: RunTables) -> list[dict]:
         if "selectivity" not in table:
             continue
         for _, row in table[table["representation"].isin(["hhat", "r"])].iterrows():
-            rows.append({"task": task, **_measured(f"{row['layer']}", float(row["selectivity"]),
-                                                   float(row.get("selectivity_lo", math.nan)),
-                                                   float(row.get("selectivity_hi", math.nan)),
-                                                   f"{row['representation']} on {task}: F1 − control F1 above 0",
-                                                   sign_regions(1), int(row["n_test_documents"]))})
+            measured = _measured(str(row["layer"]), float(row["selectivity"]),
+                                 float(row.get("selectivity_lo", math.nan)), float(row.get("selectivity_hi", math.nan)),
+                                 f"{row['representation']} on {task}: F1 − control F1 above 0", sign_regions(1),
+                                 int(row["n_test_documents"]))
+            rows.append({"task": f"{row['representation']}, {task}", **measured})
     return rows or _not_run("no probe task with a control task in probes.tasks")
 
 
 def _patch_cost(run: RunTables) -> list[dict]:
     if run.patching is None:
         return _not_run(run.missing.get("patching", "no patching table"))
-    pooled = run.patching[(run.patching["scope"] == "pooled") & (run.patching["metric"] == "delta_ce")]
+    pooled = pooled_delta_ce(run.patching)
     rows = []
-    for layer, table in pooled.groupby(pooled["layer"].astype(str), sort=False):
-        kinds = table.set_index("kind")
-        hhat, mean = kinds.loc["hhat"], kinds.loc["mean"]
+    for layer in dict.fromkeys(pooled.index.get_level_values("layer")):
+        hhat, mean = pooled.loc[(layer, "hhat")], pooled.loc[(layer, "mean")]
         rows.append(_measured(layer, float(hhat["mean"]), float(hhat["low"]), float(hhat["high"]),
                               f"ΔCE of the hhat patch below the mean patch's ({mean['mean']:.4g} "
                               f"[{mean['low']:.4g}, {mean['high']:.4g}])",
@@ -313,8 +312,8 @@ def scorecard(runs: Sequence[RunTables]) -> pd.DataFrame:
     for claim in CLAIMS:
         for run in runs:
             for row in claim.measure(run):
-                task = row.pop("task", None)
-                statement = f"{claim.statement} ({task})" if task else claim.statement
+                what = row.pop("task", None)  # which representation and task, where a claim has several
+                statement = f"{claim.statement} ({what})" if what else claim.statement
                 rows.append({"claim": claim.name, "source": claim.source, "statement": statement,
                              "predictor": run.predictor, "paper": claim.paper, "reason": "", **row})
     frame = pd.DataFrame(rows)
@@ -373,11 +372,14 @@ def markdown(card: pd.DataFrame) -> str:
     """The scorecard as a Markdown table: one line per row, values to 3 significant digits."""
     def number(value):
         return "" if pd.isna(value) else f"{value:.3g}"
+
+    def text(value):
+        return "" if pd.isna(value) else value
     lines = ["| claim | predictor | layers | value [95 %] | paper | verdict |", "|---|---|---|---|---|---|"]
     for row in card.itertuples():
         measured = (f"{number(row.value)} [{number(row.lo)}, {number(row.hi)}]" if not pd.isna(row.value)
-                    else row.reason)
-        lines.append(f"| {row.statement} | {row.predictor} | {row.layers} | {measured} | {row.paper} | "
+                    else text(row.reason))
+        lines.append(f"| {row.statement} | {row.predictor} | {text(row.layers)} | {measured} | {text(row.paper)} | "
                      f"**{row.verdict}** |")
     return "\n".join(lines) + "\n"
 

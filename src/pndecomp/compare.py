@@ -103,6 +103,13 @@ def probe_gap(table: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
     return pd.DataFrame(columns=["value", "lo", "hi", "n_test_documents"], index=pd.Index([], name="layer"))
 
 
+def pooled_delta_ce(patching: pd.DataFrame) -> pd.DataFrame:
+    """A patching table's ΔCE pooled over positions, indexed by (layer, kind): ``mean``, ``low``, ``high``,
+    ``n_documents``."""
+    pooled = patching[(patching["scope"] == "pooled") & (patching["metric"] == "delta_ce")]
+    return pooled.set_index([pooled["layer"].astype(str), "kind"])[["mean", "low", "high", "n_documents"]]
+
+
 def budget_comparison(runs: Mapping[str, Mapping], train_windows: int) -> pd.DataFrame:
     """Long rows for a budget study: per (predictor entry, layer) its training (``steps``: the budget, the
     cap; ``last_step``, ``kept_step``, ``passes`` over the ``train_windows`` training windows, the train loss
@@ -117,11 +124,12 @@ def budget_comparison(runs: Mapping[str, Mapping], train_windows: int) -> pd.Dat
     rows = []
     for name, run in runs.items():
         summary = pd.read_csv(run["summary"], sep="\t", dtype={"layer": str}).set_index("layer")
+        gaps = [(metric, probe_gap(pd.read_csv(run["differences"][task], sep="\t", dtype={"layer": str}), a, b))
+                for task, a, b, metric in BUDGET_GAPS if task in run["differences"]]
+        patches = pooled_delta_ce(pd.read_csv(run["patching"], sep="\t")) if run.get("patching") else None
         for layer, curve_path in run["curves"].items():
             curve = pd.read_parquet(curve_path)
-            evaluated = curve.dropna(subset=["val_mse"])
-            kept = evaluated[evaluated["kept"]] if "kept" in evaluated else evaluated.tail(1)
-            kept = kept.iloc[-1] if len(kept) else evaluated.iloc[-1]
+            kept = curve[curve["kept"]].iloc[0]  # the evaluation whose weights were kept (train.CURVE_COLUMNS)
             training = {"predictor": name, "kind": run["kind"], "steps": run["steps"], "layer": layer,
                         "last_step": int(curve["step"].max()), "kept_step": int(kept["step"]),
                         "passes": float(curve["windows_seen"].max()) / train_windows,
@@ -136,20 +144,14 @@ def budget_comparison(runs: Mapping[str, Mapping], train_windows: int) -> pd.Dat
                     rows.append({**training, "kind": "baseline", "baseline": best, "metric": metric,
                                  "value": row[column], "lo": row.get(f"{column}_lo", np.nan),
                                  "hi": row.get(f"{column}_hi", np.nan)})
-            for task, a, b, metric in BUDGET_GAPS:
-                if task in run["differences"]:
-                    table = pd.read_csv(run["differences"][task], sep="\t", dtype={"layer": str})
-                    gap = probe_gap(table, a, b)
-                    if layer in gap.index:
-                        rows.append({**training, "metric": metric, **gap.loc[layer, ["value", "lo", "hi"]].to_dict()})
-            if run.get("patching"):
-                patching = pd.read_csv(run["patching"], sep="\t", dtype={"layer": str})
-                pooled = patching[(patching["scope"] == "pooled") & (patching["metric"] == "delta_ce")
-                                  & (patching["layer"] == layer)].set_index("kind")
-                for kind in ("hhat", "mean"):
-                    if kind in pooled.index:
-                        rows.append({**training, "metric": f"ΔCE, {kind} patch", "value": pooled.loc[kind, "mean"],
-                                     "lo": pooled.loc[kind, "low"], "hi": pooled.loc[kind, "high"]})
+            for metric, gap in gaps:
+                if layer in gap.index:
+                    rows.append({**training, "metric": metric, **gap.loc[layer, ["value", "lo", "hi"]].to_dict()})
+            for kind in ("hhat", "mean"):
+                if patches is not None and (layer, kind) in patches.index:
+                    patch = patches.loc[(layer, kind)]
+                    rows.append({**training, "metric": f"ΔCE, {kind} patch", "value": patch["mean"],
+                                 "lo": patch["low"], "hi": patch["high"]})
     table = pd.DataFrame(rows)
     if "baseline" not in table:
         table["baseline"] = None

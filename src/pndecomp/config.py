@@ -353,13 +353,14 @@ def with_predictor(config: Mapping, name: str) -> dict:
 
 
 def training_budgets(config: Mapping) -> dict[str, int]:
-    """{predictor: its train.steps} when the predictors differ in training (a budget study: entries with a
-    ``train:`` override), else {}."""
-    names = predictor_names(config)
-    steps = {name: with_predictor(config, name)["train"]["steps"] for name in names}
-    overridden = isinstance(config.get("predictors"), Mapping) and any(
-        isinstance(entry, Mapping) and entry.get("train") for entry in config["predictors"].values())
-    return steps if overridden and len(names) > 1 else {}
+    """{predictor: its train.steps} of the entries with a ``train:`` override when there are at least two (a
+    budget study), else {}. Other entries (a closed-form reference such as ridge_ar4) are no budget."""
+    predictors = config.get("predictors")
+    if not isinstance(predictors, Mapping):
+        return {}
+    budgets = {name: with_predictor(config, name)["train"]["steps"] for name, entry in predictors.items()
+               if isinstance(entry, Mapping) and entry.get("train")}
+    return budgets if len(budgets) > 1 else {}
 
 
 def relative_depths(config: Mapping) -> dict[str, float]:

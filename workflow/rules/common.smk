@@ -35,7 +35,9 @@ MAIN_PREDICTOR = PREDICTORS[0]
 TASKS = config["probes"]["tasks"]
 # Base tasks carry the claims scorecard's probe claims (their control tasks give selectivity in the base table).
 CLAIM_TASKS = [task for task in TASKS if pntasks.get(task).control is None]
-# The probe gaps a budget study follows (pndecomp.compare.BUDGET_GAPS), where configured.
+# A budget study's entries ({predictor: train.steps}; {} otherwise) and the probe gaps it follows
+# (pndecomp.compare.BUDGET_GAPS), where configured.
+BUDGETS = pnconfig.training_budgets(config)
 BUDGET_TASKS = [task for task in ("domain", "next_token_type_8") if task in TASKS]
 # Where one predictor's outputs live ({predictor} and {layer} stay wildcards).
 PREDICTOR_DIR = f"{OUT}/predictors/{{predictor}}/layer-{{layer}}"
@@ -223,7 +225,7 @@ def all_targets():
     targets.extend(f"{OUT}/figures/{kind}.{ext}" for kind in interventions_of() for ext in ("png", "pdf"))
     if len(PREDICTORS) > 1:
         targets += [f"{OUT}/metrics/predictor_comparison.tsv", f"{OUT}/figures/predictor_comparison.png"]
-    if pnconfig.training_budgets(config):
+    if BUDGETS:
         targets += [f"{OUT}/metrics/budget_comparison.tsv", f"{OUT}/figures/budget_comparison.png"]
     return targets
 

@@ -51,14 +51,16 @@ rule draw_predictor_comparison:
         "../scripts/draw_predictor_comparison.py"
 
 
-# A budget study (predictors that differ in train.steps): every metric against the budget.
+# A budget study (predictor entries that override train.steps): every metric against the budget.
 rule budget_comparison:
     input:
-        summaries=expand(f"{METRICS}/layer_summary.tsv", predictor=PREDICTORS),
-        curves=expand(f"{PREDICTOR_DIR}/curve.parquet", predictor=PREDICTORS, layer=LAYERS),
-        differences=expand(f"{PROBES}/{{task}}_differences.tsv", predictor=PREDICTORS, task=BUDGET_TASKS),
+        summaries=expand(f"{METRICS}/layer_summary.tsv", predictor=list(BUDGETS)),
+        curves=expand(f"{PREDICTOR_DIR}/curve.parquet", predictor=list(BUDGETS), layer=LAYERS),
+        differences=expand(f"{PROBES}/{{task}}_differences.tsv", predictor=list(BUDGETS), task=BUDGET_TASKS),
         patching=(
-            expand(f"{INTERVENTIONS}/patching.tsv", predictor=PREDICTORS) if config["interventions"]["enabled"] else []
+            expand(f"{INTERVENTIONS}/patching.tsv", predictor=list(BUDGETS))
+            if config["interventions"]["enabled"]
+            else []
         ),
         train_windows=rules.make_windows.output.predictor_train,
     output:
@@ -74,8 +76,8 @@ rule budget_comparison:
     conda:
         "../../envs/pndecomp.yaml"
     params:
-        budgets=pnconfig.training_budgets(config),
-        kinds={name: pnconfig.with_predictor(config, name)["predictor"]["kind"] for name in PREDICTORS},
+        budgets=BUDGETS,
+        kinds={name: pnconfig.with_predictor(config, name)["predictor"]["kind"] for name in BUDGETS},
         layers=LAYERS,
         tasks=BUDGET_TASKS,
         # patterns, not paths: a function keeps Snakemake from filling their fields as wildcards
