@@ -203,17 +203,22 @@ def test_predictor_change_reruns_training_and_downstream_not_extraction(tiny_run
 
 
 def test_added_predictor_runs_only_its_own_jobs(tiny_run):
-    """A second predictor in `predictors:` adds its own jobs (and the comparison); nothing of the first reruns."""
+    """A second predictor in `predictors:` adds its own jobs, the comparison and the claims card (which reads every
+    predictor's tables); nothing of the first reruns."""
     workdir, _ = tiny_run
     changed = changed_copy(workdir, "metrics:", "predictors: {attn1: null, wide: {kind: attn1, d_head: 16}}\nmetrics:")
     jobs = [job for job in planned_jobs(snakemake(changed, "-n")) if job["rule"] != "all"]
     assert {job["rule"] for job in jobs} == {
         "train_predictor", "decompose_eval", "layer_scores", "layer_summary", "probe_features", "fit_probe",
         "probe_table", "patch_layer", "steer_layer", "intervention_table", "predictor_comparison",
-        "draw_predictor_comparison", "resolved_config"}
+        "draw_predictor_comparison", "per_position_metrics", "claims", "resolved_config"}
     for job in jobs:
         if job["rule"] == "resolved_config":  # the record of the changed config is rewritten
             assert job["reason"].startswith("Params have changed"), job
+            continue
+        if job["rule"] == "claims":  # the experiment's one card gains the new predictor's rows
+            assert job["output"].endswith("results/tiny/claims.tsv"), job
+            assert not job["reason"].startswith("Missing output files"), job
             continue
         assert "/wide/" in job["output"] or "predictor_comparison" in job["output"], job
         assert job["reason"].startswith("Missing output files"), job
