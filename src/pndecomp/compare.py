@@ -112,14 +112,15 @@ def pooled_delta_ce(patching: pd.DataFrame) -> pd.DataFrame:
 
 def budget_comparison(runs: Mapping[str, Mapping], train_windows: int) -> pd.DataFrame:
     """Long rows for a budget study: per (predictor entry, layer) its training (``steps``: the budget, the
-    cap; ``last_step``, ``kept_step``, ``passes`` over the ``train_windows`` training windows, the train loss
-    and val MSE at the kept evaluation) and per metric its value with the 95 % interval: eval R² on all rows
-    and without outliers, the best baseline's R² under both (kind ``baseline``, for the figure's reference
-    lines), the probe gaps of :data:`BUDGET_GAPS` and, with interventions, the ΔCE of the ``hhat`` and
-    ``mean`` patches.
+    cap; ``last_step``, ``kept_step``, ``passes`` over the ``train_windows`` training windows: windows drawn,
+    ``last_step`` x the entry's ``batch_size``, over the pool, since the curve's ``windows_seen`` counts
+    distinct windows and stops at the pool; the train loss and val MSE at the kept evaluation) and per metric
+    its value with the 95 % interval: eval R² on all rows and without outliers, the best baseline's R² under
+    both (kind ``baseline``, for the figure's reference lines), the probe gaps of :data:`BUDGET_GAPS` and,
+    with interventions, the ΔCE of the ``hhat`` and ``mean`` patches.
 
-    ``runs``: entry name -> {kind, steps, summary (layer_summary.tsv), curves ({layer: curve.parquet}),
-    differences ({task: <task>_differences.tsv}), patching (patching.tsv or None)}.
+    ``runs``: entry name -> {kind, steps, batch_size, summary (layer_summary.tsv), curves ({layer:
+    curve.parquet}), differences ({task: <task>_differences.tsv}), patching (patching.tsv or None)}.
     """
     rows = []
     for name, run in runs.items():
@@ -130,9 +131,10 @@ def budget_comparison(runs: Mapping[str, Mapping], train_windows: int) -> pd.Dat
         for layer, curve_path in run["curves"].items():
             curve = pd.read_parquet(curve_path)
             kept = curve[curve["kept"]].iloc[0]  # the evaluation whose weights were kept (train.CURVE_COLUMNS)
+            last_step = int(curve["step"].max())
             training = {"predictor": name, "kind": run["kind"], "steps": run["steps"], "layer": layer,
-                        "last_step": int(curve["step"].max()), "kept_step": int(kept["step"]),
-                        "passes": float(curve["windows_seen"].max()) / train_windows,
+                        "last_step": last_step, "kept_step": int(kept["step"]),
+                        "passes": last_step * run["batch_size"] / train_windows,
                         "kept_train_loss": float(kept["train_loss"]), "kept_val_mse": float(kept["val_mse"])}
             row = summary.loc[layer]
             for metric, prefix in (("eval R²", ""), ("eval R², no outliers", "no_outliers_")):
@@ -159,9 +161,9 @@ def budget_comparison(runs: Mapping[str, Mapping], train_windows: int) -> pd.Dat
                   "kept_step", "passes", "kept_train_loss", "kept_val_mse"]]
 
 
-def write_budget_comparison(budgets: Mapping[str, int], kinds: Mapping[str, str], layers, tasks,
-                            patterns: Mapping[str, str], interventions: bool, train_windows_path: str,
-                            out_path: str) -> None:
+def write_budget_comparison(budgets: Mapping[str, int], kinds: Mapping[str, str], batch_sizes: Mapping[str, int],
+                            layers, tasks, patterns: Mapping[str, str], interventions: bool,
+                            train_windows_path: str, out_path: str) -> None:
     """The budget_comparison rule: every predictor entry's tables, found by ``patterns`` (fields
     ``{predictor}``, ``{layer}``, ``{task}``), compared by :func:`budget_comparison` over the training
     windows the predictors drew from (the rows of ``train_windows_path``)."""
@@ -170,7 +172,7 @@ def write_budget_comparison(budgets: Mapping[str, int], kinds: Mapping[str, str]
     runs = {}
     for name, steps in budgets.items():
         paths = {kind: pattern.replace("{predictor}", name) for kind, pattern in patterns.items()}
-        runs[name] = {"kind": kinds[name], "steps": steps, "summary": paths["summary"],
+        runs[name] = {"kind": kinds[name], "steps": steps, "batch_size": batch_sizes[name], "summary": paths["summary"],
                       "curves": {str(layer): paths["curve"].format(layer=layer) for layer in layers},
                       "differences": {task: paths["differences"].format(task=task) for task in tasks},
                       "patching": paths["patching"] if interventions else None}

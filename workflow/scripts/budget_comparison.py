@@ -3,5 +3,5 @@ from pndecomp.script import setup
 
 setup(snakemake)
 params = snakemake.params
-write_budget_comparison(params.budgets, params.kinds, params.layers, params.tasks, params.patterns,
+write_budget_comparison(params.budgets, params.kinds, params.batch_sizes, params.layers, params.tasks, params.patterns,
                         params.interventions, snakemake.input.train_windows, snakemake.output[0])
