@@ -110,6 +110,11 @@ def pooled_delta_ce(patching: pd.DataFrame) -> pd.DataFrame:
     return pooled.set_index([pooled["layer"].astype(str), "kind"])[["mean", "low", "high", "n_documents"]]
 
 
+def patch_metric(kind: str) -> str:
+    """The budget table's name of a patch kind's pooled ΔCE."""
+    return f"ΔCE, {kind} patch"
+
+
 def budget_comparison(runs: Mapping[str, Mapping], train_windows: int) -> pd.DataFrame:
     """Long rows for a budget study: per (predictor entry, layer) its training (``steps``: the budget, the
     cap; ``last_step``, ``kept_step``, ``passes`` over the ``train_windows`` training windows: windows drawn,
@@ -152,7 +157,7 @@ def budget_comparison(runs: Mapping[str, Mapping], train_windows: int) -> pd.Dat
             for kind in ("hhat", "mean"):
                 if patches is not None and (layer, kind) in patches.index:
                     patch = patches.loc[(layer, kind)]
-                    rows.append({**training, "metric": f"ΔCE, {kind} patch", "value": patch["mean"],
+                    rows.append({**training, "metric": patch_metric(kind), "value": patch["mean"],
                                  "lo": patch["low"], "hi": patch["high"]})
     table = pd.DataFrame(rows)
     if "baseline" not in table:

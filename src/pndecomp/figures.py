@@ -10,13 +10,14 @@ import matplotlib
 matplotlib.use("Agg")  # headless: figures are files, never windows
 
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker as mticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from . import tasks  # noqa: E402
-from .compare import summary_models  # noqa: E402
+from .compare import patch_metric, summary_models  # noqa: E402
 from .representations import REPRESENTATIONS  # noqa: E402
 from .storage import atomic_path  # noqa: E402
 
@@ -280,31 +281,45 @@ def model_comparison(table: pd.DataFrame, png, pdf, dpi: int = 150) -> None:
 
 
 def budget_comparison(table: pd.DataFrame, png, pdf, dpi: int = 150) -> None:
-    """A budget study: each metric against the training budget (steps, log axis), one line per (predictor
-    kind, layer) with 95 % intervals as bars; on the R² panels the layer's best baseline as a dotted line."""
-    predictors = table[table["kind"] != "baseline"]
+    """A budget study: each metric against the training budget (steps, log axis, ticks at the budgets), one
+    line per (predictor kind, layer) with 95 % intervals as bars; the references dotted, per layer: the best
+    baseline on the R² panels, the ``mean`` patch (which no predictor changes) on the ``hhat`` patch's."""
+    mean_patch, hhat_patch = patch_metric("mean"), patch_metric("hhat")
+    predictors = table[(table["kind"] != "baseline") & (table["metric"] != mean_patch)]
     metrics = list(dict.fromkeys(predictors["metric"]))
     layers = list(dict.fromkeys(predictors["layer"]))
     colors = dict(zip(layers, sns.color_palette(n_colors=len(layers)), strict=True))
     styles = dict(zip(dict.fromkeys(predictors["kind"]), ["-", "--", "-.", ":"] * 4, strict=False))
+    budgets = sorted(set(predictors["steps"]))
     sns.set_theme(style="whitegrid")
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
-    for ax, metric in zip(axes[0], metrics, strict=True):
+    ncols = min(3, len(metrics))
+    nrows = -(-len(metrics) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols + 2.4, 3.6 * nrows), squeeze=False,
+                             layout="constrained")
+    for ax in axes.flat[len(metrics):]:
+        ax.set_visible(False)
+    references = {metric: table[(table["kind"] == "baseline") & (table["metric"] == metric)] for metric in metrics}
+    if hhat_patch in references:
+        references[hhat_patch] = table[table["metric"] == mean_patch].assign(baseline="mean patch")
+    handles = {}
+    for ax, metric in zip(axes.flat, metrics, strict=False):
         rows = predictors[predictors["metric"] == metric]
         for (kind, layer), line in rows.groupby(["kind", "layer"], sort=False):
             line = line.sort_values("steps")
-            ax.plot(line["steps"], line["value"], marker="o", markersize=4, color=colors[layer],
-                    linestyle=styles[kind], label=f"{kind}, layer {layer}")
+            handles[f"{kind}, layer {layer}"] = ax.plot(
+                line["steps"], line["value"], marker="o", markersize=4, color=colors[layer],
+                linestyle=styles[kind])[0]
             ax.vlines(line["steps"], line["lo"], line["hi"], color=colors[layer], linewidth=1)
-        baselines = table[(table["kind"] == "baseline") & (table["metric"] == metric)]
-        for layer, rows_of_layer in baselines.groupby("layer", sort=False):
+        for layer, rows_of_layer in references[metric].groupby("layer", sort=False):
             first = rows_of_layer.iloc[0]
-            ax.axhline(first["value"], color=colors[layer], linestyle=":", linewidth=1,
-                       label=f"{first['baseline']}, layer {layer}")
+            handles[f"{first['baseline']}, layer {layer}"] = ax.axhline(
+                first["value"], color=colors[layer], linestyle=":", linewidth=1.2)
         ax.axhline(0.0, color="grey", linewidth=0.8)
         ax.set_xscale("log")
+        ax.set_xticks(budgets, [f"{steps:,}" for steps in budgets])
+        ax.xaxis.set_minor_locator(mticker.NullLocator())
         ax.set(xlabel="training steps (budget)", title=metric)
-    axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.legend(handles.values(), handles.keys(), loc="outside right upper", frameon=False)
     _save(fig, png, pdf, dpi)
 
 
