@@ -111,6 +111,17 @@ def test_scorecard_verdicts_on_known_tables():
     assert (row["value"], row["lo"], row["hi"], row["n_documents"]) == (0.2, 0.1, 0.3, 30)
 
 
+def test_a_closed_form_predictor_is_not_compared_with_itself():
+    """ridge_ar4 as the predictor, where the best baseline is ridge_ar4 too: the difference is 0 by construction
+    (or rounding), so the claim is not run, with the reason; at another baseline it is measured as usual."""
+    run = _run(kind="ridge_ar4")
+    run.summary.loc[run.summary["layer"] == "7", ["best_baseline", "no_outliers_best_baseline"]] = "ridge_ar4"
+    card = claims.scorecard([run])
+    assert _verdicts(card, "beats_best_baseline") == {"0": "contradicted", "7": "not run", "15": "holds"}
+    reasons = card.loc[(card["verdict"] == "not run") & card["claim"].str.startswith("beats_best"), "reason"]
+    assert len(reasons) == 2 and all("is the best baseline, ridge_ar4" in reason for reason in reasons)
+
+
 def test_r_minus_hhat_is_read_from_a_stored_hhat_minus_r():
     differences = pd.DataFrame({"layer": ["0"], "task": "next_token_type_8", "representation_a": ["hhat"],
                                 "representation_b": ["r"], "difference": [-0.2], "difference_lo": [-0.3],

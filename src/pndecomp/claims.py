@@ -93,6 +93,7 @@ class RunTables:
     differences: Mapping[str, pd.DataFrame] = field(default_factory=dict)
     patching: pd.DataFrame | None = None
     missing: Mapping[str, str] = field(default_factory=dict)  # input -> why the run has none ("patching")
+    kind: str = ""  # the predictor's registry kind: a closed-form kind can be one of the baselines
 
     def summary_row(self, layer: str) -> pd.Series:
         return self.summary.set_index(self.summary["layer"].astype(str)).loc[layer]
@@ -169,8 +170,8 @@ def _per_layer(column: Callable[[RunTables, str], tuple[float, float, float] | N
         rows = []
         for layer in layers:
             found = column(run, layer)
-            if found is None:
-                rows += _not_run(f"no value at layer {layer}", layer)
+            if found is None or isinstance(found, str):  # a column may say why it has no value
+                rows += _not_run(found or f"no value at layer {layer}", layer)
                 continue
             value, lo, hi, n = found
             rows.append(_measured(layer, value, lo, hi, comparison, regions, n))
@@ -202,8 +203,11 @@ def _mean_rho(run: RunTables, layer: str):
 def _best_baseline(mask: str = ""):
     def column(run: RunTables, layer: str):
         row = run.summary_row(layer)
-        if pd.isna(row.get(f"{mask}best_baseline")):
+        best = row.get(f"{mask}best_baseline")
+        if pd.isna(best):
             return None
+        if best == run.kind:
+            return f"the predictor is the best baseline, {best}: the difference is 0 by construction"
         name = f"{mask}r2_minus_best"
         return float(row[name]), float(row[f"{name}_lo"]), float(row[f"{name}_hi"]), int(row["n_documents"])
     return column
@@ -329,7 +333,7 @@ def scorecard(runs: Sequence[RunTables]) -> pd.DataFrame:
 
 def read_run(predictor: str, layers: Sequence[str], summary_path: str, per_position_paths: Mapping[str, str],
              probe_paths: Mapping[str, str], difference_paths: Mapping[str, str], patching_path: str | None,
-             missing: Mapping[str, str] | None = None) -> RunTables:
+             missing: Mapping[str, str] | None = None, kind: str = "") -> RunTables:
     """One predictor's :class:`RunTables` from the files the workflow wrote."""
     read = lambda path: pd.read_csv(path, sep="\t", dtype={"layer": str})  # noqa: E731
     return RunTables(
@@ -337,25 +341,26 @@ def read_run(predictor: str, layers: Sequence[str], summary_path: str, per_posit
         {layer: storage.parquet_metadata(path).get("trends", {}) for layer, path in per_position_paths.items()},
         {task: read(path) for task, path in probe_paths.items()},
         {task: read(path) for task, path in difference_paths.items()},
-        read(patching_path) if patching_path else None, dict(missing or {}))
+        read(patching_path) if patching_path else None, dict(missing or {}), kind)
 
 
-def write_scorecard(predictors: Sequence[str], layers: Sequence[str], tasks: Sequence[str],
+def write_scorecard(predictors: Mapping[str, str], layers: Sequence[str], tasks: Sequence[str],
                     patterns: Mapping[str, str], missing: Mapping[str, str], out_path: str) -> None:
-    """The claims rule: every predictor's tables, found by ``patterns`` (``summary``, ``per_position``,
-    ``probes``, ``differences`` and, with interventions, ``patching``; fields ``{predictor}``, ``{layer}``,
-    ``{task}``), scored into ``out_path``."""
+    """The claims rule: every predictor's tables (``predictors``: entry name -> kind), found by ``patterns``
+    (``summary``, ``per_position``, ``probes``, ``differences`` and, with interventions, ``patching``;
+    fields ``{predictor}``, ``{layer}``, ``{task}``), scored into ``out_path``."""
     from .results import layer_key
 
     layers = sorted(map(str, layers), key=layer_key)
     runs = []
-    for predictor in predictors:
+    for predictor, predictor_kind in predictors.items():
         paths = {kind: pattern.replace("{predictor}", predictor) for kind, pattern in patterns.items()}
         runs.append(read_run(
             predictor, layers, paths["summary"],
             {layer: paths["per_position"].format(layer=layer) for layer in layers},
             {task: paths["probes"].format(task=task) for task in tasks},
-            {task: paths["differences"].format(task=task) for task in tasks}, paths.get("patching"), missing))
+            {task: paths["differences"].format(task=task) for task in tasks}, paths.get("patching"), missing,
+            predictor_kind))
     storage.write_tsv(scorecard(runs), out_path)
 
 
