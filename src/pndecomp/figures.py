@@ -345,7 +345,8 @@ def patching_effects(table: pd.DataFrame, png, pdf, dpi: int = 150) -> None:
             _interval_lines(ax, x, rows, kind, (index - (len(kinds) - 1) / 2) * 0.06)
         ax.axhline(0.0, color="grey", linewidth=0.8)
         ax.set_xticks(x, layers)
-        ax.set(xlabel="patched layer", ylabel=label, yscale="symlog" if metric == "kl" else "linear")
+        # Linear, like ΔCE: the patches' KLs are nats of the same size.
+        ax.set(xlabel="patched layer", ylabel=label)
     n = int(pooled["n_windows"].iloc[0]) if len(pooled) else 0
     fig.suptitle(f"Patching block ℓ's output from the first patched position on ({n} eval windows)", y=1.02)
     axes[-1].legend(title="patch", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
