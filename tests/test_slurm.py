@@ -3,11 +3,11 @@
 Start the cluster first (root): ``bash tests/slurm/start_cluster.sh``; stop it with
 ``bash tests/slurm/stop_cluster.sh``. Without a reachable slurmctld the cluster test is skipped.
 
-The cluster test runs the tiny workflow twice at once, on SLURM and locally (``--cores 2``), and
-checks that every non-local job became exactly one SLURM job, that the GPU stages asked SLURM for
-a GPU, and that both runs wrote the same numbers. The SLURM run spends much of its time waiting
-for status checks; the local run, at the lowest CPU priority, uses that time instead of running
-after it.
+The cluster test runs the tiny workflow on SLURM beside the session's local tiny run (``--cores 2``,
+the ``tiny_run`` that test_workflow then reads), and checks that every non-local job became exactly
+one SLURM job, that the GPU stages asked SLURM for a GPU, and that both runs wrote the same numbers.
+The SLURM run spends much of its time waiting for status checks; the local run, at the lowest CPU
+priority, uses that time instead of running after it.
 
 The fault test trains one layer's predictor on SLURM, cancels the job with ``scancel`` once it has
 written a checkpoint, and checks that the profile's ``retries`` resubmitted it, that the retry
@@ -32,14 +32,13 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from snakemake_log import job_stats
-from tiny import write_config
+from snakemake_log import NICE, RUN_TIMEOUT_S, job_stats
+from tiny import TINY_RUN_TASKS, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_PROFILE = REPO / "tests" / "slurm" / "profile"
 CLUSTER_PROFILE = REPO / "profiles" / "slurm"
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
-NICE = ["nice", "-n", "19"] if shutil.which("nice") else []
 
 # Declared `localrules` in workflow/rules/common.smk and models.smk (resolved_config: `localrule: True` in
 # config.smk): they run in the Snakemake process.
@@ -58,7 +57,6 @@ GPU_RULES = {"extract_train_activations", "extract_val_activations",
 # What both runs must agree on.
 METRIC_FILES = ["metrics/attn1/layer_summary.tsv", "probes/attn1/*.tsv", "metrics/attn1/per_position/*.parquet",
                 "predictors/attn1/layer-*/curve.parquet"]
-RUN_TIMEOUT_S = 1800
 # The fault test: one layer, trained long enough (a few seconds) that a job cancelled at its first
 # checkpoint is cancelled mid-run.
 FAULT_LAYER_DIR = Path("results/tiny/predictors/attn1/layer-2")
@@ -215,36 +213,33 @@ def test_slurm_profiles_cover_every_submitted_rule_alike():
 
 @pytest.mark.slow
 @pytest.mark.slurm
-def test_tiny_workflow_on_slurm_equals_local_run(slurm_cluster, tiny_model_dir, tiny_corpus, tmp_path, capsys):
-    runs = {}
-    for name in ("slurm", "local"):
-        runs[name] = tmp_path / name
-        runs[name].mkdir()
-        write_config(runs[name] / "config.yaml", tiny_model_dir, tiny_corpus)
-    commands = {
-        # The documented command; --retries 0: a failing job should fail the test at once, not thrice.
-        "slurm": [*SNAKEMAKE, "--directory", str(runs["slurm"]), "--profile", str(TEST_PROFILE), "--retries", "0"],
-        # At the lowest CPU priority: it then runs on what the SLURM run leaves idle while it waits for
-        # status checks, and does not slow the SLURM jobs down.
-        "local": [*NICE, *SNAKEMAKE, "--directory", str(runs["local"]), "--cores", "2"],
-    }
+def test_tiny_workflow_on_slurm_equals_local_run(slurm_cluster, tiny_run_started, tiny_model_dir, tiny_corpus,
+                                                 tmp_path, capsys):
+    """The documented SLURM command runs the tiny workflow with every non-local job as one SLURM job, and
+    its tables equal those of the same config run locally (the session's tiny run, ``--cores 2``, started
+    before and running beside it at the lowest CPU priority)."""
+    run = tmp_path / "slurm"
+    run.mkdir()
+    write_config(run / "config.yaml", tiny_model_dir, tiny_corpus, **{"probes.tasks": TINY_RUN_TASKS})
+    # --retries 0: a failing job should fail the test at once, not thrice.
+    commands = {"slurm": [*SNAKEMAKE, "--directory", str(run), "--profile", str(TEST_PROFILE), "--retries", "0"]}
     timings, rcs = {}, {}
     for thread in start_logged(commands, tmp_path, timings, rcs):
         thread.join()
-    logs = {name: (tmp_path / f"{name}.log").read_text() for name in runs}
-    submitted = slurm_submissions(logs["slurm"])
+    local_run, _ = tiny_run_started.wait()
+    log = (tmp_path / "slurm.log").read_text()
+    submitted = slurm_submissions(log)
     n_slurm_jobs = sum(len(ids) for ids in submitted.values())
     with capsys.disabled():
-        print(f"\n[test_slurm] SLURM run: {n_slurm_jobs} SLURM jobs, {timings['slurm']:.0f} s wall; "
-              f"local run (--cores 2, at the same time): {timings['local']:.0f} s wall")
+        print(f"\n[test_slurm] SLURM run: {n_slurm_jobs} SLURM jobs, {timings['slurm']:.0f} s wall "
+              "(the session's local tiny run beside it)")
 
-    # 1. both runs succeed
-    for name in runs:
-        assert rcs[name] == 0, f"{name} run failed (rc {rcs[name]}):\n{logs[name][-6000:]}"
+    # 1. the run succeeds
+    assert rcs["slurm"] == 0, f"SLURM run failed (rc {rcs['slurm']}):\n{log[-6000:]}"
 
     # 2. every non-local job ran as exactly one SLURM job, no local job did
-    stats = job_stats(logs["slurm"])
-    jobs = executed_jobs(logs["slurm"])
+    stats = job_stats(log)
+    jobs = executed_jobs(log)
     assert collections.Counter(rule for rule, _ in jobs.values()) == stats
     assert {rule for rule, local in jobs.values() if local} == LOCAL_RULES - STUDY_RULES  # one predictor, one model
     assert not {rule for rule, local in jobs.values() if not local} & LOCAL_RULES
@@ -257,7 +252,7 @@ def test_tiny_workflow_on_slurm_equals_local_run(slurm_cluster, tiny_model_dir, 
     assert n_slurm_jobs == sum(count for rule, count in stats.items() if rule not in LOCAL_RULES)
 
     # ... and SLURM agrees: the run's jobs (all named by its run id) are exactly those, all completed.
-    run_id = re.search(r"^SLURM run ID: (\S+)", logs["slurm"], re.MULTILINE).group(1)
+    run_id = re.search(r"^SLURM run ID: (\S+)", log, re.MULTILINE).group(1)
     listed = subprocess.run(["squeue", "-h", "-t", "all", "-n", run_id, "-o", "%i"],
                             capture_output=True, text=True, timeout=30).stdout.split()
     slurm_ids = {slurm_id for ids in submitted.values() for slurm_id in ids}
@@ -281,10 +276,10 @@ def test_tiny_workflow_on_slurm_equals_local_run(slurm_cluster, tiny_model_dir, 
     assert submitted_rules >= GPU_RULES - {"train_predictors_joint", "extract_probe_activations"}
 
     # 4. the same numbers as the local run
-    outs = {name: runs[name] / "results" / "tiny" for name in runs}
+    outs = {"slurm": run / "results" / "tiny", "local": local_run / "results" / "tiny"}
     files = metric_files(outs["local"])
-    # summary, 2 tasks x (probe table, differences), 3 layers x (per-position, curve)
-    assert len(files) == 1 + 2 * 2 + 3 + 3, files
+    # summary, 4 tasks x (probe table, differences), 3 layers x (per-position, curve)
+    assert len(files) == 1 + len(TINY_RUN_TASKS) * 2 + 3 + 3, files
     assert metric_files(outs["slurm"]) == files
     for name in files:
         pd.testing.assert_frame_equal(read_table(outs["slurm"] / name), read_table(outs["local"] / name),

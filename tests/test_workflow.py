@@ -11,37 +11,15 @@ import pandas as pd
 import pytest
 import yaml
 from safetensors import safe_open
-from snakemake_log import job_stats, planned_jobs
-from tiny import write_config
+from snakemake_log import job_stats, planned_jobs, snakemake
 
 from pndecomp import storage
 from pndecomp.results import ResultsError, load
 
 REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--cores", "2"]
 FIGURES = [f"fig{i}.{ext}" for i in range(1, 7) for ext in ("png", "pdf")]
 
 pytestmark = pytest.mark.slow
-
-
-def snakemake(workdir: Path, *args: str, package_root: Path | None = None) -> str:
-    """Snakemake in workdir; with package_root, pndecomp is imported from there (Snakemake and its jobs)."""
-    env = dict(os.environ)
-    if package_root is not None:
-        env["PYTHONPATH"] = os.pathsep.join([str(package_root), *filter(None, [env.get("PYTHONPATH")])])
-    result = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), *args], capture_output=True, text=True, env=env)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout + result.stderr
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, tiny_model_dir, tiny_corpus):
-    workdir = tmp_path_factory.mktemp("workflow")
-    # The paper's tasks and their control tasks (caps inherited from the base tasks').
-    write_config(workdir / "config.yaml", tiny_model_dir, tiny_corpus,
-                 **{"probes.tasks": ["domain", "next_token_type_8", "domain_control", "next_token_type_8_control"]})
-    log = snakemake(workdir)
-    return workdir, log
 
 
 def test_full_run_makes_every_figure_and_table(tiny_run):

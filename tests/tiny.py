@@ -54,6 +54,10 @@ def write_model(directory: Path, corpus: Path, n_layers: int = 4, d_model: int =
     return directory
 
 
+# The paper's tasks and their control tasks (caps inherited from the base tasks'): the tiny_run fixture's.
+TINY_RUN_TASKS = ["domain", "next_token_type_8", "domain_control", "next_token_type_8_control"]
+
+
 def write_config(path: Path, model_dir: Path, corpus: Path, **overrides) -> Path:
     """A complete tiny experiment: every stage runs in seconds on a CPU."""
     config = {
