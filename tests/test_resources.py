@@ -223,3 +223,29 @@ def test_training_requests_cover_the_largest_budget(paper_config):
                                         "attn1_long": {"kind": "attn1", "train": {"steps": 10_000}}}}
     assert resources.sizes(budgets, PYTHIA_410M, PYTHIA_EXTRAS).steps == 10_000
     assert resources.estimates(budgets, PYTHIA_410M, PYTHIA_EXTRAS)["train_predictor"].request().runtime > alone.runtime
+    # ... and each entry's own jobs ask for its own budget
+    short, long = (resources.requests(budgets, PYTHIA_410M, predictor=name)["train_predictor"]
+                   for name in ("attn1_short", "attn1_long"))
+    assert resources.sizes(budgets, PYTHIA_410M, PYTHIA_EXTRAS, "attn1_short").steps == 1000
+    assert short.runtime < long.runtime
+
+
+def test_each_predictor_s_jobs_ask_for_that_predictor(paper_config):
+    """A predictor study: attn2's jobs ask for attn2's memory and time (its parameters are counted from its
+    own module), attn1's for attn1's; the rules that do not run a predictor ask the same for every one."""
+    config = {**paper_config, "train": {**paper_config["train"], "data": "cache", "joint_layers": False},
+              "predictors": {"attn1": {"kind": "attn1"}, "attn2": {"kind": "attn2"}}}
+    found = {name: resources.estimates(config, PYTHIA_410M, PYTHIA_EXTRAS, name) for name in ("attn1", "attn2")}
+    built = {name: predictor.parameter_count(predictor.build_predictor(
+        cfg.predictor_config(cfg.with_predictor(config, name), PYTHIA_410M))) for name in found}
+    assert built["attn2"] > built["attn1"]
+    for name in found:
+        assert resources.sizes(config, PYTHIA_410M, PYTHIA_EXTRAS, name).predictor_params == built[name]
+    for rule in resources.STAGES:
+        small, large = found["attn1"][rule], found["attn2"][rule]
+        if rule in resources.PREDICTOR_RULES:  # more memory or more time, less of neither
+            totals = [(sum(e.memory.values()), sum(e.seconds.values())) for e in (small, large)]
+            assert totals[0] != totals[1] and all(a <= b for a, b in zip(*totals)), (rule, totals)
+        else:
+            assert small == large, rule
+    assert found["attn2"]["train_predictor"].request().mem_mb > found["attn1"]["train_predictor"].request().mem_mb

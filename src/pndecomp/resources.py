@@ -497,6 +497,12 @@ STAGES: dict[str, Callable[[Sizes], Estimate]] = {
         decompose_eval, probe_features, fit_probe, layer_scores, per_position_metrics, patch_layer, steer_layer)}
 
 
+#: The rules whose jobs run one predictor (a ``{predictor}`` wildcard) and whose estimate depends on it: each
+#: job asks for its own predictor's memory and time (attn2's for attn2's jobs), not the ``predictor`` section's.
+PREDICTOR_RULES = frozenset({"train_predictor", "train_predictors_joint", "decompose_eval", "probe_features",
+                             "patch_layer"})
+
+
 # ---------------------------------------------------------------- from the config
 
 def probe_windows(config: Mapping) -> tuple[int, int]:
@@ -569,11 +575,19 @@ def predictor_sizes(config: Mapping, shape: lm.ModelShape) -> dict[str, int]:
             "predictor_fit_lags": int(settings.k) if closed_form else 0}
 
 
-def sizes(config: Mapping, shape: lm.ModelShape, extras: Mapping[str, int] | None = None) -> Sizes:
+def sizes(config: Mapping, shape: lm.ModelShape, extras: Mapping[str, int] | None = None,
+          predictor: str | None = None) -> Sizes:
     """:class:`Sizes` of a validated config (schema defaults filled in) for a model of ``shape``;
     ``extras``: :func:`model_extras` (an unknown vocabulary counts :data:`ASSUMED_VOCAB`, an unknown FFN
-    width 4 × d_model)."""
+    width 4 × d_model). With ``predictor`` (a name of the config's ``predictors``), the predictor's and
+    training's sizes are that entry's (its kind, settings and ``train`` override); without, the
+    ``predictor`` section's, and the largest training budget of all entries."""
     extras = extras or {}
+    if predictor is not None:
+        config = cfg.with_predictor(config, predictor)
+        steps = config["train"]["steps"]
+    else:
+        steps = max(cfg.with_predictor(config, name)["train"]["steps"] for name in cfg.predictor_names(config))
     windows, section, interventions = config["windows"], config["train"], config["interventions"]
     probe, probe_task = probe_windows(config)
     corpus = config["corpus"]
@@ -591,8 +605,7 @@ def sizes(config: Mapping, shape: lm.ModelShape, extras: Mapping[str, int] | Non
                  "probe": probe, "probe_task": probe_task},
         length=windows["length"], extraction_batch=config["extraction"]["batch_size"],
         train_batch=section["batch_size"], eval_windows=section["eval_windows"],
-        # one request per rule: every predictor's training job asks for the largest budget's time
-        steps=max(cfg.with_predictor(config, name)["train"]["steps"] for name in cfg.predictor_names(config)),
+        steps=steps,
         eval_every=section["eval_every"], stream=section["data"] == "stream", n_layers=len(config["layers"]),
         storage_bytes=4 if config["extraction"]["dtype"] == "float32" else 2,
         model_bytes=2 if model_dtype in ("bfloat16", "float16") else 4, device_is_cpu=config["device"] == "cpu",
@@ -611,14 +624,19 @@ def sizes(config: Mapping, shape: lm.ModelShape, extras: Mapping[str, int] | Non
         steering_alphas=sum(alpha != 0 for alpha in interventions["alphas"]))
 
 
-def estimates(config: Mapping, shape: lm.ModelShape, extras: Mapping[str, int] | None = None) -> dict[str, Estimate]:
-    s = sizes(config, shape, extras)
+def estimates(config: Mapping, shape: lm.ModelShape, extras: Mapping[str, int] | None = None,
+              predictor: str | None = None) -> dict[str, Estimate]:
+    """{rule: Estimate} of every rule in :data:`STAGES`; with ``predictor``, the :data:`PREDICTOR_RULES`'
+    are that predictor's (:func:`sizes`)."""
+    s = sizes(config, shape, extras, predictor)
     return {rule: stage(s) for rule, stage in STAGES.items()}
 
 
-def requests(config: Mapping, shape: lm.ModelShape, materialized_dir: str | None = None) -> dict[str, Request]:
-    """{rule: Request} for every rule that runs as a job, from the config's sizes and the model's."""
-    found = estimates(config, shape, model_extras(config, materialized_dir))
+def requests(config: Mapping, shape: lm.ModelShape, materialized_dir: str | None = None,
+             predictor: str | None = None) -> dict[str, Request]:
+    """{rule: Request} for every rule that runs as a job, from the config's sizes and the model's; with
+    ``predictor``, a :data:`PREDICTOR_RULES` job of that predictor asks for what that predictor needs."""
+    found = estimates(config, shape, model_extras(config, materialized_dir), predictor)
     return {rule: estimate.request() for rule, estimate in found.items()}
 
 
@@ -632,6 +650,8 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("config", help="a config file, e.g. configs/paper.yaml")
+    parser.add_argument("--predictor", help="the requests of this entry of the config's predictors (the rules that run "
+                                            "one predictor ask for its own); default: the predictor section's")
     parser.add_argument("--shape", help="the model's n_blocks,d_model,attention_width[,vocab,ffn_width] when it is not "
                                         "in the local hub cache, e.g. 24,1024,1024,50304,4096 for Pythia-410m")
     args = parser.parse_args(argv)
@@ -648,7 +668,10 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"{error}\nor give the model's shape with --shape")
         extras = model_extras(config)
     print("| rule | mem_mb | runtime (min) | largest memory terms (MB) |\n|---|---:|---:|---|")
-    for rule, estimate in estimates(config, shape, extras).items():
+    if args.predictor is not None and args.predictor not in cfg.predictor_names(config):
+        parser.error(f"--predictor {args.predictor!r} is not one of the config's predictors: "
+                     f"{', '.join(cfg.predictor_names(config))}")
+    for rule, estimate in estimates(config, shape, extras, args.predictor).items():
         request = estimate.request()
         terms = sorted(estimate.memory.items(), key=lambda item: -item[1])[:3]
         print(f"| `{rule}` | {request.mem_mb:,} | {request.runtime:,} | "

@@ -124,20 +124,29 @@ def storage_dtype_choice():
 
 
 @functools.cache
-def resource_requests():
+def resource_requests(predictor=None):
     """{rule: mem_mb and runtime (minutes)} of every rule that runs as a job, from the config's sizes and the
-    model's shape (pndecomp.resources)."""
-    return pnresources.requests(config, MODEL_SHAPE, MODEL_DIR if MATERIALIZE_MODEL else None)
+    model's shape (pndecomp.resources); with a predictor, its rules' requests are that predictor's."""
+    return pnresources.requests(config, MODEL_SHAPE, MODEL_DIR if MATERIALIZE_MODEL else None, predictor)
+
+
+def stage_request(rule, field):
+    """The rule's request (a number), computed once when Snakemake builds the DAG; for a rule that runs one
+    predictor, a function of the job's wildcards: each predictor's jobs ask for what that predictor needs."""
+    per_predictor = rule in pnresources.PREDICTOR_RULES  # (an `if rule in …:` line reads as a rule to --lint)
+    if per_predictor:
+        return lambda wildcards: getattr(resource_requests(wildcards.predictor)[rule], field)
+    return getattr(resource_requests()[rule], field)
 
 
 def stage_mem_mb(rule):
-    """The rule's memory request in MB, computed once when Snakemake builds the DAG."""
-    return resource_requests()[rule].mem_mb
+    """The rule's memory request in MB."""
+    return stage_request(rule, "mem_mb")
 
 
 def stage_runtime(rule):
-    """The rule's time request in minutes, computed once when Snakemake builds the DAG."""
-    return resource_requests()[rule].runtime
+    """The rule's time request in minutes."""
+    return stage_request(rule, "runtime")
 
 
 def view(*keys):
