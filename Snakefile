@@ -1,6 +1,6 @@
 # pndecomp: split a frozen LM's hidden states into a predictable and a novel component.
 # One model: workflow/pipeline.smk. A model study (config `models:`): the pipeline once per model, under
-# results/<experiment>/<model>/, plus the comparison across models (workflow/rules/models.smk).
+# results/<experiment>/<model>/, plus the comparison across models (workflow/rules/model_study.smk).
 
 from snakemake.utils import min_version
 
@@ -25,7 +25,7 @@ workflow.configfiles.extend(path for path in CONFIG_FILES if path not in workflo
 
 if config.get("models"):
 
-    include: "workflow/rules/models.smk"
+    include: "workflow/rules/model_study.smk"
 
 else:
 

@@ -177,7 +177,7 @@ def setup(args) -> None:
     import yaml
     from snakemake.utils import validate
 
-    from pndecomp import config as cfg
+    from pndecomp import config as pnconfig
     from pndecomp import lm, predictor, resources, stages, storage
 
     data = Path(args.data)
@@ -194,10 +194,10 @@ def setup(args) -> None:
         (data / "model").symlink_to(materialized)
     shape = lm.read_model_shape(source)
     torch.manual_seed(0)
-    predictor.save_predictor(predictor.build_predictor(cfg.predictor_config(config, shape)),
+    predictor.save_predictor(predictor.build_predictor(pnconfig.predictor_config(config, shape)),
                              data / "predictor.safetensors")
     lm_shape = shape if args.model == "smollm2" else lm.ModelShape(24, 2048, 1024, 1024, "gpt_neox")
-    predictor.save_predictor(predictor.build_predictor(cfg.predictor_config(config, lm_shape)),
+    predictor.save_predictor(predictor.build_predictor(pnconfig.predictor_config(config, lm_shape)),
                              data / f"predictor-{args.model}.safetensors")
     rng = np.random.default_rng(0)
     for w in args.decompose_windows:

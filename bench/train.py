@@ -44,7 +44,7 @@ import _common as C  # noqa: I001
 import torch
 
 from pndecomp import lm, stages, token_store
-from pndecomp.predictor import PredictorConfig
+from pndecomp.predictor import AttentionConfig
 from pndecomp.train import PredictorTrainer, TrainConfig, batch_indices, train_predictor, train_predictors
 
 RESULTS = C.REPO / "results" / "embedded-smollm2"
@@ -171,7 +171,7 @@ def build_shape(name: str, args, device):
                  "joint": stream_states(model, tokens, PAPER_LAYERS, cfg, device)}
     n_cache = 64 if args.quick else 256
     hidden = torch.randn(n_cache, length, d_model, generator=torch.Generator().manual_seed(0)).to(torch.float16)
-    predictor_cfg = PredictorConfig(d_model=d_model, n_heads=heads, d_head=d_head)
+    predictor_cfg = AttentionConfig(d_model=d_model, n_heads=heads, d_head=d_head)
     modes = {"cache": (cfgs["cache"], cache_batches(hidden, cfgs["cache"]), n_cache),
              "stream": (cfgs["stream"], stream, n_stream)}
     C.say(f"== {name}: predictor {heads} heads x {d_head} on d_model {d_model}; batch {batch} x {length}; "

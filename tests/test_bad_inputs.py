@@ -464,7 +464,7 @@ def test_resume_checkpoint_never_runs_code(tmp_path):
     """A resume file that would run code when unpickled is refused, not run."""
     import torch
 
-    from pndecomp.predictor import PredictorConfig
+    from pndecomp.predictor import AttentionConfig
     from pndecomp.train import TrainConfig, train_predictor
 
     marker = tmp_path / "code-ran"
@@ -478,7 +478,7 @@ def test_resume_checkpoint_never_runs_code(tmp_path):
         pickle.dump({"model": Payload()}, handle, protocol=2)
     hidden = torch.randn(4, 6, 8)
     with pytest.raises(pickle.UnpicklingError, match="[Ww]eights only load failed"):
-        train_predictor(PredictorConfig(d_model=8, n_heads=2, d_head=4), TrainConfig(steps=2, batch_size=2),
+        train_predictor(AttentionConfig(d_model=8, n_heads=2, d_head=4), TrainConfig(steps=2, batch_size=2),
                         lambda step: hidden[:2], hidden, n_windows=4, resume_path=resume)
     assert not marker.exists()
 

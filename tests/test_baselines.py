@@ -11,7 +11,7 @@ import torch
 from pndecomp import baselines
 from pndecomp.baselines import (
     BASELINES,
-    DEFAULT_ALPHAS,
+    RIDGE_ALPHAS,
     RidgeARBaseline,
     lag_features,
     make_baseline,
@@ -204,16 +204,16 @@ def test_lambda_chosen_on_every_tenth_window_from_held_out_statistics():
     x_held, y_held = train[held, :-1].reshape(-1, d), train[held, 1:].reshape(-1, d)
     assert (ridge.n_train_rows_, ridge.n_holdout_rows_) == (len(x_fit), len(x_held))
     expected_mse = []
-    for alpha in DEFAULT_ALPHAS:
+    for alpha in RIDGE_ALPHAS:
         _, coef, intercept = _ridge_by_hand(x_fit, y_fit, alpha)
         expected_mse.append(np.mean((y_held - x_held @ coef - intercept) ** 2))
-    assert [s["alpha"] for s in ridge.grid_scores_] == list(DEFAULT_ALPHAS)
+    assert [s["alpha"] for s in ridge.grid_scores_] == list(RIDGE_ALPHAS)
     np.testing.assert_allclose([s["mse"] for s in ridge.grid_scores_], expected_mse, rtol=1e-9)
     np.testing.assert_allclose([s["r2"] for s in ridge.grid_scores_],
                                [1 - m / y_held.var(axis=0).mean() for m in expected_mse], rtol=1e-9)
     best = int(np.argmin(expected_mse))
-    assert 0 < best < len(DEFAULT_ALPHAS) - 1, expected_mse  # not at the edge of the grid
-    assert ridge.alpha_ == DEFAULT_ALPHAS[best]
+    assert 0 < best < len(RIDGE_ALPHAS) - 1, expected_mse  # not at the edge of the grid
+    assert ridge.alpha_ == RIDGE_ALPHAS[best]
     # Refit on all windows (train + held-out) with the chosen α.
     lam, coef, intercept = _ridge_by_hand(train[:, :-1].reshape(-1, d), train[:, 1:].reshape(-1, d), ridge.alpha_)
     assert ridge.lambda_ == pytest.approx(lam, rel=1e-9)

@@ -15,7 +15,7 @@ from safetensors import safe_open
 from snakemake.utils import validate
 from tiny import write_config
 
-from pndecomp import config as cfg
+from pndecomp import config as pnconfig
 from pndecomp import extract, lm, stages, storage
 
 SCHEMA = str(REPO / "workflow" / "schemas" / "config.schema.yaml")
@@ -91,11 +91,11 @@ def test_a_later_batch_that_overflows_the_choice_still_fails(model, tmp_path):
 def test_storage_dtype_is_the_configured_one_or_the_recorded_choice(tmp_path):
     choice = tmp_path / "storage_dtype.json"
     storage.write_json({"dtype": "bfloat16"}, choice)
-    assert cfg.storage_dtype({"extraction": {"dtype": "float32"}}, None) == torch.float32
-    assert cfg.storage_dtype({"extraction": {"dtype": "float16"}}, str(choice)) == torch.float16
-    assert cfg.storage_dtype({"extraction": {"dtype": "auto"}}, str(choice)) == torch.bfloat16
-    with pytest.raises(cfg.ConfigError, match=r"extraction\.dtype is 'auto'.*storage_dtype\.json"):
-        cfg.storage_dtype({"extraction": {"dtype": "auto"}}, None)
+    assert pnconfig.storage_dtype({"extraction": {"dtype": "float32"}}, None) == torch.float32
+    assert pnconfig.storage_dtype({"extraction": {"dtype": "float16"}}, str(choice)) == torch.float16
+    assert pnconfig.storage_dtype({"extraction": {"dtype": "auto"}}, str(choice)) == torch.bfloat16
+    with pytest.raises(pnconfig.ConfigError, match=r"extraction\.dtype is 'auto'.*storage_dtype\.json"):
+        pnconfig.storage_dtype({"extraction": {"dtype": "auto"}}, None)
 
 
 def test_eval_extraction_chooses_and_train_extraction_reads_the_choice(tmp_path, tiny_model_dir, tiny_corpus):
@@ -121,7 +121,7 @@ def test_eval_extraction_chooses_and_train_extraction_reads_the_choice(tmp_path,
     train_path = str(tmp_path / "train-0.safetensors")
     stages.extract_activations(config, None, str(windows), {"0": train_path}, None, str(choice_path))
     assert stored_dtype(train_path) == torch.bfloat16
-    with pytest.raises(cfg.ConfigError, match="extraction.dtype is 'auto'"):
+    with pytest.raises(pnconfig.ConfigError, match="extraction.dtype is 'auto'"):
         stages.extract_activations(config, None, str(windows), {"0": train_path}, None)
 
 
@@ -150,11 +150,11 @@ def test_auto_makes_the_other_stores_wait_for_the_eval_extraction(tmp_path, tiny
 def test_probe_features_stream_to_the_file_that_whole_tensors_make(model, tmp_path):
     """extract_probe_features writes each batch's rows as it goes (memory: one batch): the file is byte for
     byte the one save_tensors makes of the whole h, h_mean, ĥ and r (names, float32, metadata unchanged)."""
-    from pndecomp.predictor import PredictorConfig, build_predictor
+    from pndecomp.predictor import AttentionConfig, build_predictor
 
     tokens = np.random.default_rng(1).integers(0, model.config.vocab_size, size=(5, 12))
     torch.manual_seed(0)
-    predictor = build_predictor(PredictorConfig(d_model=model.config.hidden_size, n_heads=2, d_head=8)).eval()
+    predictor = build_predictor(AttentionConfig(d_model=model.config.hidden_size, n_heads=2, d_head=8)).eval()
     metadata = {"seed": 0, "model": {"id": "tiny"}}
     out = tmp_path / "layer-2.safetensors"
     extract.extract_probe_features(model, tokens, {2: predictor}, {2: str(out)}, batch_size=2,
@@ -175,11 +175,11 @@ def test_probe_features_from_shared_states_are_those_of_the_lm_pass(model, tmp_p
     """probes.shared_states: the probe windows' states stored by extract_hidden_states, then each predictor's
     features read from them, give the file the fused LM pass gives, byte for byte (two layers, a last
     batch shorter than the others)."""
-    from pndecomp.predictor import PredictorConfig, build_predictor
+    from pndecomp.predictor import AttentionConfig, build_predictor
 
     tokens = np.random.default_rng(2).integers(0, model.config.vocab_size, size=(5, 12))
     torch.manual_seed(0)
-    predictors = {layer: build_predictor(PredictorConfig(d_model=model.config.hidden_size, n_heads=2, d_head=8)).eval()
+    predictors = {layer: build_predictor(AttentionConfig(d_model=model.config.hidden_size, n_heads=2, d_head=8)).eval()
                   for layer in (1, 2)}
     metadata = {"seed": 0, "model": {"id": "tiny"}}
     cpu = torch.device("cpu")

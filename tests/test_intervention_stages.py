@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from pndecomp import config as cfg
+from pndecomp import config as pnconfig
 from pndecomp import intervention_stages as stages
 from pndecomp import interventions, resources, storage
 
@@ -53,12 +53,12 @@ def _config(**interventions_section):
 
 
 def test_layers_of_the_interventions():
-    assert cfg.intervention_layers(_config()) == ["0", "7", "15"]
-    assert cfg.steering_layers(_config()) == ["7"]  # the middle block layer
-    assert cfg.steering_layers(_config(steering_layers=[15, 0])) == ["15", "0"]
-    assert cfg.steering_readout_layers(_config(), "7") == ["7", "15"]
-    assert cfg.steering_readout_layers(_config(), "15") == ["15"]
-    cfg.check_interventions(_config())
+    assert pnconfig.patching_layers(_config()) == ["0", "7", "15"]
+    assert pnconfig.steering_layers(_config()) == ["7"]  # the middle block layer
+    assert pnconfig.steering_layers(_config(steering_layers=[15, 0])) == ["15", "0"]
+    assert pnconfig.steering_readout_layers(_config(), "7") == ["7", "15"]
+    assert pnconfig.steering_readout_layers(_config(), "15") == ["15"]
+    pnconfig.check_interventions(_config())
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -72,11 +72,11 @@ def test_layers_of_the_interventions():
 def test_bad_interventions_sections_are_refused(change, message):
     config = _config(**change.get("interventions", {}))
     config["probes"] = change.get("probes", config["probes"])
-    with pytest.raises(cfg.ConfigError, match=message):
-        cfg.check_interventions(config)
+    with pytest.raises(pnconfig.ConfigError, match=message):
+        pnconfig.check_interventions(config)
 
 
 def test_without_the_domain_task_the_default_steers_nowhere():
     config = {**_config(), "probes": {"tasks": ["next_token_type_8"]}}
-    assert cfg.steering_layers(config) == [] and cfg.intervention_layers(config) == ["0", "7", "15"]
-    cfg.check_interventions(config)
+    assert pnconfig.steering_layers(config) == [] and pnconfig.patching_layers(config) == ["0", "7", "15"]
+    pnconfig.check_interventions(config)

@@ -9,7 +9,7 @@ from test_adapters import FAMILIES, SMALL
 
 from pndecomp import adapters, bootstrap, lm
 from pndecomp import interventions as iv
-from pndecomp.predictor import CausalPredictor, PredictorConfig
+from pndecomp.predictor import AttentionConfig, CausalPredictor
 
 T, FROM = 16, 5
 
@@ -42,7 +42,7 @@ def _tokens(model, n=6, length=T, seed=0) -> torch.Tensor:
 
 def _predictor(d_model) -> CausalPredictor:
     torch.manual_seed(1)
-    return CausalPredictor(PredictorConfig(d_model=d_model, n_heads=2, d_head=8)).eval().requires_grad_(False)
+    return CausalPredictor(AttentionConfig(d_model=d_model, n_heads=2, d_head=8)).eval().requires_grad_(False)
 
 
 def _hidden(model, ids, layer) -> torch.Tensor:

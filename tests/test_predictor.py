@@ -6,9 +6,9 @@ import torch
 
 from pndecomp.baselines import lag_features
 from pndecomp.predictor import (
+    AttentionConfig,
     CausalPredictor,
     MLPConfig,
-    PredictorConfig,
     TransformerConfig,
     build_predictor,
     kind_name,
@@ -28,7 +28,7 @@ from pndecomp.storage import load_metadata
 def test_strictly_causal(rotary, input_norm):
     """Changing h_{t+1..T} must not change ĥ_{≤t+1} (the outputs at positions ≤ t)."""
     torch.manual_seed(0)
-    predictor = CausalPredictor(PredictorConfig(d_model=16, n_heads=4, d_head=8, rotary=rotary, input_norm=input_norm))
+    predictor = CausalPredictor(AttentionConfig(d_model=16, n_heads=4, d_head=8, rotary=rotary, input_norm=input_norm))
     hidden = torch.randn(2, 12, 16)
     for t in range(1, 12):
         perturbed = hidden.clone()
@@ -40,7 +40,7 @@ def test_strictly_causal(rotary, input_norm):
 
 def test_loss_and_residuals_against_direct_computation():
     torch.manual_seed(1)
-    predictor = CausalPredictor(PredictorConfig(d_model=8, n_heads=2, d_head=4))
+    predictor = CausalPredictor(AttentionConfig(d_model=8, n_heads=2, d_head=4))
     hidden = torch.randn(3, 6, 8)
     predicted = predictor(hidden)[:, :-1]  # row t predicts h_{t+1}
     expected = ((hidden[:, 1:] - predicted) ** 2).sum(-1).mean() / 8
@@ -49,7 +49,7 @@ def test_loss_and_residuals_against_direct_computation():
 
 
 def test_save_load_roundtrip(tmp_path):
-    predictor = CausalPredictor(PredictorConfig(d_model=8, n_heads=2, d_head=4, rotary=True))
+    predictor = CausalPredictor(AttentionConfig(d_model=8, n_heads=2, d_head=4, rotary=True))
     save_predictor(predictor, tmp_path / "p.safetensors", {"layer": 3})
     loaded = load_predictor(tmp_path / "p.safetensors")
     assert loaded.config == predictor.config

@@ -512,12 +512,12 @@ def test_h_mean_is_the_mean_of_the_stored_states_before_the_last_position(tmp_pa
     from safetensors.torch import load_file
 
     from pndecomp import extract, lm
-    from pndecomp.predictor import PredictorConfig, build_predictor
+    from pndecomp.predictor import AttentionConfig, build_predictor
 
     model = lm.load_model(lm.ModelSource(str(tiny_model_dir)))
     tokens = np.random.default_rng(0).integers(0, model.config.vocab_size, size=(5, 12))
     torch.manual_seed(0)
-    predictor = build_predictor(PredictorConfig(d_model=model.config.hidden_size, n_heads=2, d_head=8)).eval()
+    predictor = build_predictor(AttentionConfig(d_model=model.config.hidden_size, n_heads=2, d_head=8)).eval()
     out = tmp_path / "layer-2.safetensors"
     extract.extract_probe_features(model, tokens, {2: predictor}, {2: str(out)}, batch_size=2,
                                    device=torch.device("cpu"), storage_dtype=torch.float16, metadata={})

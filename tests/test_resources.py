@@ -25,7 +25,7 @@ from conftest import REPO
 from snakemake.utils import validate
 from tiny import write_config
 
-from pndecomp import config as cfg
+from pndecomp import config as pnconfig
 from pndecomp import lm, predictor, resources, storage
 
 SCHEMA = str(REPO / "workflow" / "schemas" / "config.schema.yaml")
@@ -103,7 +103,7 @@ def test_requests_cover_the_measured_peak_of_each_streaming_stage(case, tmp_path
                          {"layer": 2})
     torch.manual_seed(0)
     weights = tmp_path / "predictor.safetensors"
-    predictor.save_predictor(predictor.build_predictor(cfg.predictor_config(config, shape)), weights)
+    predictor.save_predictor(predictor.build_predictor(pnconfig.predictor_config(config, shape)), weights)
     surprisal = tmp_path / "surprisal.safetensors"
     storage.save_tensors({"surprisal": torch.from_numpy(rng.exponential(3.0, (n_windows, length - 1))).float()},
                          surprisal, {})
@@ -206,7 +206,7 @@ def test_every_predictor_kind_has_requests(paper_config, kind):
     config = {**paper_config, "predictor": {**paper_config["predictor"], "kind": kind},
               "train": {**paper_config["train"], "data": "cache", "joint_layers": False}}
     s = resources.sizes(config, PYTHIA_410M, PYTHIA_EXTRAS)
-    settings = cfg.predictor_config(config, PYTHIA_410M)
+    settings = pnconfig.predictor_config(config, PYTHIA_410M)
     assert s.predictor_params == predictor.parameter_count(predictor.build_predictor(settings))
     training = resources.estimates(config, PYTHIA_410M, PYTHIA_EXTRAS)["train_predictor"]
     assert ("ridge fit" in training.seconds) == kind.startswith("ridge_ar")
@@ -237,7 +237,7 @@ def test_each_predictor_s_jobs_ask_for_that_predictor(paper_config):
               "predictors": {"attn1": {"kind": "attn1"}, "attn2": {"kind": "attn2"}}}
     found = {name: resources.estimates(config, PYTHIA_410M, PYTHIA_EXTRAS, name) for name in ("attn1", "attn2")}
     built = {name: predictor.parameter_count(predictor.build_predictor(
-        cfg.predictor_config(cfg.with_predictor(config, name), PYTHIA_410M))) for name in found}
+        pnconfig.predictor_config(pnconfig.with_predictor(config, name), PYTHIA_410M))) for name in found}
     assert built["attn2"] > built["attn1"]
     for name in found:
         assert resources.sizes(config, PYTHIA_410M, PYTHIA_EXTRAS, name).predictor_params == built[name]

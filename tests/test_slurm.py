@@ -40,7 +40,7 @@ TEST_PROFILE = REPO / "tests" / "slurm" / "profile"
 CLUSTER_PROFILE = REPO / "profiles" / "slurm"
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
 
-# Declared `localrules` in workflow/rules/common.smk and models.smk (resolved_config: `localrule: True` in
+# Declared `localrules` in workflow/rules/common.smk and model_study.smk (resolved_config: `localrule: True` in
 # config.smk): they run in the Snakemake process.
 LOCAL_RULES = {"all", "resolved_config", "probe_table", "layer_summary", "draw_learning_curve", "draw_per_position",
                "draw_layer_scores", "draw_probe_heatmap", "predictor_comparison", "draw_predictor_comparison",

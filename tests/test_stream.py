@@ -12,7 +12,7 @@ from conftest import REPO
 from snakemake.utils import validate
 from tiny import write_config
 
-from pndecomp import config as cfg
+from pndecomp import config as pnconfig
 from pndecomp import corpus, lm, stages, storage, token_store
 from pndecomp.extract import NonFiniteHiddenState
 from pndecomp.predictor import load_predictor
@@ -107,7 +107,7 @@ def test_store_holds_every_predictor_train_document_as_tokenized(prepared):
     fractions, seed = config["windows"]["split_fractions"], config["seed"]
     length = config["windows"]["length"]
     tokenized = {doc.doc_id: tokenizer(doc.text, add_special_tokens=False)["input_ids"]
-                 for doc in corpus.iter_documents(cfg.corpus_for_reading(config, None))
+                 for doc in corpus.iter_documents(pnconfig.corpus_for_reading(config, None))
                  if split_of(doc.group, fractions, seed) == "predictor_train"}
     expected = {doc_id: ids for doc_id, ids in tokenized.items() if len(ids) >= length}
     assert list(pool.documents["doc_id"]) == list(expected)
@@ -140,7 +140,7 @@ def test_batches_are_distinct_pool_windows_and_depend_only_on_the_seed(prepared)
 def test_streamed_states_equal_what_extraction_stores_for_the_same_windows(prepared):
     """One LM pass gives every layer's states of the step's pool windows, rounded as extraction rounds them."""
     config, root = prepared["config"], prepared["root"]
-    pool, train_cfg = token_store.open_pool(prepared["store"]), cfg.train_config(prepared["config"])
+    pool, train_cfg = token_store.open_pool(prepared["store"]), pnconfig.train_config(prepared["config"])
     next_batch = stages.streamed_batches(config, None, LAYERS, pool, train_cfg)
     step = 3
     indices = batch_indices(len(pool), train_cfg.batch_size, train_cfg.seed, step)
@@ -168,7 +168,7 @@ def test_non_finite_hidden_state_names_layer_step_and_window(prepared, monkeypat
         return poisoned
 
     monkeypatch.setattr(stages, "frozen_lm_states", with_a_nan)
-    train_cfg = cfg.train_config(config)
+    train_cfg = pnconfig.train_config(config)
     next_batch = stages.streamed_batches(config, None, LAYERS, pool, train_cfg)
     index = int(batch_indices(len(pool), train_cfg.batch_size, train_cfg.seed, 4)[5])
     with pytest.raises(NonFiniteHiddenState) as raised:
@@ -230,8 +230,8 @@ def test_training_beyond_the_pool_stops_before_its_first_step(prepared, tmp_path
 
 def test_joint_layers_needs_stream_mode(tmp_path, tiny_model_dir, tiny_corpus):
     config = tiny_config(tmp_path, tiny_model_dir, tiny_corpus, **{"train.data": "cache", "train.joint_layers": True})
-    with pytest.raises(cfg.ConfigError, match="train.joint_layers is true with train.data 'cache'"):
-        cfg.check(config)
+    with pytest.raises(pnconfig.ConfigError, match="train.joint_layers is true with train.data 'cache'"):
+        pnconfig.check(config)
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ import yaml
 from snakemake_log import job_stats
 
 from pndecomp import compare, lm
-from pndecomp import config as cfg
+from pndecomp import config as pnconfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,16 +73,16 @@ def test_model_study_runs_the_pipeline_once_per_model_and_compares(tmp_path):
 
 def test_relative_depths_resolve_per_model():
     shape = lm.ModelShape(n_blocks=30, context_length=None, d_model=8, attention_width=8, model_type="llama")
-    assert cfg.resolve_layers([0.0, 0.25, 0.5, 1.0, 3, "final"], shape, "m") == [0, 7, 14, 29, 3, "final"]
-    assert cfg.resolve_layers([0, 1], shape, "m") == [0, 1]
-    with pytest.raises(cfg.ConfigError, match="same block"):
-        cfg.resolve_layers([0.5, 0.49], shape, "m")
+    assert pnconfig.resolve_layers([0.0, 0.25, 0.5, 1.0, 3, "final"], shape, "m") == [0, 7, 14, 29, 3, "final"]
+    assert pnconfig.resolve_layers([0, 1], shape, "m") == [0, 1]
+    with pytest.raises(pnconfig.ConfigError, match="same block"):
+        pnconfig.resolve_layers([0.5, 0.49], shape, "m")
 
 
 def test_model_configs_put_each_model_under_its_own_experiment():
     config = {"experiment": "study", "layers": [0.0, 1.0], "model": {"id": "embedded", "random_init": False},
               "models": {"a": {"id": "embedded"}, "b": {"random_init": True, "layers": [0.5]}}}
-    configs = cfg.model_configs(config)
+    configs = pnconfig.model_configs(config)
     assert configs["a"]["experiment"] == "study/a" and configs["a"]["layers"] == [0.0, 1.0]
     assert configs["b"]["model"] == {"id": "embedded", "random_init": True} and configs["b"]["layers"] == [0.5]
     assert all(entry["models"] is None for entry in configs.values())
@@ -91,23 +91,23 @@ def test_model_configs_put_each_model_under_its_own_experiment():
 def test_with_predictor_gives_each_name_its_section_and_refuses_unknown_settings():
     config = {"predictor": {"kind": "attn1", "d_head": 64, "rotary": False},
               "predictors": {"attn1": None, "wide": {"kind": "attn1", "d_head": 128}, "mlp_k4": {}}}
-    assert cfg.predictor_names(config) == ["attn1", "wide", "mlp_k4"]
-    assert cfg.with_predictor(config, "wide")["predictor"] == {"kind": "attn1", "d_head": 128, "rotary": False}
-    assert cfg.with_predictor(config, "mlp_k4")["predictor"]["kind"] == "mlp_k4"
-    with pytest.raises(cfg.ConfigError, match="unknown setting"):
-        cfg.with_predictor({**config, "predictors": {"x": {"kind": "attn1", "heads": 2}}}, "x")
-    assert cfg.predictor_names({"predictor": {"kind": "attn2"}, "predictors": None}) == ["attn2"]
+    assert pnconfig.predictor_names(config) == ["attn1", "wide", "mlp_k4"]
+    assert pnconfig.with_predictor(config, "wide")["predictor"] == {"kind": "attn1", "d_head": 128, "rotary": False}
+    assert pnconfig.with_predictor(config, "mlp_k4")["predictor"]["kind"] == "mlp_k4"
+    with pytest.raises(pnconfig.ConfigError, match="unknown setting"):
+        pnconfig.with_predictor({**config, "predictors": {"x": {"kind": "attn1", "heads": 2}}}, "x")
+    assert pnconfig.predictor_names({"predictor": {"kind": "attn2"}, "predictors": None}) == ["attn2"]
 
 
 def test_a_predictor_entry_may_override_training_for_itself_alone():
     config = {"predictor": {"kind": "attn1"}, "train": {"steps": 200, "lr": 1e-3},
               "predictors": {"attn1": None, "attn1_long": {"kind": "attn1", "train": {"steps": 5000}}}}
-    assert cfg.with_predictor(config, "attn1")["train"] == {"steps": 200, "lr": 1e-3}
-    long = cfg.with_predictor(config, "attn1_long")
+    assert pnconfig.with_predictor(config, "attn1")["train"] == {"steps": 200, "lr": 1e-3}
+    long = pnconfig.with_predictor(config, "attn1_long")
     assert long["train"] == {"steps": 5000, "lr": 1e-3} and long["predictor"] == {"kind": "attn1"}
     assert config["train"]["steps"] == 200  # the shared section is left as it was
-    with pytest.raises(cfg.ConfigError, match=r"predictors.x.train: unknown setting\(s\) \['step'\]"):
-        cfg.with_predictor({**config, "predictors": {"x": {"kind": "attn1", "train": {"step": 5}}}}, "x")
+    with pytest.raises(pnconfig.ConfigError, match=r"predictors.x.train: unknown setting\(s\) \['step'\]"):
+        pnconfig.with_predictor({**config, "predictors": {"x": {"kind": "attn1", "train": {"step": 5}}}}, "x")
 
 
 def write_summary(path: Path, r2: list[float], baseline: list[float]) -> str:

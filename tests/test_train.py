@@ -9,12 +9,12 @@ from conftest import REPO
 from snakemake.utils import validate
 from tiny import write_config
 
-from pndecomp import config as cfg
+from pndecomp import config as pnconfig
 from pndecomp import stages, storage
 from pndecomp.baselines import make_baseline
 from pndecomp.predictor import (
+    AttentionConfig,
     Normalized,
-    PredictorConfig,
     RidgeARConfig,
     load_predictor,
     normalization_stats,
@@ -38,7 +38,7 @@ from pndecomp.train import (
     train_predictors,
 )
 
-PREDICTOR = PredictorConfig(d_model=8, n_heads=2, d_head=4)
+PREDICTOR = AttentionConfig(d_model=8, n_heads=2, d_head=4)
 
 
 def predictable_hidden(n_windows=32, length=10, seed=0):
@@ -296,7 +296,7 @@ def test_training_stage_fits_ridge_ar_on_cached_states_and_refuses_stream_mode(t
     config = yaml.safe_load(write_config(tmp_path / "config.yaml", tiny_model_dir, tiny_corpus,
                                          **{"predictor.kind": "ridge_ar2"}).read_text())
     validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
-    cfg.check(config)
+    pnconfig.check(config)
     d_model = 32  # the tiny model's width
     hidden = ar1_hidden(n_windows=40, d=d_model, seed=4)
     train_hidden, eval_hidden = hidden[:30], hidden[30:]
@@ -323,9 +323,9 @@ def test_training_stage_fits_ridge_ar_on_cached_states_and_refuses_stream_mode(t
     assert not resume.exists()
 
     stream = {**config, "train": {**config["train"], "data": "stream"}}
-    with pytest.raises(cfg.ConfigError, match="ridge_ar predictors need train.data: cache"):
-        cfg.check(stream)
-    with pytest.raises(cfg.ConfigError, match="ridge_ar predictors need train.data: cache"):
+    with pytest.raises(pnconfig.ConfigError, match="ridge_ar predictors need train.data: cache"):
+        pnconfig.check(stream)
+    with pytest.raises(pnconfig.ConfigError, match="ridge_ar predictors need train.data: cache"):
         stages.train_predictor(stream, None, "2", "unused", paths["eval"], paths["weights"], str(curve_path),
                                str(resume), str(cost_path))
 
@@ -334,14 +334,15 @@ def test_config_check_accepts_suffixed_names_and_refuses_others(tmp_path, tiny_m
     config = yaml.safe_load(write_config(tmp_path / "config.yaml", tiny_model_dir, tiny_corpus).read_text())
     validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
     for name in ("attn1", "attn1_rope", "attn1_local16", "attn2", "mlp_k4", "ridge_ar4"):
-        cfg.check({**config, "predictor": {**config["predictor"], "kind": name}})
+        pnconfig.check({**config, "predictor": {**config["predictor"], "kind": name}})
         assert predictor_kind(name) is not None
     for name in ("attn1_local", "attn1_local0", "mlp_kx", "lstm"):
-        with pytest.raises(cfg.ConfigError, match=f"predictor.kind: unknown predictor '{name}'; known are 'attn1', "
-                                                  "'attn1_rope', 'attn1_local<w>', 'attn2', 'mlp_k<k>', 'ridge_ar<k>'"):
-            cfg.check({**config, "predictor": {**config["predictor"], "kind": name}})
-    with pytest.raises(cfg.ConfigError, match="predictor.d_head is 7: rotary"):
-        cfg.check({**config, "predictor": {**config["predictor"], "kind": "attn1_rope", "d_head": 7}})
+        with pytest.raises(pnconfig.ConfigError,
+                           match=f"predictor.kind: unknown predictor '{name}'; known are 'attn1', "
+                                 "'attn1_rope', 'attn1_local<w>', 'attn2', 'mlp_k<k>', 'ridge_ar<k>'"):
+            pnconfig.check({**config, "predictor": {**config["predictor"], "kind": name}})
+    with pytest.raises(pnconfig.ConfigError, match="predictor.d_head is 7: rotary"):
+        pnconfig.check({**config, "predictor": {**config["predictor"], "kind": "attn1_rope", "d_head": 7}})
 
 
 # ---------------------------------------------------------------- normalised training (train.normalize)
@@ -512,6 +513,6 @@ def test_only_an_outlier_normalisation_makes_training_read_the_outlier_ratio():
     def config(normalize):
         return {"train": {"normalize": normalize}, "metrics": {"outlier_norm_ratio": 10}}
 
-    assert cfg.train_keys(config("none")) == cfg.train_keys(config("rms")) == ("train",)
+    assert pnconfig.train_keys(config("none")) == pnconfig.train_keys(config("rms")) == ("train",)
     for kind in ("robust_rms", "standardize"):
-        assert cfg.train_keys(config(kind)) == ("train", "metrics.outlier_norm_ratio")
+        assert pnconfig.train_keys(config(kind)) == ("train", "metrics.outlier_norm_ratio")

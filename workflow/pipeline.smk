@@ -6,7 +6,7 @@
 
 include: "rules/common.smk"
 include: "rules/code_version.smk"
-include: "rules/model.smk"
+include: "rules/materialize_model.smk"
 include: "rules/corpus.smk"
 include: "rules/windows.smk"
 include: "rules/extract.smk"

@@ -48,7 +48,7 @@ import scipy.linalg
 
 from .metrics import RegressionAccumulator
 
-DEFAULT_ALPHAS = tuple(10.0**e for e in range(-6, 3))  # 1e-6 … 1e2, relative to mean diag of centred XᵀX
+RIDGE_ALPHAS = tuple(10.0**e for e in range(-6, 3))  # 1e-6 … 1e2, relative to mean diag of centred XᵀX
 DEFAULT_HOLDOUT_EVERY = 10
 
 # float64 values per chunk of lag features (bounds the float64 copies of one batch).
@@ -264,7 +264,7 @@ class RidgeARBaseline(Baseline):
     ``n_holdout_rows_``.
     """
 
-    def __init__(self, k: int, alphas: Iterable[float] = DEFAULT_ALPHAS,
+    def __init__(self, k: int, alphas: Iterable[float] = RIDGE_ALPHAS,
                  holdout_every: int = DEFAULT_HOLDOUT_EVERY) -> None:
         if int(k) != k or k < 1:
             raise ValueError(f"ridge_ar: k must be an integer ≥ 1, got {k!r}")

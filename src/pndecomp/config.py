@@ -24,9 +24,9 @@ def layer_names(config: Mapping) -> list[str]:
     return [str(layer) for layer in config["layers"]]
 
 
-def intervention_layers(config: Mapping) -> list[str]:
-    """The configured layers an intervention can act at: every one but ``final`` (the final norm's output
-    feeds only the LM head; patch the last block instead)."""
+def patching_layers(config: Mapping) -> list[str]:
+    """The layers patching acts at, and steering may: every configured one but ``final`` (the final norm's
+    output feeds only the LM head; patch the last block instead)."""
     return [name for name in layer_names(config) if name != "final"]
 
 
@@ -37,7 +37,7 @@ def steering_layers(config: Mapping) -> list[str]:
     if chosen is None:
         if "domain" not in config["probes"]["tasks"]:
             return []
-        blocks = [name for name in intervention_layers(config) if name.isdigit()]
+        blocks = [name for name in patching_layers(config) if name.isdigit()]
         return blocks[len(blocks) // 2:][:1]
     return [str(layer) for layer in chosen]
 
@@ -45,7 +45,7 @@ def steering_layers(config: Mapping) -> list[str]:
 def steering_readout_layers(config: Mapping, layer: str) -> list[str]:
     """Where the domain probe reads a state steered at ``layer``: there, and at the deepest configured block
     when that is deeper."""
-    deepest = max((name for name in intervention_layers(config) if name.isdigit()), key=int)
+    deepest = max((name for name in patching_layers(config) if name.isdigit()), key=int)
     return [layer] if int(deepest) <= int(layer) else [layer, deepest]
 
 
@@ -58,7 +58,7 @@ def check_interventions(config: Mapping) -> None:
     if section["patching_windows"] > config["windows"]["predictor_eval"]:
         raise ConfigError(f"interventions.patching_windows is {section['patching_windows']}, more than "
                           f"windows.predictor_eval ({config['windows']['predictor_eval']}): they are eval windows")
-    valid = [name for name in intervention_layers(config) if name.isdigit()]
+    valid = [name for name in patching_layers(config) if name.isdigit()]
     for layer in steering_layers(config):
         if layer not in valid:
             raise ConfigError(f"interventions.steering_layers: {layer!r} is not a configured block layer; steering "

@@ -44,7 +44,7 @@ from . import adapters, bootstrap
 from .lm import EMBED, FINAL, Float32Head, Layer
 
 DEFAULT_FROM_POSITION = 33  # interventions.from_position: positions ≤ 32 are the window's warm-up
-DEFAULT_ALPHAS = (0.0, 0.1, 0.3)  # steering strengths, in units of the typical ‖h‖ (interventions.alphas)
+STEERING_ALPHAS = (0.0, 0.1, 0.3)  # steering strengths, in units of the typical ‖h‖ (interventions.alphas)
 POOLED = "all"  # the domain of steering rows pooled over every domain
 
 
@@ -444,7 +444,7 @@ def _steered_run(model, layer, h, ids, vector, from_position, readout_layers):
 
 
 def steering_scores(model: nn.Module, layer: int, tokens, hidden, labels, documents, directions: Mapping, *,
-                    scale: float, alphas: Sequence[float] = DEFAULT_ALPHAS, probes: Mapping | None = None,
+                    scale: float, alphas: Sequence[float] = STEERING_ALPHAS, probes: Mapping | None = None,
                     from_position: int = 1, batch_size: int = 8, n_resamples: int = 1000,
                     seed: int = 0) -> pd.DataFrame:
     """Steer every window toward every domain and measure what moves.

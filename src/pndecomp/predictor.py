@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .baselines import DEFAULT_ALPHAS, DEFAULT_HOLDOUT_EVERY, RidgeARBaseline
+from .baselines import DEFAULT_HOLDOUT_EVERY, RIDGE_ALPHAS, RidgeARBaseline
 
 # ---------------------------------------------------------------- attention: attn1, attn1_rope, attn1_local<w>
 
 @dataclass(frozen=True)
-class PredictorConfig:
+class AttentionConfig:
     """Settings of one causal attention layer (attn1, attn1_rope, attn1_local<w>)."""
 
     d_model: int
@@ -66,7 +66,7 @@ def banded_causal_mask(n_pos: int, window: int, device: torch.device) -> torch.T
 
 
 class CausalPredictor(nn.Module):
-    def __init__(self, config: PredictorConfig):
+    def __init__(self, config: AttentionConfig):
         super().__init__()
         if config.rotary and config.d_head % 2:
             raise ValueError(f"predictor.d_head must be even with rotary embeddings, got {config.d_head}")
@@ -120,7 +120,7 @@ class _Block(nn.Module):
     def __init__(self, config: TransformerConfig):
         super().__init__()
         self.ln_attn = nn.LayerNorm(config.d_model)
-        self.attn = CausalPredictor(PredictorConfig(config.d_model, config.n_heads, config.d_head,
+        self.attn = CausalPredictor(AttentionConfig(config.d_model, config.n_heads, config.d_head,
                                                     rotary=config.rotary, rotary_base=config.rotary_base))
         self.ln_mlp = nn.LayerNorm(config.d_model)
         self.mlp = nn.Sequential(nn.Linear(config.d_model, config.mlp_width), nn.GELU(),
@@ -186,7 +186,7 @@ class LagMLPPredictor(nn.Module):
 class RidgeARConfig:
     d_model: int
     k: int  # the last k states are the input
-    alphas: tuple[float, ...] = DEFAULT_ALPHAS  # ridge penalties tried (see pndecomp.baselines)
+    alphas: tuple[float, ...] = RIDGE_ALPHAS  # ridge penalties tried (see pndecomp.baselines)
     holdout_every: int = DEFAULT_HOLDOUT_EVERY                 # every n-th train window chooses α
 
     def __post_init__(self):
@@ -346,17 +346,17 @@ def _heads(section: Mapping, attention_width: int) -> tuple[int, int]:
     return int(n_heads), int(d_head)
 
 
-def _attention_config(section: Mapping, d_model: int, attention_width: int, _parameter: None = None) -> PredictorConfig:
+def _attention_config(section: Mapping, d_model: int, attention_width: int, _parameter: None = None) -> AttentionConfig:
     n_heads, d_head = _heads(section, attention_width)
-    return PredictorConfig(d_model=d_model, n_heads=n_heads, d_head=d_head, rotary=section["rotary"],
+    return AttentionConfig(d_model=d_model, n_heads=n_heads, d_head=d_head, rotary=section["rotary"],
                            input_norm=section["input_norm"])
 
 
-def _rope_config(section: Mapping, d_model: int, attention_width: int, _parameter: None = None) -> PredictorConfig:
+def _rope_config(section: Mapping, d_model: int, attention_width: int, _parameter: None = None) -> AttentionConfig:
     return replace(_attention_config(section, d_model, attention_width), rotary=True)
 
 
-def _local_config(section: Mapping, d_model: int, attention_width: int, window: int) -> PredictorConfig:
+def _local_config(section: Mapping, d_model: int, attention_width: int, window: int) -> AttentionConfig:
     return replace(_attention_config(section, d_model, attention_width), window=window)
 
 
@@ -392,9 +392,9 @@ class PredictorKind:
 # The single place to add a predictor architecture (``predictor.kind`` in the config). A kind with a
 # ``parameter`` is a family: its names are the key followed by a positive integer (attn1_local16).
 PREDICTORS: dict[str, PredictorKind] = {
-    "attn1": PredictorKind(CausalPredictor, PredictorConfig, _attention_config),
-    "attn1_rope": PredictorKind(CausalPredictor, PredictorConfig, _rope_config),
-    "attn1_local": PredictorKind(CausalPredictor, PredictorConfig, _local_config, parameter="w"),
+    "attn1": PredictorKind(CausalPredictor, AttentionConfig, _attention_config),
+    "attn1_rope": PredictorKind(CausalPredictor, AttentionConfig, _rope_config),
+    "attn1_local": PredictorKind(CausalPredictor, AttentionConfig, _local_config, parameter="w"),
     "attn2": PredictorKind(TransformerPredictor, TransformerConfig, _transformer_config),
     "mlp_k": PredictorKind(LagMLPPredictor, MLPConfig, _mlp_config, parameter="k"),
     "ridge_ar": PredictorKind(RidgeARPredictor, RidgeARConfig, _ridge_config, parameter="k", fit=fit_ridge_ar),

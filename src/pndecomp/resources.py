@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import config as cfg
+from . import config as pnconfig
 from . import lm, tasks
 
 MB = 2**20
@@ -509,7 +509,7 @@ def probe_windows(config: Mapping) -> tuple[int, int]:
     """(probe windows, the largest task's windows), upper bounds from the caps: per-class caps × the
     assumed number of classes, summed over the splits; the union over tasks at most their sum."""
     per_task = {}
-    for name, caps in cfg.probe_caps(config).items():
+    for name, caps in pnconfig.probe_caps(config).items():
         task = tasks.get(name)
         classes = ASSUMED_CLASSES if task.cap_kind == "per_class" else 1
         per_task[name] = sum(caps.values()) * classes
@@ -562,7 +562,7 @@ def predictor_sizes(config: Mapping, shape: lm.ModelShape) -> dict[str, int]:
 
     from . import predictor
 
-    settings = cfg.predictor_config(config, shape)
+    settings = pnconfig.predictor_config(config, shape)
     with torch.device("meta"):
         params = predictor.parameter_count(predictor.build_predictor(settings))
     layers = int(getattr(settings, "n_layers", 1))
@@ -584,10 +584,11 @@ def sizes(config: Mapping, shape: lm.ModelShape, extras: Mapping[str, int] | Non
     ``predictor`` section's, and the largest training budget of all entries."""
     extras = extras or {}
     if predictor is not None:
-        config = cfg.with_predictor(config, predictor)
+        config = pnconfig.with_predictor(config, predictor)
         steps = config["train"]["steps"]
     else:
-        steps = max(cfg.with_predictor(config, name)["train"]["steps"] for name in cfg.predictor_names(config))
+        names = pnconfig.predictor_names(config)
+        steps = max(pnconfig.with_predictor(config, name)["train"]["steps"] for name in names)
     windows, section, interventions = config["windows"], config["train"], config["interventions"]
     probe, probe_task = probe_windows(config)
     corpus = config["corpus"]
@@ -663,14 +664,14 @@ def main(argv: list[str] | None = None) -> None:
         extras.update(zip(("vocab", "ffn_width"), values[3:], strict=False))
     else:
         try:
-            shape = cfg.model_shape(config)
+            shape = pnconfig.model_shape(config)
         except lm.ModelNotDownloaded as error:
             parser.error(f"{error}\nor give the model's shape with --shape")
         extras = model_extras(config)
     print("| rule | mem_mb | runtime (min) | largest memory terms (MB) |\n|---|---:|---:|---|")
-    if args.predictor is not None and args.predictor not in cfg.predictor_names(config):
+    if args.predictor is not None and args.predictor not in pnconfig.predictor_names(config):
         parser.error(f"--predictor {args.predictor!r} is not one of the config's predictors: "
-                     f"{', '.join(cfg.predictor_names(config))}")
+                     f"{', '.join(pnconfig.predictor_names(config))}")
     for rule, estimate in estimates(config, shape, extras, args.predictor).items():
         request = estimate.request()
         terms = sorted(estimate.memory.items(), key=lambda item: -item[1])[:3]

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from . import config as cfg
+from . import config as pnconfig
 from . import corpus, extract, lm, metrics, predictor, storage, tasks, token_store, windows
 from .embedded_corpus import build_embedded_corpus  # the name embedded_corpus is a stage here
 from .splits import PREDICTOR_SPLITS
@@ -52,11 +52,11 @@ def output_metadata(config: Mapping, **extra) -> dict:
 def load_frozen_lm(config: Mapping, materialized_dir: str | None, layers, window_length: int):
     """The LM on the configured device, after checking the layers and window length against it (the
     DAG-time check read a config.json or a GGUF header; this one, the config of the model as loaded)."""
-    device = cfg.resolve_device(config["device"])
-    model = lm.load_model(model_source(config, materialized_dir), device, cfg.model_dtype(config, device))
+    device = pnconfig.resolve_device(config["device"])
+    model = lm.load_model(model_source(config, materialized_dir), device, pnconfig.model_dtype(config, device))
     if config["model"]["random_init"]:
         model = lm.reinitialised(model, config["seed"])
-    cfg.check_model(config["model"]["id"], layers, window_length, lm.shape_from_config(model.config))
+    pnconfig.check_model(config["model"]["id"], layers, window_length, lm.shape_from_config(model.config))
     return model, device
 
 
@@ -97,9 +97,9 @@ def make_windows(config: Mapping, tokenizer_dir: str | None, corpus_jsonl: str |
     tokenizer = lm.load_tokenizer(model_source(config, tokenizer_dir))
     section = config["windows"]
     probe_tasks = [tasks.get(name) for name in config["probes"]["tasks"]]
-    probe_caps = cfg.probe_caps(config)
+    probe_caps = pnconfig.probe_caps(config)
     metadata = output_metadata(config)
-    documents = corpus.iter_documents(cfg.corpus_for_reading(config, corpus_jsonl))
+    documents = corpus.iter_documents(pnconfig.corpus_for_reading(config, corpus_jsonl))
     with token_store.TokenStoreWriter(
             outputs["predictor_train_tokens"], vocab_size=len(tokenizer), window_length=section["length"],
             bos_token_id=tokenizer.bos_token_id if section["prepend_bos"] else None, metadata=metadata) as store:
@@ -134,7 +134,7 @@ def extract_activations(config: Mapping, materialized_dir: str | None, windows_p
     job stores in :func:`pndecomp.config.storage_dtype`'s dtype (``storage_dtype_path``: that record).
     """
     layers = [lm.parse_layer(name) for name in out_paths]
-    storage_dtype = None if out_storage_dtype else cfg.storage_dtype(config, storage_dtype_path)
+    storage_dtype = None if out_storage_dtype else pnconfig.storage_dtype(config, storage_dtype_path)
     tokens = extract.window_tokens(windows_path)
     model, device = load_frozen_lm(config, materialized_dir, layers, tokens.shape[1])
     metadata = output_metadata(config)
@@ -182,10 +182,10 @@ def train_predictors(config: Mapping, materialized_dir: str | None, train_data_p
     layer's activations read batch by batch; its curve has one row (step 0).
     ``storage_dtype_path``: see :func:`pndecomp.config.storage_dtype`.
     """
-    train_cfg = cfg.train_config(config)
+    train_cfg = pnconfig.train_config(config)
     closed_form = predictor.predictor_kind(config["predictor"]["kind"]).fit is not None
     if closed_form and config["train"]["data"] != "cache":
-        raise cfg.ConfigError(f"predictor.kind is {config['predictor']['kind']!r} with train.data "
+        raise pnconfig.ConfigError(f"predictor.kind is {config['predictor']['kind']!r} with train.data "
                               f"{config['train']['data']!r}: ridge_ar predictors need train.data: cache")
     if config["train"]["data"] == "stream":
         pool = token_store.open_pool(train_data_path)
@@ -197,8 +197,8 @@ def train_predictors(config: Mapping, materialized_dir: str | None, train_data_p
     elif not closed_form:
         train_hidden = read_hidden(train_data_path)
         n_windows, data_file = len(train_hidden), Path(train_data_path)
-    predictor_cfg = cfg.predictor_config(config, lm.read_model_shape(model_source(config, materialized_dir)))
-    device = cfg.resolve_device(config["device"])
+    predictor_cfg = pnconfig.predictor_config(config, lm.read_model_shape(model_source(config, materialized_dir)))
+    device = pnconfig.resolve_device(config["device"])
     if closed_form:
         ((layer, files),) = layers.items()
         started = time.perf_counter()
@@ -247,7 +247,7 @@ def frozen_lm_states(config: Mapping, materialized_dir: str | None, layers: Sequ
     eval set."""
     model, device = load_frozen_lm(config, materialized_dir, layers, window_length)
     capture = lm.ResidualCapture(model, layers)
-    storage_dtype = cfg.storage_dtype(config, storage_dtype_path)
+    storage_dtype = pnconfig.storage_dtype(config, storage_dtype_path)
 
     def states_of(ids: torch.Tensor) -> dict[lm.Layer, torch.Tensor]:
         return {layer: hidden.to(storage_dtype)
@@ -262,7 +262,7 @@ def layer_states(config: Mapping, materialized_dir: str | None, layer: lm.Layer,
     :func:`frozen_lm_states` computes them."""
     tokens = torch.from_numpy(extract.window_tokens(windows_path))
     states_of = frozen_lm_states(config, materialized_dir, [layer], tokens.shape[1], storage_dtype_path)
-    if cfg.resolve_device(config["device"]).type == "cuda":
+    if pnconfig.resolve_device(config["device"]).type == "cuda":
         tokens = tokens.pin_memory()  # lets the host-to-device copy overlap compute
     return tokens, lambda ids: states_of(ids)[layer]
 
@@ -297,8 +297,8 @@ def decompose_eval(config: Mapping, eval_hidden_path: str, predictor_path: str, 
                    out_scores: str, storage_dtype_path: str | None = None) -> None:
     """r = h − ĥ for positions 2..T of every eval window, and MSE/Var/R² over all of them; the residuals
     are stored like the hidden states (``storage_dtype_path``: see :func:`pndecomp.config.storage_dtype`)."""
-    storage_dtype = cfg.storage_dtype(config, storage_dtype_path)
-    device = cfg.resolve_device(config["device"])
+    storage_dtype = pnconfig.storage_dtype(config, storage_dtype_path)
+    device = pnconfig.resolve_device(config["device"])
     model = predictor.load_predictor(predictor_path, device)
     meta = storage.load_metadata(eval_hidden_path)
     with safe_open(eval_hidden_path, framework="pt") as handle:
@@ -332,7 +332,7 @@ def probe_features(config: Mapping, materialized_dir: str | None, probe_windows_
         return {lm.parse_layer(name): predictor.load_predictor(path, device) for name, path in predictor_paths.items()}
 
     if hidden_paths is not None:
-        device = cfg.resolve_device(config["device"])
+        device = pnconfig.resolve_device(config["device"])
         extract.probe_features_from_states({lm.parse_layer(name): path for name, path in hidden_paths.items()},
                                            predictors_on(device), outputs, batch_size=batch_size, device=device,
                                            metadata=metadata)
@@ -341,4 +341,4 @@ def probe_features(config: Mapping, materialized_dir: str | None, probe_windows_
     model, device = load_frozen_lm(config, materialized_dir, list(outputs), tokens.shape[1])
     extract.extract_probe_features(
         model, tokens, predictors_on(device), outputs, batch_size=batch_size,
-        device=device, storage_dtype=cfg.storage_dtype(config, storage_dtype_path), metadata=metadata)
+        device=device, storage_dtype=pnconfig.storage_dtype(config, storage_dtype_path), metadata=metadata)

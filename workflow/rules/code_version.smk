@@ -1,6 +1,6 @@
 # Snakemake reruns a job when its rule's script changes, not when the pndecomp modules that the script calls
 # do; every rule therefore passes code_version(<its script>) as a param, and a changed param reruns the job.
-# Included by pipeline.smk and by models.smk (whose comparison rules run outside the per-model modules).
+# Included by pipeline.smk and by model_study.smk (whose comparison rules run outside the per-model modules).
 
 from pndecomp import code_version as pncode
 

@@ -46,7 +46,7 @@ METRICS = f"{OUT}/metrics/{{predictor}}"
 PROBES = f"{OUT}/probes/{{predictor}}"
 INTERVENTIONS = f"{OUT}/interventions/{{predictor}}"
 # Interventions act at every configured layer but `final`; steering at interventions.steering_layers.
-PATCHING_LAYERS = pnconfig.intervention_layers(config)
+PATCHING_LAYERS = pnconfig.patching_layers(config)
 STEERING_LAYERS = pnconfig.steering_layers(config)
 
 # What output_metadata records in every output it writes: rules that write metadata read these.
@@ -210,7 +210,7 @@ def interventions_of():
     return ["patching", "steering"] if STEERING_LAYERS else ["patching"]
 
 
-def intervention_layers(wildcards):
+def intervention_layer_tables(wildcards):
     """The per-layer tables of one predictor's patching or steering, in config order."""
     layers = PATCHING_LAYERS if wildcards.intervention == "patching" else STEERING_LAYERS
     return expand(f"{INTERVENTIONS}/{wildcards.intervention}/layer-{{layer}}.parquet", layer=layers, **wildcards)

@@ -1,6 +1,6 @@
 # The experiment's record (pndecomp.config_files): results/<experiment>/config.yaml holds the resolved config
 # of the run that made them. Included by pipeline.smk (each model of a study too, under <experiment>/<model>)
-# and by models.smk (the study's own record).
+# and by model_study.smk (the study's own record).
 
 from pndecomp import config_files
 

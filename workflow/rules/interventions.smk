@@ -83,7 +83,7 @@ rule steer_layer:
 
 rule intervention_table:
     input:
-        intervention_layers,
+        intervention_layer_tables,
     output:
         report(
             f"{INTERVENTIONS}/{{intervention}}.tsv",
