@@ -133,7 +133,7 @@ def resource_requests(predictor=None):
 def stage_request(rule, field):
     """The rule's request (a number), computed once when Snakemake builds the DAG; for a rule that runs one
     predictor, a function of the job's wildcards: each predictor's jobs ask for what that predictor needs."""
-    per_predictor = rule in pnresources.PREDICTOR_RULES  # (an `if rule in …:` line reads as a rule to --lint)
+    per_predictor = rule in pnresources.PREDICTOR_RULES  # a separate line, or --lint takes it for a rule
     if per_predictor:
         return lambda wildcards: getattr(resource_requests(wildcards.predictor)[rule], field)
     return getattr(resource_requests()[rule], field)
