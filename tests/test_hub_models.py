@@ -134,10 +134,10 @@ def test_model_directory_without_weights_fails_before_any_job(tmp_path, tiny_mod
 
 
 def test_resource_table_without_the_model_names_the_download_command_or_shape(hub_cache, capsys):
-    from pndecomp import resources
+    from pndecomp.resources.__main__ import main
 
     repo = Path(__file__).resolve().parents[1]
     with pytest.raises(SystemExit):
-        resources.main([str(repo / "configs" / "paper.yaml")])
+        main([str(repo / "configs" / "paper.yaml")])
     error = capsys.readouterr().err
     assert "download EleutherAI/pythia-410m-deduped --revision main" in error and "--shape" in error, error

@@ -195,8 +195,8 @@ def test_unknown_vocabulary_counts_the_largest(paper_config):
     unknown = resources.sizes(paper_config, PYTHIA_410M, {})
     assert unknown.vocab == resources.ASSUMED_VOCAB > known.vocab
     assert dataclasses.replace(unknown, vocab=known.vocab, ffn_width=known.ffn_width) == known
-    assert (resources.extract_eval_activations(unknown).request().mem_mb
-            > resources.extract_eval_activations(known).request().mem_mb)
+    assert (resources.STAGES["extract_eval_activations"](unknown).request().mem_mb
+            > resources.STAGES["extract_eval_activations"](known).request().mem_mb)
 
 
 @pytest.mark.parametrize("kind", ["attn1", "attn1_local64", "attn2", "mlp_k4", "ridge_ar4"])
