@@ -14,10 +14,10 @@ a peak is per process, so they do not disturb each other's.
 * ``probe_features`` -- ``pndecomp.extract.extract_probe_features`` on N random-token windows, with a
   random predictor per layer: h_T, ĥ_T, r_T and the mean of h_<T streamed to one file per layer.
   Batch 8; N = one batch.
-* ``decompose_eval`` -- ``pndecomp.stages.decompose_eval`` on N eval windows of random hidden states
+* ``decompose_eval`` -- ``pndecomp.stages.decompose.decompose_eval`` on N eval windows of random hidden states
   [N, 128, 576] (fp16, as extraction stores them) with a random predictor of the default config's shape,
   saved as the pipeline saves it: residuals streamed to disk, MSE/R² and per-window SSE.
-* ``per_position_metrics`` -- ``pndecomp.metric_stages.per_position_metrics`` on those hidden states,
+* ``per_position_metrics`` -- ``pndecomp.stages.metrics.per_position_metrics`` on those hidden states,
   their residuals (made once, unmeasured) and random surprisal, with the default 1,000 bootstrap
   resamples.
 
@@ -114,7 +114,9 @@ def child(args) -> None:
     import numpy as np
     import torch
 
-    from pndecomp import extract, metric_stages, predictor, stages
+    from pndecomp import extract, predictor
+    from pndecomp.stages import decompose as decompose_stages
+    from pndecomp.stages import metrics as metric_stages
 
     C.set_threads(args.threads)
     data = Path(args.data)
@@ -148,9 +150,9 @@ def child(args) -> None:
             config, w = _config(data), args.windows
 
             def run():
-                stages.decompose_eval(config, str(data / f"hidden-{w}.safetensors"),
-                                      str(data / "predictor.safetensors"), str(tmp / "residual.safetensors"),
-                                      str(tmp / "scores.json"))
+                decompose_stages.decompose_eval(config, str(data / f"hidden-{w}.safetensors"),
+                                                str(data / "predictor.safetensors"), str(tmp / "residual.safetensors"),
+                                                str(tmp / "scores.json"))
                 return _dir_mb(tmp)
         else:
             config, w = _config(data), args.windows
@@ -178,7 +180,8 @@ def setup(args) -> None:
     from snakemake.utils import validate
 
     from pndecomp import config as pnconfig
-    from pndecomp import lm, predictor, resources, stages, storage
+    from pndecomp import lm, predictor, resources, storage
+    from pndecomp.stages import decompose as decompose_stages
 
     data = Path(args.data)
     config = yaml.safe_load((C.REPO / "config.yaml").read_text())
@@ -206,8 +209,9 @@ def setup(args) -> None:
         storage.save_tensors({"surprisal": torch.from_numpy(rng.exponential(3.0, (w, LENGTH - 1))).float()},
                              data / f"surprisal-{w}.safetensors", {})
         pd.DataFrame({"doc_id": [f"doc{i // 2}" for i in range(w)]}).to_parquet(data / f"eval-{w}.parquet")
-        stages.decompose_eval(config, str(data / f"hidden-{w}.safetensors"), str(data / "predictor.safetensors"),
-                              str(data / f"residual-{w}.safetensors"), str(data / f"scores-{w}.json"))
+        decompose_stages.decompose_eval(config, str(data / f"hidden-{w}.safetensors"),
+                                        str(data / "predictor.safetensors"), str(data / f"residual-{w}.safetensors"),
+                                        str(data / f"scores-{w}.json"))
     # The formula's per-stage terms beyond the process itself, at these sizes (no margin).
     extras = resources.model_extras({"model": {"id": "embedded"}})
     estimate = {}

@@ -9,9 +9,9 @@ Both modes run the package's own loop, ``pndecomp.train.train_predictor(predicto
 next_batch, eval_hidden)``, with ``next_batch`` wrapped in a timer:
 
 * ``cache``  -- ``next_batch(step) = hidden[batch_indices(n, batch, seed, step)]`` on an in-memory
-  fp16 tensor [n_cache, T, d_model], exactly the closure ``stages.train_predictor`` builds
+  fp16 tensor [n_cache, T, d_model], exactly the closure ``pndecomp.stages.train.train_predictor`` builds
   (random values: the cost of a step does not depend on them).
-* ``stream`` -- the LM up to the trained layer per batch: for SmolLM2, ``stages.streamed_batches``
+* ``stream`` -- the LM up to the trained layer per batch: for SmolLM2, ``pndecomp.stages.common.streamed_batches``
   itself (the materialized model and the token store of results/embedded-smollm2, when present);
   otherwise, and for the Pythia-dims model, the same code built from ``lm.ResidualCapture``
   (``capture.run(tokens[batch_indices(...)])[layer].to(float16)``) on random token windows.
@@ -43,8 +43,9 @@ import time
 import _common as C  # noqa: I001
 import torch
 
-from pndecomp import lm, stages, token_store
+from pndecomp import lm, token_store
 from pndecomp.predictor import AttentionConfig
+from pndecomp.stages import common as common_stages
 from pndecomp.train import PredictorTrainer, TrainConfig, batch_indices, train_predictor, train_predictors
 
 RESULTS = C.REPO / "results" / "embedded-smollm2"
@@ -68,14 +69,14 @@ class TimedBatches:
 
 
 def cache_batches(hidden: torch.Tensor, cfg: TrainConfig):
-    def next_batch(step: int) -> torch.Tensor:  # as in stages.train_predictor
+    def next_batch(step: int) -> torch.Tensor:  # as in pndecomp.stages.train.train_predictor
         return hidden[batch_indices(len(hidden), cfg.batch_size, cfg.seed, step)]
     return next_batch
 
 
 def stream_states(model, tokens: torch.Tensor, layers: list[int], cfg: TrainConfig, device):
-    """stages.streamed_batches without the config plumbing (model and token windows passed in): next_batch(step)
-    -> {layer name: states}, one LM pass up to the deepest of ``layers``."""
+    """pndecomp.stages.common.streamed_batches without the config plumbing (model and token windows passed
+    in): next_batch(step) -> {layer name: states}, one LM pass up to the deepest of ``layers``."""
     capture = lm.ResidualCapture(model, layers)
 
     def next_batch(step: int) -> dict[str, torch.Tensor]:
@@ -141,10 +142,10 @@ def build_shape(name: str, args, device):
             config = {"device": str(device), "model": {"id": "embedded", "dtype": "bfloat16", "random_init": False},
                       "extraction": {"dtype": "float16"}}
             pool = token_store.open_pool(store)
-            stream = single_layer(stages.streamed_batches(config, str(materialized), [str(layer)], pool,
+            stream = single_layer(common_stages.streamed_batches(config, str(materialized), [str(layer)], pool,
                                                           cfgs["stream"]), layer)
             n_stream = len(pool)
-            note = f"stream = stages.streamed_batches on {store.relative_to(C.REPO)}"
+            note = f"stream = pndecomp.stages.common.streamed_batches on {store.relative_to(C.REPO)}"
         else:
             model, how = C.load_smollm2(torch.bfloat16, device)
             tokens = torch.randint(0, model.config.vocab_size, (256, length))

@@ -25,8 +25,8 @@ import pandas as pd
 import yaml
 from snakemake.utils import validate
 
-from pndecomp import stages
 from pndecomp.config import with_predictor
+from pndecomp.stages import train as train_stages
 
 RESULTS = C.REPO / "results" / "embedded-smollm2"
 
@@ -43,7 +43,7 @@ def val_curve(layer: str, steps: int, lr: float, normalize: str, workdir: Path) 
     config = resolved_config({"steps": steps, "lr": lr, "normalize": normalize})
     activations = RESULTS / "activations"
     stem = workdir / f"layer-{layer}-{steps}-{lr:g}-{normalize}"
-    stages.train_predictor(config, str(RESULTS / "model"), layer,
+    train_stages.train_predictor(config, str(RESULTS / "model"), layer,
                            str(activations / "predictor_train" / f"layer-{layer}.safetensors"),
                            str(activations / "predictor_val" / f"layer-{layer}.safetensors"),
                            f"{stem}.safetensors", f"{stem}-curve.parquet", f"{stem}.resume.pt", f"{stem}-cost.json")

@@ -8,7 +8,7 @@ Every case of the table goes through what a user runs first:
   point, argument parsing and workflow profile included), so the interpreter, torch and snakemake
   start once instead of once per case. One test also runs ``python -m snakemake`` as its own
   process to check the exit status a shell sees.
-* ``call``: the function of the rule that hits the bad input first (``stages.make_windows`` for
+* ``call``: the function of the rule that hits the bad input first (``prepare_stages.make_windows`` for
   corpora), where starting Snakemake and its job would only add seconds.
 
 A case fails either while Snakemake builds the DAG (``dag``: nothing may exist under ``results/``)
@@ -365,7 +365,7 @@ def validated_config(config_path: Path) -> dict:
 
 @pytest.mark.parametrize("name", CALL_CASES)
 def test_bad_corpus_in_make_windows(name, tmp_path, tiny_model_dir, tiny_corpus, monkeypatch):
-    from pndecomp import stages
+    from pndecomp.stages import prepare as prepare_stages
 
     case = CASES[name]
     workdir = make_workdir(tmp_path / name, case, tiny_model_dir, tiny_corpus)
@@ -376,7 +376,7 @@ def test_bad_corpus_in_make_windows(name, tmp_path, tiny_model_dir, tiny_corpus,
     outputs["summary"] = str(out / "summary.json")
     outputs["predictor_train_tokens"] = str(out / "predictor_train_tokens")
     with pytest.raises(Exception) as raised:
-        stages.make_windows(config, None, None, outputs)
+        prepare_stages.make_windows(config, None, None, outputs)
     assert type(raised.value).__name__ == case.error, repr(raised.value)
     message = str(raised.value)
     for expected in case.expect:

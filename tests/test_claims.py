@@ -8,7 +8,7 @@ import pytest
 
 from pndecomp import claims, metrics
 from pndecomp.claims import RunTables, beyond_regions, sign_regions, verdict
-from pndecomp.metric_stages import position_trends
+from pndecomp.stages.metrics import position_trends
 
 
 @pytest.mark.parametrize(("lo", "hi", "expected"), [

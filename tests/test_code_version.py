@@ -67,7 +67,7 @@ def test_workflow_scripts_closures():
     assert not closures["draw_layer_scores"] & {"pndecomp.stages", "pndecomp.train", "pndecomp.lm"}
     importers = {name for name, closure in closures.items() if "pndecomp.figures" in closure}
     assert importers == {name for name in closures if name.startswith("draw_")}
-    # training runs pndecomp.train (through pndecomp.stages), so a change there reruns it
+    # training runs pndecomp.train (through pndecomp.stages.train), so a change there reruns it
     assert "pndecomp.train" in closures["train_predictor"]
 
 

@@ -9,10 +9,11 @@ import pytest
 from sklearn.metrics import f1_score
 from test_windows import CharTokenizer
 
-from pndecomp import bootstrap, probe_stages
+from pndecomp import bootstrap
 from pndecomp.corpus import Document
 from pndecomp.probes import fit_and_score
 from pndecomp.splits import PROBE_SPLITS
+from pndecomp.stages import probes as probe_stages
 from pndecomp.tasks import TASKS, Control, control_labels
 from pndecomp.windows import build_windows, select_windows
 

@@ -16,7 +16,8 @@ from snakemake.utils import validate
 from tiny import write_config
 
 from pndecomp import config as pnconfig
-from pndecomp import extract, lm, stages, storage
+from pndecomp import extract, lm, storage
+from pndecomp.stages import prepare as prepare_stages
 
 SCHEMA = str(REPO / "workflow" / "schemas" / "config.schema.yaml")
 FLOAT16_LIMIT = torch.finfo(torch.float16).max / extract.AUTO_DTYPE_MARGIN  # 16376
@@ -110,7 +111,7 @@ def test_eval_extraction_chooses_and_train_extraction_reads_the_choice(tmp_path,
     pd.DataFrame({"tokens": list(tokens)}).to_parquet(windows)
     eval_paths = {layer: str(tmp_path / f"eval-{layer}.safetensors") for layer in ("0", "final")}
     choice_path = tmp_path / "storage_dtype.json"
-    stages.extract_activations(config, None, str(windows), eval_paths, str(tmp_path / "surprisal.safetensors"),
+    prepare_stages.extract_activations(config, None, str(windows), eval_paths, str(tmp_path / "surprisal.safetensors"),
                                out_storage_dtype=str(choice_path))
     choice = storage.read_json(choice_path)
     assert choice["dtype"] == "float16" and set(choice["max_abs_hidden"]) == {"0", "final"}
@@ -119,10 +120,10 @@ def test_eval_extraction_chooses_and_train_extraction_reads_the_choice(tmp_path,
 
     storage.write_json({**choice, "dtype": "bfloat16"}, choice_path)
     train_path = str(tmp_path / "train-0.safetensors")
-    stages.extract_activations(config, None, str(windows), {"0": train_path}, None, str(choice_path))
+    prepare_stages.extract_activations(config, None, str(windows), {"0": train_path}, None, str(choice_path))
     assert stored_dtype(train_path) == torch.bfloat16
     with pytest.raises(pnconfig.ConfigError, match="extraction.dtype is 'auto'"):
-        stages.extract_activations(config, None, str(windows), {"0": train_path}, None)
+        prepare_stages.extract_activations(config, None, str(windows), {"0": train_path}, None)
 
 
 def eval_extraction_feeds(workdir, tiny_model_dir, tiny_corpus, dtype: str) -> set[str]:

@@ -6,30 +6,30 @@ import pytest
 import torch
 
 from pndecomp import config as pnconfig
-from pndecomp import intervention_stages as stages
 from pndecomp import interventions, resources, storage
+from pndecomp.stages import interventions as intervention_stages
 
 
 def test_spread_windows_takes_every_document_once_before_any_twice():
     documents = np.array(["a"] * 5 + ["b"] * 3 + ["c"] + ["d"] * 2)
     for n in range(1, 5):
-        rows = stages.spread_windows(documents, n, seed=0)
+        rows = intervention_stages.spread_windows(documents, n, seed=0)
         assert len(set(documents[rows])) == n and list(rows) == sorted(rows)
-    rows = stages.spread_windows(documents, 7, seed=0)
+    rows = intervention_stages.spread_windows(documents, 7, seed=0)
     counts = {doc: int((documents[rows] == doc).sum()) for doc in "abcd"}
     assert counts["c"] == 1 and counts["d"] == 2 and counts["a"] + counts["b"] == 4 and min(counts.values()) >= 1
     assert max(counts.values()) - min(counts["a"], counts["b"]) <= 1  # a and b share the rest: 2 and 2
-    np.testing.assert_array_equal(stages.spread_windows(documents, 7, seed=0), rows)  # seeded
-    assert any(not np.array_equal(stages.spread_windows(documents, 3, seed=s), stages.spread_windows(documents, 3, 0))
-               for s in range(1, 10))
+    np.testing.assert_array_equal(intervention_stages.spread_windows(documents, 7, seed=0), rows)  # seeded
+    spread = intervention_stages.spread_windows
+    assert any(not np.array_equal(spread(documents, 3, seed=s), spread(documents, 3, 0)) for s in range(1, 10))
     with pytest.raises(ValueError, match="cannot pick 12 of 11"):
-        stages.spread_windows(documents, 12, seed=0)
+        intervention_stages.spread_windows(documents, 12, seed=0)
 
 
 def test_steered_windows_take_up_to_k_per_domain():
     labels = np.array(["x", "x", "x", "y", "y", "z"])
     documents = np.array(["1", "1", "2", "3", "4", "5"])
-    rows = stages.steered_windows(labels, documents, np.arange(6), 2, seed=0)
+    rows = intervention_stages.steered_windows(labels, documents, np.arange(6), 2, seed=0)
     assert list(labels[rows]) == ["x", "x", "y", "y", "z"]
     assert set(documents[rows[:2]]) == {"1", "2"}  # two documents before a second window of one
 
@@ -39,7 +39,7 @@ def test_stored_rows_are_the_rows_of_the_file(tmp_path):
     path = tmp_path / "layer.safetensors"
     storage.save_tensors({"hidden": hidden}, path)
     rows = np.array([0, 3, 4, 9, 10])
-    assert torch.equal(stages.stored_rows(str(path), rows, batch_size=4), hidden[rows])
+    assert torch.equal(intervention_stages.stored_rows(str(path), rows, batch_size=4), hidden[rows])
 
 
 def test_resources_count_every_patch_kind():

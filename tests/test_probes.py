@@ -339,7 +339,7 @@ def test_fit_probe_stage_intervals_and_paired_differences(tmp_path):
     """probe_stages.fit_probe: every representation's interval comes from the same resamples of the split
     units (near-duplicate groups, not documents), and the paired difference ĥ − r is the percentile
     interval of the per-resample differences, both recomputed here directly with sklearn on resample_rows."""
-    from pndecomp import probe_stages
+    from pndecomp.stages import probes as probe_stages
 
     rng = np.random.default_rng(11)
     windows, features = _probe_windows(tmp_path, rng, signal=True)
@@ -429,7 +429,7 @@ def _layer_table(task, f1, lo=None, hi=None, samples=None, digest="rows"):
 
 
 def test_probe_table_stacks_layers_differences_and_selectivity(tmp_path):
-    from pndecomp import probe_stages
+    from pndecomp.stages import probes as probe_stages
 
     rng = np.random.default_rng(12)
     paths, control_paths, difference_paths, samples = {}, {}, {}, {}
@@ -532,6 +532,6 @@ def test_h_mean_is_the_mean_of_the_stored_states_before_the_last_position(tmp_pa
 
 def test_probe_and_figure_modules_do_not_import_torch():
     """fit_probe, probe_table and draw_* jobs never use torch: importing it would cost seconds per job."""
-    code = ("import sys, pndecomp.probe_stages, pndecomp.figures, pndecomp.script; "
+    code = ("import sys, pndecomp.stages.probes, pndecomp.figures, pndecomp.script; "
             "sys.exit('torch' in sys.modules or 'transformers' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -46,10 +46,10 @@ def status_kb(field):
 
 import torch
 torch.set_num_threads(1)
-from pndecomp import metric_stages, stages
+import importlib
 args = json.loads(sys.argv[1])
 rss_before = status_kb("VmRSS")
-getattr(args["module"] == "stages" and stages or metric_stages, args["stage"])(*args["args"])
+getattr(importlib.import_module(f"pndecomp.stages.{args['module']}"), args["stage"])(*args["args"])
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec, so it would include the forking parent's size.
 print("RESULT " + json.dumps({"peak_mb": status_kb("VmHWM") / 1024, "rss_after_imports_mb": rss_before / 1024}))
 """
@@ -111,8 +111,8 @@ def test_requests_cover_the_measured_peak_of_each_streaming_stage(case, tmp_path
     pd.DataFrame({"group": [f"d{i // 2}" for i in range(n_windows)]}).to_parquet(eval_windows)
     residual, scores = tmp_path / "residual.safetensors", tmp_path / "scores.json"
     runs = {
-        "decompose_eval": ("stages", config, str(hidden), str(weights), str(residual), str(scores)),
-        "per_position_metrics": ("metric_stages", config, str(hidden), str(residual), str(surprisal),
+        "decompose_eval": ("decompose", config, str(hidden), str(weights), str(residual), str(scores)),
+        "per_position_metrics": ("metrics", config, str(hidden), str(residual), str(surprisal),
                                  str(eval_windows), str(tmp_path / "per_position.parquet")),
     }
     if case == "tiny":  # the LM stage, on the tiny model itself: as many probe windows as the caps allow
@@ -121,7 +121,7 @@ def test_requests_cover_the_measured_peak_of_each_streaming_stage(case, tmp_path
         tokens = rng.integers(0, extras["vocab"], (n_probe, length), dtype=np.int32)
         pd.DataFrame({"tokens": list(tokens)}).to_parquet(probe_windows)
         layers = [str(layer) for layer in config["layers"]]
-        runs["probe_features"] = ("stages", config, None, str(probe_windows), dict.fromkeys(layers, str(weights)),
+        runs["probe_features"] = ("decompose", config, None, str(probe_windows), dict.fromkeys(layers, str(weights)),
                                   {layer: str(tmp_path / f"features-{layer}.safetensors") for layer in layers})
     for stage, (module, *args) in runs.items():
         measured = run_child(module, stage, *args)

@@ -10,8 +10,8 @@ import scipy.stats
 import torch
 
 from pndecomp import bootstrap, scoring, storage
-from pndecomp.metric_stages import per_position_metrics
 from pndecomp.metrics import regression_scores
+from pndecomp.stages.metrics import per_position_metrics
 
 
 def synthetic(n_windows=24, length=9, d=5, seed=0):

@@ -13,10 +13,13 @@ from snakemake.utils import validate
 from tiny import write_config
 
 from pndecomp import config as pnconfig
-from pndecomp import corpus, lm, stages, storage, token_store
+from pndecomp import corpus, lm, storage, token_store
 from pndecomp.extract import NonFiniteHiddenState
 from pndecomp.predictor import load_predictor
 from pndecomp.splits import split_of
+from pndecomp.stages import common as common_stages
+from pndecomp.stages import prepare as prepare_stages
+from pndecomp.stages import train as train_stages
 from pndecomp.train import StreamPoolTooSmall, batch_indices
 
 LAYERS = ["1", "2"]
@@ -41,18 +44,18 @@ def prepared(tmp_path_factory, tiny_model_dir, tiny_corpus):
     windows = {name: str(root / f"{name}.parquet")
                for name in ("predictor_train", "predictor_val", "predictor_eval", "probe")}
     store = str(root / "predictor_train_tokens")
-    stages.make_windows(config, None, None,
+    prepare_stages.make_windows(config, None, None,
                         {**windows, "summary": str(root / "summary.json"), "predictor_train_tokens": store})
     val_paths = {layer: str(root / f"predictor_val-layer-{layer}.safetensors") for layer in LAYERS}
-    stages.extract_activations(config, None, windows["predictor_val"], val_paths, None)
+    prepare_stages.extract_activations(config, None, windows["predictor_val"], val_paths, None)
     train_activations = str(root / "predictor_train-layer-2.safetensors")
-    stages.extract_activations(config, None, windows["predictor_train"], {"2": train_activations}, None)
+    prepare_stages.extract_activations(config, None, windows["predictor_train"], {"2": train_activations}, None)
     return {"root": root, "config": config, "windows": windows, "store": store, "val": val_paths,
             "train_activations": train_activations}
 
 
 def files_of(root, name, layer):
-    return stages.PredictorFiles(str(root / f"predictor_val-layer-{layer}.safetensors"),
+    return train_stages.PredictorFiles(str(root / f"predictor_val-layer-{layer}.safetensors"),
                                  str(root / f"{name}-{layer}.safetensors"), str(root / f"{name}-{layer}-curve.parquet"),
                                  str(root / f"{name}-{layer}.resume.pt"), str(root / f"{name}-{layer}-cost.json"))
 
@@ -60,7 +63,7 @@ def files_of(root, name, layer):
 def train_one(prepared, name, layer, config=None, train_data=None):
     config = config or prepared["config"]
     files = files_of(prepared["root"], name, layer)
-    stages.train_predictor(config, None, layer, train_data or prepared["store"], files.val_hidden, files.weights,
+    train_stages.train_predictor(config, None, layer, train_data or prepared["store"], files.val_hidden, files.weights,
                            files.curve, files.resume, files.cost)
     return files
 
@@ -103,7 +106,7 @@ def test_store_uses_uint32_beyond_uint16_and_refuses_ids_outside_the_vocabulary(
 
 def test_store_holds_every_predictor_train_document_as_tokenized(prepared):
     config, pool = prepared["config"], token_store.open_pool(prepared["store"])
-    tokenizer = lm.load_tokenizer(stages.model_source(config))
+    tokenizer = lm.load_tokenizer(common_stages.model_source(config))
     fractions, seed = config["windows"]["split_fractions"], config["seed"]
     length = config["windows"]["length"]
     tokenized = {doc.doc_id: tokenizer(doc.text, add_special_tokens=False)["input_ids"]
@@ -141,22 +144,22 @@ def test_streamed_states_equal_what_extraction_stores_for_the_same_windows(prepa
     """One LM pass gives every layer's states of the step's pool windows, rounded as extraction rounds them."""
     config, root = prepared["config"], prepared["root"]
     pool, train_cfg = token_store.open_pool(prepared["store"]), pnconfig.train_config(prepared["config"])
-    next_batch = stages.streamed_batches(config, None, LAYERS, pool, train_cfg)
+    next_batch = common_stages.streamed_batches(config, None, LAYERS, pool, train_cfg)
     step = 3
     indices = batch_indices(len(pool), train_cfg.batch_size, train_cfg.seed, step)
     windows_path = root / "step-3-windows.parquet"
     pd.DataFrame({"tokens": list(pool.windows_of(indices.numpy()))}).to_parquet(windows_path)
     extracted = {layer: str(root / f"step-3-layer-{layer}.safetensors") for layer in LAYERS}
-    stages.extract_activations(config, None, str(windows_path), extracted, None)
+    prepare_stages.extract_activations(config, None, str(windows_path), extracted, None)
     batch = next_batch(step)
     assert list(batch) == LAYERS
     for layer in LAYERS:
-        torch.testing.assert_close(batch[layer], stages.read_hidden(extracted[layer]), rtol=0, atol=0)
+        torch.testing.assert_close(batch[layer], common_stages.read_hidden(extracted[layer]), rtol=0, atol=0)
 
 
 def test_non_finite_hidden_state_names_layer_step_and_window(prepared, monkeypatch):
     config, pool = prepared["config"], token_store.open_pool(prepared["store"])
-    real = stages.frozen_lm_states
+    real = common_stages.frozen_lm_states
 
     def with_a_nan(*args, **kwargs):
         states_of = real(*args, **kwargs)
@@ -167,9 +170,9 @@ def test_non_finite_hidden_state_names_layer_step_and_window(prepared, monkeypat
             return states
         return poisoned
 
-    monkeypatch.setattr(stages, "frozen_lm_states", with_a_nan)
+    monkeypatch.setattr(common_stages, "frozen_lm_states", with_a_nan)
     train_cfg = pnconfig.train_config(config)
-    next_batch = stages.streamed_batches(config, None, LAYERS, pool, train_cfg)
+    next_batch = common_stages.streamed_batches(config, None, LAYERS, pool, train_cfg)
     index = int(batch_indices(len(pool), train_cfg.batch_size, train_cfg.seed, 4)[5])
     with pytest.raises(NonFiniteHiddenState) as raised:
         next_batch(4)
@@ -205,7 +208,7 @@ def test_joint_layer_training_equals_per_layer_training(prepared):
     root, config = prepared["root"], prepared["config"]
     per_layer = {layer: train_one(prepared, "per-layer", layer) for layer in LAYERS}
     joint = {layer: files_of(root, "joint", layer) for layer in LAYERS}
-    stages.train_predictors(config, None, prepared["store"], joint)
+    train_stages.train_predictors(config, None, prepared["store"], joint)
     for layer in LAYERS:
         expected, actual = load_predictor(per_layer[layer].weights), load_predictor(joint[layer].weights)
         for key, value in expected.state_dict().items():
@@ -222,7 +225,7 @@ def test_training_beyond_the_pool_stops_before_its_first_step(prepared, tmp_path
     config = {**config, "train": {**config["train"], "steps": steps}}
     files = files_of(tmp_path, "beyond", "2")
     with pytest.raises(StreamPoolTooSmall) as raised:
-        stages.train_predictors(config, None, prepared["store"], {"2": files})
+        train_stages.train_predictors(config, None, prepared["store"], {"2": files})
     needed = steps * config["train"]["batch_size"]
     assert str(raised.value).startswith(f"stream pool: {len(pool)} windows, training needs {needed} ")
     assert list(tmp_path.iterdir()) == []  # no weights, curve or checkpoint

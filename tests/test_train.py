@@ -10,7 +10,7 @@ from snakemake.utils import validate
 from tiny import write_config
 
 from pndecomp import config as pnconfig
-from pndecomp import stages, storage
+from pndecomp import storage
 from pndecomp.baselines import make_baseline
 from pndecomp.predictor import (
     AttentionConfig,
@@ -22,6 +22,7 @@ from pndecomp.predictor import (
     predictor_settings,
     save_predictor,
 )
+from pndecomp.stages import train as train_stages
 from pndecomp.train import (
     CURVE_COLUMNS,
     NonFiniteLoss,
@@ -305,7 +306,7 @@ def test_training_stage_fits_ridge_ar_on_cached_states_and_refuses_stream_mode(t
     storage.save_tensors({"hidden": eval_hidden.half()}, paths["eval"], {"layer": 2})
     curve_path, resume = tmp_path / "curve.parquet", tmp_path / ".resume.pt"
     cost_path = tmp_path / "cost.json"
-    stages.train_predictor(config, None, "2", paths["train"], paths["eval"], paths["weights"], str(curve_path),
+    train_stages.train_predictor(config, None, "2", paths["train"], paths["eval"], paths["weights"], str(curve_path),
                            str(resume), str(cost_path))
     model = load_predictor(paths["weights"])
     cost = storage.read_json(cost_path)
@@ -326,7 +327,7 @@ def test_training_stage_fits_ridge_ar_on_cached_states_and_refuses_stream_mode(t
     with pytest.raises(pnconfig.ConfigError, match="ridge_ar predictors need train.data: cache"):
         pnconfig.check(stream)
     with pytest.raises(pnconfig.ConfigError, match="ridge_ar predictors need train.data: cache"):
-        stages.train_predictor(stream, None, "2", "unused", paths["eval"], paths["weights"], str(curve_path),
+        train_stages.train_predictor(stream, None, "2", "unused", paths["eval"], paths["weights"], str(curve_path),
                                str(resume), str(cost_path))
 
 

@@ -32,7 +32,7 @@ def test_full_run_makes_every_figure_and_table(tiny_run):
     summary = pd.read_csv(out / "metrics" / "attn1" / "layer_summary.tsv", sep="\t", dtype={"layer": str})
     assert list(summary["layer"]) == ["0", "2", "3"]
     # Every model under every mask, with its interval and the paired difference to that mask's best baseline.
-    from pndecomp.metric_stages import MASKS
+    from pndecomp.stages.metrics import MASKS
 
     baselines = [column.removeprefix("r2_") for column in summary.columns if column.startswith("r2_")
                  and not column.endswith(("_lo", "_hi")) and column != "r2_minus_best"]

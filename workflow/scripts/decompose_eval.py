@@ -1,5 +1,5 @@
 from pndecomp.script import setup
-from pndecomp.stages import decompose_eval
+from pndecomp.stages.decompose import decompose_eval
 
 config = setup(snakemake)
 decompose_eval(config, snakemake.input.hidden, snakemake.input.predictor,

@@ -1,5 +1,5 @@
 from pndecomp.script import layer_paths, materialized, setup
-from pndecomp.stages import extract_activations
+from pndecomp.stages.prepare import extract_activations
 
 config = setup(snakemake)
 extract_activations(config, materialized(snakemake), snakemake.input.windows,

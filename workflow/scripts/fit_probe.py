@@ -1,5 +1,5 @@
-from pndecomp.probe_stages import fit_probe
 from pndecomp.script import setup
+from pndecomp.stages.probes import fit_probe
 
 config = setup(snakemake)
 fit_probe(config, snakemake.wildcards.task, snakemake.input.windows, snakemake.input.features,

@@ -1,5 +1,5 @@
-from pndecomp.intervention_stages import intervention_table
 from pndecomp.script import setup
+from pndecomp.stages.interventions import intervention_table
 
 setup(snakemake)
 intervention_table(list(snakemake.input), snakemake.output[0])

@@ -1,5 +1,5 @@
-from pndecomp.metric_stages import layer_scores
 from pndecomp.script import materialized, setup
+from pndecomp.stages.metrics import layer_scores
 
 config = setup(snakemake)
 layer_scores(config, materialized(snakemake, "tokenizer"), snakemake.input.hidden, snakemake.input.residual,

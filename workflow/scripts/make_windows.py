@@ -1,5 +1,5 @@
 from pndecomp.script import materialized, setup
-from pndecomp.stages import make_windows
+from pndecomp.stages.prepare import make_windows
 
 config = setup(snakemake)
 corpus = snakemake.input.corpus

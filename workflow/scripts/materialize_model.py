@@ -1,5 +1,5 @@
 from pndecomp.script import setup
-from pndecomp.stages import materialize_model
+from pndecomp.stages.prepare import materialize_model
 
 config = setup(snakemake)
 materialize_model(config, snakemake.output[0])

@@ -1,5 +1,5 @@
 from pndecomp.script import setup
-from pndecomp.stages import materialize_tokenizer
+from pndecomp.stages.prepare import materialize_tokenizer
 
 config = setup(snakemake)
 materialize_tokenizer(config, snakemake.output[0])

@@ -1,5 +1,5 @@
-from pndecomp.intervention_stages import patch_layer
 from pndecomp.script import materialized, setup
+from pndecomp.stages.interventions import patch_layer
 
 config = setup(snakemake)
 patch_layer(config, materialized(snakemake), snakemake.wildcards.layer, snakemake.input.windows,

@@ -1,5 +1,5 @@
-from pndecomp.metric_stages import per_position_metrics
 from pndecomp.script import setup
+from pndecomp.stages.metrics import per_position_metrics
 
 config = setup(snakemake)
 per_position_metrics(config, snakemake.input.hidden, snakemake.input.residual, snakemake.input.surprisal,

@@ -1,5 +1,5 @@
 from pndecomp.script import layer_paths, materialized, setup
-from pndecomp.stages import probe_features
+from pndecomp.stages.decompose import probe_features
 
 config = setup(snakemake)
 probe_features(config, materialized(snakemake), snakemake.input.windows,

@@ -1,5 +1,5 @@
-from pndecomp.probe_stages import probe_table
 from pndecomp.script import setup
+from pndecomp.stages.probes import probe_table
 
 setup(snakemake)
 layers = [str(layer) for layer in snakemake.params.layers]

@@ -1,5 +1,5 @@
-from pndecomp.metric_stages import score_baselines
 from pndecomp.script import materialized, setup
+from pndecomp.stages.metrics import score_baselines
 
 config = setup(snakemake)
 score_baselines(config, materialized(snakemake), snakemake.wildcards.layer, snakemake.input.train,

@@ -1,5 +1,5 @@
-from pndecomp.intervention_stages import steer_layer
 from pndecomp.script import layer_paths, materialized, setup
+from pndecomp.stages.interventions import steer_layer
 
 config = setup(snakemake)
 steer_layer(config, materialized(snakemake), snakemake.wildcards.layer, snakemake.input.windows,

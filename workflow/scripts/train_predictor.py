@@ -1,5 +1,5 @@
 from pndecomp.script import materialized, setup
-from pndecomp.stages import train_predictor
+from pndecomp.stages.train import train_predictor
 
 config = setup(snakemake)
 train_predictor(config, materialized(snakemake), snakemake.wildcards.layer, snakemake.input.train,

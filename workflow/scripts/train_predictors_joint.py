@@ -1,6 +1,6 @@
 from pndecomp.config import layer_names
 from pndecomp.script import materialized, setup
-from pndecomp.stages import PredictorFiles, train_predictors
+from pndecomp.stages.train import PredictorFiles, train_predictors
 
 config = setup(snakemake)
 # The rule lists each layer's files in config layer order.

@@ -7,8 +7,8 @@ MB = 2**20
 #: The job's own Snakemake process, which runs the rule's script as a child: `snakemake -n` of the default
 #: config peaked at 432 MB (it parses the workflow, whose common.smk imports torch through pndecomp.config).
 SNAKEMAKE_MB = 450
-#: A script that imports pndecomp.stages and transformers (every torch rule): RSS 371 MB after the
-#: imports (torch alone 220 MB, torch + transformers 240 MB).
+#: A script that imports a torch stage module (pndecomp.stages.*) and transformers (every torch rule): RSS
+#: 371 MB after the imports (torch alone 220 MB, torch + transformers 240 MB).
 TORCH_PROCESS_MB = 400
 #: A script that also loads an LM: transformers' model classes add 111 MB (462 MB measured).
 LM_PROCESS_MB = 500

@@ -1,8 +1,5 @@
-"""One function per intervention rule (issue 11): patching and steering at one layer of one predictor,
-and the tables that stack the layers. The interventions themselves are :mod:`pndecomp.interventions`.
-
-Like :mod:`pndecomp.stages`, everything here runs (and is tested) without Snakemake.
-"""
+"""The intervention stages (issue 11): patching and steering at one layer of one predictor, and the
+tables that stack the layers. The interventions themselves are :mod:`pndecomp.interventions`."""
 from __future__ import annotations
 
 import logging
@@ -13,13 +10,13 @@ import pandas as pd
 import torch
 from safetensors.numpy import load_file
 
-from . import baselines, bootstrap, interventions, lm, predictor, storage, tasks
-from .metric_stages import baseline_train_batches
-from .stages import load_frozen_lm, output_metadata
-from .storage import hidden_batches
-from .windows import tokens_array
+from .. import baselines, bootstrap, interventions, lm, predictor, storage, tasks
+from ..storage import hidden_batches
+from ..windows import tokens_array
+from .common import baseline_train_batches, load_frozen_lm, output_metadata
 
 log = logging.getLogger(__name__)
+
 
 STEERING_TASK = "domain"  # the probe task whose windows and labels define the steering directions
 

@@ -1,9 +1,5 @@
-"""One function per metric rule (baselines, layer scores with intervals, per-position metrics, the
-layer summary): read the rule's inputs, call the package, write its outputs.
-
-Like :mod:`pndecomp.stages`, everything here runs (and is tested) without Snakemake, and reads hidden
-states one batch at a time.
-"""
+"""The metric stages: the baselines' scores, the layer scores with intervals, the per-position metrics and
+the layer summary. Hidden states are read one batch at a time."""
 from __future__ import annotations
 
 import logging
@@ -13,27 +9,14 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from . import baselines, bootstrap, lm, metrics, scoring, storage
-from .stages import hidden_and_residual_batches, layer_states, model_source, output_metadata
-from .storage import hidden_batches
+from .. import baselines, bootstrap, lm, metrics, scoring, storage
+from ..storage import hidden_batches
+from .common import baseline_train_batches, hidden_and_residual_batches, model_source, output_metadata
 
 log = logging.getLogger(__name__)
 
+
 TAIL_ROWS = 20  # rows of the tail table: the largest squared errors of a layer
-
-
-def baseline_train_batches(config: Mapping, materialized_dir: str | None, layer: str, train_data_path: str,
-                           storage_dtype_path: str | None = None):
-    """A function giving, at each call, a fresh iterator over the layer's hidden states [batch, T, d] of the
-    first ``metrics.baseline_train_windows`` predictor_train windows: read from the cache, or computed by
-    the frozen LM in stream mode (``train_data_path``: the activations, or the token store)."""
-    batch_size, limit = config["extraction"]["batch_size"], config["metrics"]["baseline_train_windows"]
-    if config["train"]["data"] == "stream":
-        tokens, hidden_of = layer_states(config, materialized_dir, lm.parse_layer(layer), train_data_path,
-                                         storage_dtype_path)
-        tokens = tokens[:limit]
-        return lambda: (hidden_of(tokens[start:start + batch_size]) for start in range(0, len(tokens), batch_size))
-    return lambda: hidden_batches(train_data_path, batch_size, limit=limit)
 
 
 def score_baselines(config: Mapping, materialized_dir: str | None, layer: str, train_data_path: str,

@@ -1,9 +1,6 @@
-"""One function per probe rule (a task's probe on one layer, the task's table over layers): read the
-rule's inputs, call the package, write its outputs.
-
-Like :mod:`pndecomp.stages`, everything here runs (and is tested) without Snakemake. Nothing here imports
-torch (seconds per job, for 20+ jobs per run): the probe features are read as numpy arrays.
-"""
+"""The probe stages: a task's probe on one layer, and the task's table over layers (with its control and
+selectivity). Nothing here imports torch (seconds per job, for 20+ jobs per run): the probe features are
+read as numpy arrays."""
 from __future__ import annotations
 
 import hashlib
@@ -14,15 +11,14 @@ import numpy as np
 import pandas as pd
 from safetensors.numpy import load_file
 
-from . import bootstrap, probes, storage, tasks
-from .representations import REPRESENTATIONS
+from .. import bootstrap, probes, storage, tasks
+from ..representations import REPRESENTATIONS
 
 log = logging.getLogger(__name__)
 
 
 # Paired differences of test macro-F1 reported per layer: (representation a, representation b), a − b.
 DIFFERENCES = (("hhat", "r"), ("hhat", "h"), ("hhat", "h_mean"))
-
 
 # Per-layer columns for pairing a task with its control in probe_table, left out of the task's TSV.
 SAMPLES, TEST_ROWS = "test_macro_f1_samples", "test_rows_sha1"
