@@ -14,7 +14,7 @@ features, decomposition, per-position metrics, the scores) and whole where it ke
 arrays. Working sets are sized for the CPU, in float32 or float64 as the code computes, whatever
 ``device`` says: on a GPU the host holds less, so the request is an upper bound there. The LM's
 weights, which transformers memory-maps, are counted; the hidden states are read through a fresh
-mapping per batch (``stages.hidden_batches``), and the stream-mode token store's pages are clean page
+mapping per batch (``storage.hidden_batches``), and the stream-mode token store's pages are clean page
 cache, which the kernel reclaims under a cgroup limit: neither is counted.
 
 Runtimes are deliberately generous (assumed throughputs well below a current CPU core or GPU, then
