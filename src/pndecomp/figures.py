@@ -165,12 +165,14 @@ def _r2_panel(ax, models: pd.DataFrame, title: str, legend: bool = True) -> None
     lines = list(dict.fromkeys(zip(models["model"], models["kind"])))
     shared = {name for name, _ in lines if sum(other == name for other, _ in lines) > 1}
     palette = sns.color_palette("tab10" if len(lines) <= 10 else "tab20", len(lines))  # no colour twice
+    # At most ±0.18 of the spacing between layers, so that many lines still sit at their layer's tick.
+    step = min(0.06, 0.36 / max(1, len(lines) - 1))
     for index, (name, kind) in enumerate(lines):
         rows = models[(models["model"] == name) & (models["kind"] == kind)]
         rows = rows.set_index(rows["layer"].astype(str)).reindex(layers)
         is_predictor = kind == "predictor"
         values = rows["r2"].to_numpy(dtype=float)
-        offset = (index - (len(lines) - 1) / 2) * 0.06  # side by side, so the intervals stay readable
+        offset = (index - (len(lines) - 1) / 2) * step  # side by side, so the intervals stay readable
         label = f"{name} ({kind})" if name in shared else name
         (line,) = ax.plot(x + offset, values, label=label, marker="o", markersize=4, color=palette[index],
                           linestyle="-" if is_predictor else "--", linewidth=2 if is_predictor else 1)
