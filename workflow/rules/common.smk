@@ -3,7 +3,7 @@ import functools
 
 from pndecomp import config as pnconfig
 from pndecomp import config_schema as pnschema
-from pndecomp import figures as pnfigures
+from pndecomp import registry as pnregistry
 from pndecomp import resources as pnresources
 from pndecomp import tasks as pntasks
 from pndecomp.overrides import load_schema
@@ -52,7 +52,7 @@ STEERING_LAYERS = pnconfig.steering_layers(config)
 # What output_metadata records in every output it writes: rules that write metadata read these.
 PROVENANCE = ("experiment", "seed", "model")
 # File stem of each figure -> what draws it: figures 1-4 from pndecomp.figures, one heatmap per task.
-FIGURES = pnfigures.FIGURES
+FIGURES = pnregistry.FIGURES
 HEATMAPS = {pntasks.get(task).figure: task for task in TASKS}
 
 

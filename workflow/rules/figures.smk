@@ -1,6 +1,6 @@
 # Each figure is its own target, drawn from small metric files: `snakemake <OUT>/figures/fig3.png`
 # regenerates one in seconds. One rule per kind of figure; which figures exist, their data column
-# and caption are entries of pndecomp.figures.FIGURES and (heatmaps) pndecomp.tasks.TASKS. They show the
+# and caption are entries of pndecomp.registry.FIGURES and (heatmaps) pndecomp.tasks.TASKS. They show the
 # first configured predictor (MAIN_PREDICTOR); comparisons across predictors are drawn by compare.smk.
 
 
