@@ -22,7 +22,7 @@ rule claims:
     conda:
         "../../envs/pndecomp.yaml"
     params:
-        predictors={name: pnconfig.with_predictor(config, name)["predictor"]["kind"] for name in PREDICTORS},
+        predictors=PREDICTOR_KINDS,
         layers=LAYERS,
         tasks=CLAIM_TASKS,
         # patterns, not paths: a function keeps Snakemake from filling their fields as wildcards

@@ -31,6 +31,8 @@ LAYERS = pnconfig.layer_names(config)
 # Every predictor gets its own paths (predictors/<name>/, residuals/<name>/, metrics/<name>/,
 # probes/<name>/); figures 1-6 are drawn for the first.
 PREDICTORS = pnconfig.predictor_names(config)
+# Each entry's registry kind (a budget entry names the kind it trains; ridge_ar4 is also a baseline).
+PREDICTOR_KINDS = {name: pnconfig.with_predictor(config, name)["predictor"]["kind"] for name in PREDICTORS}
 MAIN_PREDICTOR = PREDICTORS[0]
 TASKS = config["probes"]["tasks"]
 # Base tasks carry the claims scorecard's probe claims (their control tasks give selectivity in the base table).
@@ -130,13 +132,12 @@ def resource_requests(predictor=None):
     return pnresources.requests(config, MODEL_SHAPE, MODEL_DIR if MATERIALIZE_MODEL else None, predictor)
 
 
-def stage_request(rule, field):
+def stage_request(rule_name, field):
     """The rule's request (a number), computed once when Snakemake builds the DAG; for a rule that runs one
     predictor, a function of the job's wildcards: each predictor's jobs ask for what that predictor needs."""
-    per_predictor = rule in pnresources.PREDICTOR_RULES  # a separate line, or --lint takes it for a rule
-    if per_predictor:
-        return lambda wildcards: getattr(resource_requests(wildcards.predictor)[rule], field)
-    return getattr(resource_requests()[rule], field)
+    if rule_name in pnresources.PREDICTOR_RULES:
+        return lambda wildcards: getattr(resource_requests(wildcards.predictor)[rule_name], field)
+    return getattr(resource_requests()[rule_name], field)
 
 
 def stage_mem_mb(rule):

@@ -77,7 +77,7 @@ rule budget_comparison:
         "../../envs/pndecomp.yaml"
     params:
         budgets=BUDGETS,
-        kinds={name: pnconfig.with_predictor(config, name)["predictor"]["kind"] for name in BUDGETS},
+        kinds={name: PREDICTOR_KINDS[name] for name in BUDGETS},
         batch_sizes={name: pnconfig.with_predictor(config, name)["train"]["batch_size"] for name in BUDGETS},
         layers=LAYERS,
         tasks=BUDGET_TASKS,
