@@ -272,10 +272,11 @@ def main() -> None:
               f"({CPU['no-op'][-1]:.1f} CPU s), {args.figure} {times['figure'][-1]:.1f} s "
               f"({CPU['figure'][-1]:.1f} CPU s)")
     noop, fig = C.median(times["no-op"]), C.median(times["figure"])
-    dry, bare = C.median(times["dry"]), C.median(times["bare"])
-    C.say(f"  dry run median {dry:.1f} s ({C.median(CPU['dry'][1:]):.1f} CPU s) against bare Snakemake "
-          f"{bare:.1f} s ({C.median(CPU['bare']):.1f} CPU s): {dry - bare:+.1f} s -> target <= 1 s over "
-          f"{'met' if dry - bare <= 1 else 'MISSED'}")
+    # CPU['dry'][0] is the up-to-date check before the rounds, on colder caches: not a measurement.
+    dry_median, bare = C.median(times["dry"]), C.median(times["bare"])
+    C.say(f"  dry run median {dry_median:.1f} s ({C.median(CPU['dry'][1:]):.1f} CPU s) against bare Snakemake "
+          f"{bare:.1f} s ({C.median(CPU['bare']):.1f} CPU s): {dry_median - bare:+.1f} s -> target <= 1 s over "
+          f"{'met' if dry_median - bare <= 1 else 'MISSED'}")
     C.say(f"  no-op rerun median {noop:.1f} s ({C.spread(times['no-op'])}; {C.median(CPU['no-op']):.1f} CPU s) "
           "-> target <= 10 s "
           f"{'met' if noop <= 10 else 'MISSED'}")
@@ -295,8 +296,8 @@ def main() -> None:
         cold_text += f" [<={target_minutes} min]"
     if HIDE_SCONTROL:
         shutil.rmtree(HIDE_SCONTROL)
-    C.say(f"SUMMARY pipeline {where}: {cold_text}, dry run {dry:.1f} s = bare Snakemake {bare:.1f} s "
-          f"{dry - bare:+.1f} s [<=+1 s], no-op rerun {noop:.1f} s [<=10 s] "
+    C.say(f"SUMMARY pipeline {where}: {cold_text}, dry run {dry_median:.1f} s = bare Snakemake {bare:.1f} s "
+          f"{dry_median - bare:+.1f} s [<=+1 s], no-op rerun {noop:.1f} s [<=10 s] "
           f"({noop / 10:.2f} of target; {C.median(CPU['no-op']):.1f} CPU s), one figure ({args.figure}) {fig:.1f} s "
           f"[<=30 s] ({fig / 30:.2f} of target; {C.median(CPU['figure']):.1f} CPU s){slurm_text}"
           + (" (quick)" if args.quick else ""))
