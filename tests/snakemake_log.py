@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--cores", "2"]
+# The workflow's CLI, and as the tiny runs call it (two cores).
+SNAKEMAKE_CLI = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
+SNAKEMAKE = [*SNAKEMAKE_CLI, "--cores", "2"]
 NICE = ["nice", "-n", "19"] if shutil.which("nice") else []
 RUN_TIMEOUT_S = 1800
 

@@ -22,7 +22,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -33,12 +32,12 @@ import torch
 import yaml
 from safetensors.torch import load_file
 from snakemake_log import NICE, RUN_TIMEOUT_S, job_stats
+from snakemake_log import SNAKEMAKE_CLI as SNAKEMAKE  # no --cores: each command gives its own
 from tiny import TINY_RUN_TASKS, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_PROFILE = REPO / "tests" / "slurm" / "profile"
 CLUSTER_PROFILE = REPO / "profiles" / "slurm"
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
 
 # Declared `localrules` in workflow/rules/common.smk and model_study.smk (resolved_config: `localrule: True` in
 # config.smk): they run in the Snakemake process.
