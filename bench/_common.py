@@ -81,10 +81,10 @@ def sync(device) -> None:
 
 def load_smollm2(dtype, device="cpu"):
     """The embedded SmolLM2-135M-Instruct: the materialized copy if the pipeline made one, else the GGUF."""
-    from pndecomp import lm
+    from pndecomp import lm, model_files
 
-    source = lm.ModelSource(str(MATERIALIZED)) if (MATERIALIZED / "config.json").is_file() \
-        else lm.resolve_source({"id": "embedded"})
+    source = model_files.ModelSource(str(MATERIALIZED)) if (MATERIALIZED / "config.json").is_file() \
+        else model_files.resolve_source({"id": "embedded"})
     start = time.perf_counter()
     model = lm.load_model(source, device, dtype)
     where = "materialized copy" if source.gguf_file is None else "GGUF (dequantized on load)"

@@ -151,7 +151,8 @@ def block_parameters(model_config, n_blocks: int) -> int:
 def predictor_parameters(d_model: int, n_heads: int, d_head: int) -> int:
     import torch
 
-    from pndecomp.predictor import AttentionConfig, build_predictor
+    from pndecomp.predictor import build_predictor
+    from pndecomp.predictor_kinds import AttentionConfig
 
     with torch.device("meta"):
         return sum(p.numel() for p in build_predictor(AttentionConfig(d_model, n_heads, d_head)).parameters())

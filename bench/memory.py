@@ -102,10 +102,10 @@ def _config(data: Path) -> dict:
 def _load_lm(args):
     if args.model == "pythia-dims":
         return C.build_pythia_dims(C.torch_dtype(args.dtype))
-    from pndecomp import lm
+    from pndecomp import lm, model_files
 
     start = time.perf_counter()
-    model = lm.load_model(lm.ModelSource(str(Path(args.data) / "model")), "cpu", C.torch_dtype(args.dtype))
+    model = lm.load_model(model_files.ModelSource(str(Path(args.data) / "model")), "cpu", C.torch_dtype(args.dtype))
     return model, (f"SmolLM2-135M-Instruct ({args.dtype}) from a materialized copy, "
                    f"{time.perf_counter() - start:.1f} s to load")
 
@@ -180,7 +180,7 @@ def setup(args) -> None:
     from snakemake.utils import validate
 
     from pndecomp import config as pnconfig
-    from pndecomp import lm, predictor, resources, storage
+    from pndecomp import lm, model_files, predictor, resources, storage
     from pndecomp.stages import decompose as decompose_stages
 
     data = Path(args.data)
@@ -189,17 +189,17 @@ def setup(args) -> None:
     config["device"] = "cpu"
     config["extraction"] = {**config["extraction"], "batch_size": args.decompose_batch, "dtype": "float16"}
     (data / "config.json").write_text(json.dumps(config))
-    source = lm.resolve_source({"id": "embedded"})
+    source = model_files.resolve_source({"id": "embedded"})
     materialized = C.MATERIALIZED if (C.MATERIALIZED / "config.json").is_file() else None
     if args.model == "smollm2" and materialized is None:
         lm.materialize(source, data / "model")
     elif args.model == "smollm2":
         (data / "model").symlink_to(materialized)
-    shape = lm.read_model_shape(source)
+    shape = model_files.read_model_shape(source)
     torch.manual_seed(0)
     predictor.save_predictor(predictor.build_predictor(pnconfig.predictor_config(config, shape)),
                              data / "predictor.safetensors")
-    lm_shape = shape if args.model == "smollm2" else lm.ModelShape(24, 2048, 1024, 1024, "gpt_neox")
+    lm_shape = shape if args.model == "smollm2" else model_files.ModelShape(24, 2048, 1024, 1024, "gpt_neox")
     predictor.save_predictor(predictor.build_predictor(pnconfig.predictor_config(config, lm_shape)),
                              data / f"predictor-{args.model}.safetensors")
     rng = np.random.default_rng(0)

@@ -44,7 +44,7 @@ import _common as C  # noqa: I001
 import torch
 
 from pndecomp import lm, token_store
-from pndecomp.predictor import AttentionConfig
+from pndecomp.predictor_kinds import AttentionConfig
 from pndecomp.stages import common as common_stages
 from pndecomp.train import PredictorTrainer, TrainConfig, batch_indices, train_predictor, train_predictors
 

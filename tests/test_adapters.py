@@ -7,7 +7,7 @@ import torch
 import transformers
 from torch import nn
 
-from pndecomp import adapters, lm
+from pndecomp import adapters, lm, model_files
 from pndecomp import config as pnconfig
 
 VOCAB = 100
@@ -53,16 +53,16 @@ def family(request):
 
 def test_adapter_modules(family):
     model_type, model, _ = family
-    n = lm.n_blocks(model.config)
+    n = adapters.n_blocks(model.config)
     assert n == 3
-    assert len(lm.block_modules(model)) == n
+    assert len(adapters.block_modules(model)) == n
     assert adapters.embedding(model) is model.get_input_embeddings()
     assert isinstance(adapters.final_norm(model), nn.Module)
 
 
 def test_capture_matches_hf_hidden_states(family):
     model_type, model, _ = family
-    n = lm.n_blocks(model.config)
+    n = adapters.n_blocks(model.config)
     ids = torch.randint(3, VOCAB, (2, 7), generator=torch.Generator().manual_seed(1))
     captured = lm.ResidualCapture(model, ["embed", *range(n)]).run(ids)
     reference = model(ids, output_hidden_states=True).hidden_states
@@ -88,7 +88,7 @@ def test_capture_matches_hf_hidden_states(family):
 
 def _query_width(model: nn.Module) -> int:
     """The attention's query width as built, read off the first block's projection weights."""
-    block = lm.block_modules(model)[0]
+    block = adapters.block_modules(model)[0]
     for name, module in block.named_modules():
         if name.endswith("q_proj"):
             return module.out_features
@@ -105,22 +105,22 @@ def _query_width(model: nn.Module) -> int:
 
 def test_attention_width_is_heads_times_head_dim(family):
     _, model, width = family
-    assert lm.attention_width(model.config) == width == _query_width(model)
+    assert adapters.attention_width(model.config) == width == _query_width(model)
 
 
 def test_read_model_shape_from_saved_directory(family, tmp_path):
     model_type, model, width = family
     model.save_pretrained(tmp_path)
-    shape = lm.read_model_shape(lm.ModelSource(str(tmp_path)))
-    assert shape == lm.ModelShape(n_blocks=3, context_length=128, d_model=32, attention_width=width,
+    shape = model_files.read_model_shape(model_files.ModelSource(str(tmp_path)))
+    assert shape == model_files.ModelShape(n_blocks=3, context_length=128, d_model=32, attention_width=width,
                                   model_type=model_type)
-    assert shape == lm.shape_from_config(model.config)
+    assert shape == model_files.shape_from_config(model.config)
 
 
 def test_unknown_model_type_fails_naming_it_and_the_adapter_file(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "not_a_model", "hidden_size": 32}))
     with pytest.raises(adapters.UnknownModelType, match=r"'not_a_model'.*llama.*src/pndecomp/adapters\.py"):
-        lm.read_model_shape(lm.ModelSource(str(tmp_path)))
+        model_files.read_model_shape(model_files.ModelSource(str(tmp_path)))
     with pytest.raises(pnconfig.ConfigError, match=r"model\.id.*'not_a_model'.*adapters\.py"):
         pnconfig.model_shape({"model": {"id": str(tmp_path)}})
 
@@ -155,26 +155,27 @@ def test_gguf_shape_reads_head_count_and_key_length(tmp_path):
     _write_gguf(tmp_path / "wide.gguf", "qwen3", **header, **{"attention.key_length": 16})
     _write_gguf(tmp_path / "plain.gguf", "gemma3", **header)
     _write_gguf(tmp_path / "odd.gguf", "rwkv6", **header)
-    assert lm.read_model_shape(lm.ModelSource(str(tmp_path), "wide.gguf")) == lm.ModelShape(2, 64, 32, 64, "qwen3")
-    assert lm.gguf_metadata(tmp_path / "wide.gguf") == _gguf_reader_scalars(tmp_path / "wide.gguf")
+    shape = model_files.read_model_shape(model_files.ModelSource(str(tmp_path), "wide.gguf"))
+    assert shape == model_files.ModelShape(2, 64, 32, 64, "qwen3")
+    assert model_files.gguf_metadata(tmp_path / "wide.gguf") == _gguf_reader_scalars(tmp_path / "wide.gguf")
     # Without key_length, d_head is d_model / n_heads; a Gemma 3 GGUF holds the text model alone.
-    assert lm.read_model_shape(lm.ModelSource(str(tmp_path), "plain.gguf")) == lm.ModelShape(
+    assert model_files.read_model_shape(model_files.ModelSource(str(tmp_path), "plain.gguf")) == model_files.ModelShape(
         2, 64, 32, 32, "gemma3_text")
     with pytest.raises(adapters.UnknownModelType, match=r"'rwkv6'.*adapters\.py"):
-        lm.read_model_shape(lm.ModelSource(str(tmp_path), "odd.gguf"))
+        model_files.read_model_shape(model_files.ModelSource(str(tmp_path), "odd.gguf"))
 
 
 def test_embedded_gguf_shape():
     """SmolLM2-135M: 30 llama blocks, d_model 576, 9 heads × 64."""
-    shape = lm.read_model_shape(lm.resolve_source({"id": "embedded"}))
+    shape = model_files.read_model_shape(model_files.resolve_source({"id": "embedded"}))
     assert (shape.model_type, shape.n_blocks, shape.d_model, shape.attention_width) == ("llama", 30, 576, 576)
 
 
 @pytest.mark.slow
 def test_gguf_metadata_matches_the_gguf_package_on_the_embedded_model():
-    source = lm.resolve_source({"id": "embedded"})
+    source = model_files.resolve_source({"id": "embedded"})
     path = f"{source.path}/{source.gguf_file}"
-    assert lm.gguf_metadata(path) == _gguf_reader_scalars(path)
+    assert model_files.gguf_metadata(path) == _gguf_reader_scalars(path)
 
 
 def test_adapter_for_unknown_lists_the_known_types():

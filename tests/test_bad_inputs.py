@@ -171,7 +171,7 @@ CASES = {
                                   "probes.caps.domain_control": {"probe_train": 1, "probe_val": 1, "probe_test": 1}},
                                  ("probes.caps.domain_control", "set probes.caps.domain instead")),
     "unknown-predictor": Bad({"predictor.kind": "lstm"}, ("predictor.kind", "'lstm'", "'attn1'",
-                                                          "src/pndecomp/predictor.py")),
+                                                          "src/pndecomp/predictor_kinds.py")),
     "layer-name": Bad({"layers": [0, "last"]}, ("layers[1]: 'last'", '"embed"')),
     "no-layers": Bad({"layers": []}, ("layers: [] should be non-empty", "at least 1 item")),
     "d-head-zero": Bad({"predictor.d_head": 0}, ("predictor.d_head: 0 is less than the minimum of 1",)),
@@ -392,9 +392,9 @@ def test_non_finite_hidden_state_names_layer_window_position_and_magnitude(tmp_p
     import numpy as np
     import torch
 
-    from pndecomp import extract, lm
+    from pndecomp import extract, lm, model_files
 
-    model = lm.load_model(lm.ModelSource(str(tiny_model_dir)))
+    model = lm.load_model(model_files.ModelSource(str(tiny_model_dir)))
     tokens = np.full((4, 16), 5, dtype=np.int64)
     tokens[1, 6] = 7  # window 1, position 7 (1-based): the only place token 7 occurs
     with torch.no_grad():
@@ -464,7 +464,7 @@ def test_resume_checkpoint_never_runs_code(tmp_path):
     """A resume file that would run code when unpickled is refused, not run."""
     import torch
 
-    from pndecomp.predictor import AttentionConfig
+    from pndecomp.predictor_kinds import AttentionConfig
     from pndecomp.train import TrainConfig, train_predictor
 
     marker = tmp_path / "code-ran"
@@ -484,16 +484,16 @@ def test_resume_checkpoint_never_runs_code(tmp_path):
 
 
 def test_trust_remote_code_off_unless_set_and_warns_when_set(tmp_path, tiny_model_dir, tiny_corpus):
-    from pndecomp import lm
+    from pndecomp import model_files
 
     config = validated_config(write_config(tmp_path / "config.yaml", tiny_model_dir, tiny_corpus))
     assert config["model"]["trust_remote_code"] is False
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        source = lm.resolve_source(config["model"])
+        source = model_files.resolve_source(config["model"])
     assert source.trust_remote_code is False and source.kwargs()["trust_remote_code"] is False
     with pytest.warns(UserWarning, match="model.trust_remote_code is true"):
-        source = lm.resolve_source({**config["model"], "trust_remote_code": True})
+        source = model_files.resolve_source({**config["model"], "trust_remote_code": True})
     assert source.kwargs()["trust_remote_code"] is True
 
 

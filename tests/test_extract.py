@@ -16,7 +16,7 @@ from snakemake.utils import validate
 from tiny import write_config
 
 from pndecomp import config as pnconfig
-from pndecomp import extract, lm, storage
+from pndecomp import extract, lm, model_files, storage
 from pndecomp.stages import prepare as prepare_stages
 
 SCHEMA = str(REPO / "workflow" / "schemas" / "config.schema.yaml")
@@ -30,7 +30,7 @@ def stored_dtype(path) -> torch.dtype:
 
 @pytest.fixture
 def model(tiny_model_dir):
-    return lm.load_model(lm.ModelSource(str(tiny_model_dir)))
+    return lm.load_model(model_files.ModelSource(str(tiny_model_dir)))
 
 
 def extract_auto(model, tokens, out_dir, surprisal: bool = False):
@@ -151,7 +151,8 @@ def test_auto_makes_the_other_stores_wait_for_the_eval_extraction(tmp_path, tiny
 def test_probe_features_stream_to_the_file_that_whole_tensors_make(model, tmp_path):
     """extract_probe_features writes each batch's rows as it goes (memory: one batch): the file is byte for
     byte the one save_tensors makes of the whole h, h_mean, ĥ and r (names, float32, metadata unchanged)."""
-    from pndecomp.predictor import AttentionConfig, build_predictor
+    from pndecomp.predictor import build_predictor
+    from pndecomp.predictor_kinds import AttentionConfig
 
     tokens = np.random.default_rng(1).integers(0, model.config.vocab_size, size=(5, 12))
     torch.manual_seed(0)
@@ -167,7 +168,7 @@ def test_probe_features_stream_to_the_file_that_whole_tensors_make(model, tmp_pa
         hhat = torch.cat([predictor(h[start:start + 2, :-1])[:, -1] for start in range(0, 5, 2)])
     whole = tmp_path / "whole.safetensors"
     storage.save_tensors({"h": h[:, -1], "h_mean": h[:, :-1].mean(dim=1), "hhat": hhat, "r": h[:, -1] - hhat}, whole,
-                         {**metadata, "layer": 2, "convention": lm.LAYER_CONVENTION, "position": "T (last)"})
+                         {**metadata, "layer": 2, "convention": model_files.LAYER_CONVENTION, "position": "T (last)"})
     assert out.read_bytes() == whole.read_bytes()
 
 
@@ -176,7 +177,8 @@ def test_probe_features_from_shared_states_are_those_of_the_lm_pass(model, tmp_p
     """probes.shared_states: the probe windows' states stored by extract_hidden_states, then each predictor's
     features read from them, give the file the fused LM pass gives, byte for byte (two layers, a last
     batch shorter than the others)."""
-    from pndecomp.predictor import AttentionConfig, build_predictor
+    from pndecomp.predictor import build_predictor
+    from pndecomp.predictor_kinds import AttentionConfig
 
     tokens = np.random.default_rng(2).integers(0, model.config.vocab_size, size=(5, 12))
     torch.manual_seed(0)

@@ -7,9 +7,10 @@ import torch
 import transformers
 from test_adapters import FAMILIES, SMALL
 
-from pndecomp import adapters, bootstrap, lm
+from pndecomp import adapters, bootstrap, lm, model_files
 from pndecomp import interventions as iv
-from pndecomp.predictor import AttentionConfig, CausalPredictor
+from pndecomp.predictor import CausalPredictor
+from pndecomp.predictor_kinds import AttentionConfig
 
 T, FROM = 16, 5
 
@@ -27,7 +28,7 @@ def llama():
 
 @pytest.fixture(scope="module")
 def neox(tiny_model_dir):
-    return lm.load_model(lm.ModelSource(str(tiny_model_dir)))
+    return lm.load_model(model_files.ModelSource(str(tiny_model_dir)))
 
 
 @pytest.fixture(scope="module", params=["llama", "neox"])
@@ -54,7 +55,7 @@ def test_logits_from_layer_equals_the_full_forward_for_every_family(model_type):
     model = _random_model(FAMILIES[model_type][0]())
     ids = torch.randint(3, 100, (2, 12), generator=torch.Generator().manual_seed(0))
     full = model(input_ids=ids).logits.float()
-    layers = [lm.EMBED, *range(lm.n_blocks(model.config))]
+    layers = [model_files.EMBED, *range(adapters.n_blocks(model.config))]
     hidden = lm.ResidualCapture(model, layers).run(ids)
     for layer in layers:
         torch.testing.assert_close(iv.logits_from_layer(model, layer, hidden[layer], ids), full,
@@ -81,14 +82,14 @@ def test_fast_path_equals_the_hook_path_with_a_patch(model):
 
 def test_patching_leaves_every_layer_below_unchanged(model):
     ids = _tokens(model)
-    n = lm.n_blocks(model.config)
-    layers = [lm.EMBED, *range(n)]
+    n = adapters.n_blocks(model.config)
+    layers = [model_files.EMBED, *range(n)]
     clean = lm.ResidualCapture(model, layers).run(ids)
     layer = 2
     replacement = torch.zeros_like(clean[layer])
     with iv.patched_block_output(model, layer, lambda h: replacement):
         patched = lm.ResidualCapture(model, layers).run(ids)  # its hooks run after the patch's
-    for below in [lm.EMBED, *range(layer)]:
+    for below in [model_files.EMBED, *range(layer)]:
         assert torch.equal(patched[below], clean[below])
     assert torch.equal(patched[layer], replacement)
     assert not torch.allclose(patched[layer + 1], clean[layer + 1])
@@ -114,7 +115,7 @@ def test_hooks_and_blocks_are_restored_when_the_forward_raises(model):
     assert all(a is b for a, b in zip(blocks, originals))
     assert not adapters.final_norm(model)._forward_hooks
     with pytest.raises(ValueError, match="final"):
-        iv.logits_from_layer(model, lm.FINAL, torch.zeros(2, ids.shape[1], model.config.hidden_size))
+        iv.logits_from_layer(model, model_files.FINAL, torch.zeros(2, ids.shape[1], model.config.hidden_size))
     with pytest.raises(ValueError, match="not a block"):
         iv.patched_block_output(model, 99, lambda h: h).__enter__()
 

@@ -2,12 +2,12 @@
 import pytest
 import torch
 
-from pndecomp import adapters, lm
+from pndecomp import adapters, lm, model_files
 
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
-    source = lm.ModelSource(str(tiny_model_dir))
+    source = model_files.ModelSource(str(tiny_model_dir))
     return lm.load_model(source), lm.load_tokenizer(source)
 
 
@@ -54,7 +54,7 @@ def test_surprisal_of_a_bf16_model_comes_from_a_float32_norm_and_head(tiny_model
     all-bf16 logits would give other surprisal."""
     import copy
 
-    model = lm.load_model(lm.ModelSource(str(tiny_model_dir)), dtype=torch.bfloat16)
+    model = lm.load_model(model_files.ModelSource(str(tiny_model_dir)), dtype=torch.bfloat16)
     with torch.no_grad():  # logits of magnitude ~10, as in a trained LM, where bf16 rounding shows
         model.get_output_embeddings().weight.mul_(20)
     ids = torch.randint(0, model.config.vocab_size, (3, 12), generator=torch.Generator().manual_seed(4))
@@ -74,19 +74,19 @@ def test_surprisal_of_a_bf16_model_comes_from_a_float32_norm_and_head(tiny_model
 
 def test_config_helpers(tiny):
     model, _ = tiny
-    assert lm.n_blocks(model.config) == 4
-    assert lm.attention_width(model.config) == 32
-    assert lm.context_length(model.config) == 256
-    assert len(lm.block_modules(model)) == 4
+    assert adapters.n_blocks(model.config) == 4
+    assert adapters.attention_width(model.config) == 32
+    assert adapters.context_length(model.config) == 256
+    assert len(adapters.block_modules(model)) == 4
 
 
 def test_resolve_source_gguf_and_hub(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.gguf"):
-        lm.resolve_source({"id": str(tmp_path / "missing.gguf")})
-    source = lm.resolve_source({"id": "EleutherAI/pythia-410m-deduped", "revision": "step143000"})
+        model_files.resolve_source({"id": str(tmp_path / "missing.gguf")})
+    source = model_files.resolve_source({"id": "EleutherAI/pythia-410m-deduped", "revision": "step143000"})
     assert source.revision == "step143000" and source.kwargs() == {"trust_remote_code": False}
     with pytest.warns(UserWarning, match="trust_remote_code"):
-        lm.resolve_source({"id": "some/model", "trust_remote_code": True})
+        model_files.resolve_source({"id": "some/model", "trust_remote_code": True})
 
 
 @pytest.mark.slow
@@ -97,7 +97,7 @@ def test_embedded_smollm2_scores_its_corpus_far_below_chance(tmp_path):
     from pndecomp import corpus
     from pndecomp.embedded_corpus import build_embedded_corpus
 
-    source = lm.resolve_source({"id": "embedded"})
+    source = model_files.resolve_source({"id": "embedded"})
     model, tokenizer = lm.load_model(source), lm.load_tokenizer(source)
     jsonl, manifest = tmp_path / "docs.jsonl", tmp_path / "manifest.tsv"
     build_embedded_corpus(jsonl, manifest, max_files_per_domain=3)
@@ -122,7 +122,7 @@ def test_random_init_keeps_the_shape_and_draws_fresh_seeded_weights(tiny_model_d
     """model.random_init: the same config, dtype and outputs' shape, other weights, the same for the same seed."""
     import torch
 
-    model = lm.load_model(lm.ModelSource(str(tiny_model_dir)))
+    model = lm.load_model(model_files.ModelSource(str(tiny_model_dir)))
     # (the tiny model itself was drawn with seed 0)
     first, again, other = (lm.reinitialised(model, seed) for seed in (5, 5, 6))
     assert first.config.to_dict() == model.config.to_dict() and first.dtype == model.dtype
@@ -173,11 +173,11 @@ def test_final_is_hf_last_hidden_state_and_stops_before_the_lm_head(family, tiny
         torch.testing.assert_close(with_logits[layer], without_logits[layer], atol=0, rtol=0)
     torch.testing.assert_close(logits, model(ids).logits, atol=0, rtol=0)
     # ... and it differs from the last block's own output (before the norm), which is layer n - 1.
-    last = lm.ResidualCapture(model, [lm.n_blocks(model.config) - 1]).run(ids)
-    assert not torch.allclose(last[lm.n_blocks(model.config) - 1], without_logits["final"])
+    last = lm.ResidualCapture(model, [adapters.n_blocks(model.config) - 1]).run(ids)
+    assert not torch.allclose(last[adapters.n_blocks(model.config) - 1], without_logits["final"])
 
 
 def test_parse_layer_knows_every_layer_kind():
-    assert [lm.parse_layer(value) for value in (0, "7", "embed", "final")] == [0, 7, "embed", "final"]
+    assert [model_files.parse_layer(value) for value in (0, "7", "embed", "final")] == [0, 7, "embed", "final"]
     with pytest.raises(ValueError):
-        lm.parse_layer("last")
+        model_files.parse_layer("last")

@@ -6,20 +6,22 @@ import torch
 
 from pndecomp.baselines import lag_features
 from pndecomp.predictor import (
-    AttentionConfig,
     CausalPredictor,
-    MLPConfig,
-    TransformerConfig,
     build_predictor,
     kind_name,
     lag_stack,
     load_predictor,
     parameter_count,
     prediction_loss,
-    predictor_kind,
-    predictor_settings,
     residuals,
     save_predictor,
+)
+from pndecomp.predictor_kinds import (
+    AttentionConfig,
+    MLPConfig,
+    TransformerConfig,
+    predictor_kind,
+    predictor_settings,
 )
 from pndecomp.storage import load_metadata
 
@@ -70,8 +72,8 @@ def build(name, seed=0):
     torch.manual_seed(seed)
     settings = predictor_settings(name, SECTION, D, D)
     kind = predictor_kind(name)
-    if kind.fit is not None:
-        return kind.fit(settings, torch.randn(16, T, D)).eval()
+    if kind.closed_form:
+        return kind.fit_function()(settings, torch.randn(16, T, D)).eval()
     return build_predictor(settings).eval()
 
 
@@ -170,3 +172,12 @@ def test_parameter_counts():
     assert parameter_count(build("attn1")) == 8 * 24 + 24 + 8 * 8 + 8
     assert parameter_count(build("mlp_k3")) == 24 * 8 + 8 + 8 * 8 + 8
     assert parameter_count(build("ridge_ar2")) == 16 * 8 + 8
+
+
+@pytest.mark.parametrize("name", KINDS)
+@pytest.mark.parametrize("section", [SECTION, {**SECTION, "input_norm": True, "mlp_hidden": 5}])
+def test_the_settings_count_the_parameters_of_the_module_they_build(name, section):
+    """Resource requests count parameters from the settings alone (torch-free, when Snakemake builds the DAG):
+    the count must be the built module's, for every kind and its optional layers."""
+    settings = predictor_settings(name, section, D, 2 * D)
+    assert settings.parameter_count == parameter_count(build_predictor(settings))

@@ -511,10 +511,11 @@ def test_h_mean_is_the_mean_of_the_stored_states_before_the_last_position(tmp_pa
     import torch
     from safetensors.torch import load_file
 
-    from pndecomp import extract, lm
-    from pndecomp.predictor import AttentionConfig, build_predictor
+    from pndecomp import extract, lm, model_files
+    from pndecomp.predictor import build_predictor
+    from pndecomp.predictor_kinds import AttentionConfig
 
-    model = lm.load_model(lm.ModelSource(str(tiny_model_dir)))
+    model = lm.load_model(model_files.ModelSource(str(tiny_model_dir)))
     tokens = np.random.default_rng(0).integers(0, model.config.vocab_size, size=(5, 12))
     torch.manual_seed(0)
     predictor = build_predictor(AttentionConfig(d_model=model.config.hidden_size, n_heads=2, d_head=8)).eval()

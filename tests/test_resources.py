@@ -26,10 +26,10 @@ from snakemake.utils import validate
 from tiny import write_config
 
 from pndecomp import config as pnconfig
-from pndecomp import lm, predictor, resources, storage
+from pndecomp import model_files, predictor, resources, storage
 
 SCHEMA = str(REPO / "workflow" / "schemas" / "config.schema.yaml")
-PYTHIA_410M = lm.ModelShape(n_blocks=24, context_length=2048, d_model=1024, attention_width=1024,
+PYTHIA_410M = model_files.ModelShape(n_blocks=24, context_length=2048, d_model=1024, attention_width=1024,
                             model_type="gpt_neox")
 PYTHIA_EXTRAS = {"vocab": 50304, "ffn_width": 4096}
 #: The formula may ask for at most this many times the measured peak (so that "covers" is not vacuous).
@@ -78,7 +78,8 @@ def run_child(module: str, stage: str, *args) -> dict:
 CASES = {
     "tiny": ({}, None),
     "wide": ({"windows.length": 128, "windows.predictor_eval": 256, "extraction.batch_size": 64},
-             lm.ModelShape(n_blocks=4, context_length=None, d_model=384, attention_width=384, model_type="gpt_neox")),
+             model_files.ModelShape(n_blocks=4, context_length=None, d_model=384, attention_width=384,
+                                    model_type="gpt_neox")),
 }
 
 
@@ -88,7 +89,7 @@ def test_requests_cover_the_measured_peak_of_each_streaming_stage(case, tmp_path
     overrides, shape = CASES[case]
     config = load_config(write_config(tmp_path / "config.yaml", tiny_model_dir, tiny_corpus,
                                       **{"extraction.dtype": "float16", **overrides}))
-    tiny_shape = lm.read_model_shape(lm.ModelSource(str(tiny_model_dir)))
+    tiny_shape = model_files.read_model_shape(model_files.ModelSource(str(tiny_model_dir)))
     shape = shape or tiny_shape
     extras = resources.model_extras(config)
     assert extras == {"vocab": 300, "ffn_width": 64}  # from the tiny model's config.json

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from snakemake_log import job_stats
 
-from pndecomp import compare, lm
+from pndecomp import compare, model_files
 from pndecomp import config as pnconfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,7 +72,7 @@ def test_model_study_runs_the_pipeline_once_per_model_and_compares(tmp_path):
 
 
 def test_relative_depths_resolve_per_model():
-    shape = lm.ModelShape(n_blocks=30, context_length=None, d_model=8, attention_width=8, model_type="llama")
+    shape = model_files.ModelShape(n_blocks=30, context_length=None, d_model=8, attention_width=8, model_type="llama")
     assert pnconfig.resolve_layers([0.0, 0.25, 0.5, 1.0, 3, "final"], shape, "m") == [0, 7, 14, 29, 3, "final"]
     assert pnconfig.resolve_layers([0, 1], shape, "m") == [0, 1]
     with pytest.raises(pnconfig.ConfigError, match="same block"):

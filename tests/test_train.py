@@ -12,16 +12,8 @@ from tiny import write_config
 from pndecomp import config as pnconfig
 from pndecomp import storage
 from pndecomp.baselines import make_baseline
-from pndecomp.predictor import (
-    AttentionConfig,
-    Normalized,
-    RidgeARConfig,
-    load_predictor,
-    normalization_stats,
-    predictor_kind,
-    predictor_settings,
-    save_predictor,
-)
+from pndecomp.predictor import Normalized, load_predictor, normalization_stats, save_predictor
+from pndecomp.predictor_kinds import AttentionConfig, RidgeARConfig, predictor_kind, predictor_settings
 from pndecomp.stages import train as train_stages
 from pndecomp.train import (
     CURVE_COLUMNS,

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from torch import nn
+if TYPE_CHECKING:  # the config-reading functions serve the DAG, which imports no torch
+    from torch import nn
 
 ADAPTERS_FILE = "src/pndecomp/adapters.py"
 

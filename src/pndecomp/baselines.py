@@ -47,9 +47,7 @@ import numpy as np
 import scipy.linalg
 
 from .metrics import RegressionAccumulator
-
-RIDGE_ALPHAS = tuple(10.0**e for e in range(-6, 3))  # 1e-6 … 1e2, relative to mean diag of centred XᵀX
-DEFAULT_HOLDOUT_EVERY = 10
+from .predictor_kinds import DEFAULT_HOLDOUT_EVERY, RIDGE_ALPHAS
 
 # float64 values per chunk of lag features (bounds the float64 copies of one batch).
 _CHUNK_VALUES = 2**24

@@ -8,15 +8,27 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from . import lm, storage, tasks
+from . import adapters, model_files, storage, tasks
 from .config_schema import ConfigError
-from .predictor import OUTLIER_RULE_NORMALIZATIONS, predictor_kind, predictor_settings
-from .train import TrainConfig
+from .predictor_kinds import OUTLIER_RULE_NORMALIZATIONS, predictor_kind, predictor_settings
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+if TYPE_CHECKING:  # Snakemake imports this module to build the DAG: torch is imported where a stage needs it
+    import torch
+
+    from .train import TrainConfig
+
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """``torch.float32`` for ``"float32"``, and so on for :data:`DTYPE_NAMES`."""
+    import torch
+
+    if name not in DTYPE_NAMES:
+        raise ConfigError(f"dtype {name!r} is not one of {', '.join(DTYPE_NAMES)}")
+    return getattr(torch, name)
 
 
 def layer_names(config: Mapping) -> list[str]:
@@ -70,7 +82,7 @@ def check_interventions(config: Mapping) -> None:
                           "null (no steering without it)")
 
 
-def resolve_layers(layers, shape: lm.ModelShape, model_id: str) -> list:
+def resolve_layers(layers, shape: model_files.ModelShape, model_id: str) -> list:
     """``layers`` with relative depths (floats in [0, 1], e.g. 0.5) turned into block indices
     round(depth × (n_blocks − 1)); block indices and named layers pass through."""
     resolved = [round(layer * (shape.n_blocks - 1)) if isinstance(layer, float) else layer for layer in layers]
@@ -94,6 +106,8 @@ def model_configs(config: Mapping) -> dict[str, dict]:
 
 
 def resolve_device(name: str) -> torch.device:
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -104,8 +118,8 @@ def resolve_device(name: str) -> torch.device:
 def model_dtype(config: Mapping, device: torch.device) -> torch.dtype:
     name = config["model"]["dtype"]
     if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return DTYPES[name]
+        name = "bfloat16" if device.type == "cuda" else "float32"
+    return torch_dtype(name)
 
 
 def storage_dtype(config: Mapping, choice_path: str | None) -> torch.dtype:
@@ -114,14 +128,14 @@ def storage_dtype(config: Mapping, choice_path: str | None) -> torch.dtype:
     an input of every rule that needs the dtype when the config says auto)."""
     name = config["extraction"]["dtype"]
     if name != "auto":
-        return DTYPES[name]
+        return torch_dtype(name)
     if choice_path is None:
         raise ConfigError("extraction.dtype is 'auto': the storage dtype is the predictor_eval extraction's choice, "
                           "recorded in activations/storage_dtype.json, and this stage was given no such file")
-    return DTYPES[storage.read_json(choice_path)["dtype"]]
+    return torch_dtype(storage.read_json(choice_path)["dtype"])
 
 
-def predictor_config(config: Mapping, shape: lm.ModelShape):
+def predictor_config(config: Mapping, shape: model_files.ModelShape):
     """The settings dataclass of the configured predictor kind (``predictor.kind``: a name such as attn1 or
     mlp_k4), for this LM's widths."""
     section = config["predictor"]
@@ -136,6 +150,8 @@ def train_keys(config: Mapping) -> tuple[str, ...]:
 
 
 def train_config(config: Mapping) -> TrainConfig:
+    from .train import TrainConfig
+
     section = config["train"]
     outliers = {"outlier_norm_ratio": config["metrics"]["outlier_norm_ratio"]} \
         if section["normalize"] in OUTLIER_RULE_NORMALIZATIONS else {}
@@ -177,8 +193,8 @@ def corpus_for_reading(config: Mapping, embedded_jsonl: str | None) -> dict:
     return corpus
 
 
-def check(config: Mapping, shape: lm.ModelShape | None = None) -> None:
-    """Semantic checks; ``shape`` (from :func:`pndecomp.lm.read_model_shape`) enables the model ones."""
+def check(config: Mapping, shape: model_files.ModelShape | None = None) -> None:
+    """Semantic checks; ``shape`` (from :func:`pndecomp.model_files.read_model_shape`) enables the model ones."""
     corpus = config["corpus"]
     if corpus["source"] == "files" and not corpus["files"]["paths"]:
         raise ConfigError("corpus.files.paths is empty: list at least one .jsonl, .jsonl.zst or .parquet file")
@@ -236,7 +252,7 @@ def check_predictor(section: Mapping, train: Mapping) -> None:
     rotary = section["rotary"] or name == "attn1_rope"
     if rotary and name.startswith("attn") and section["d_head"] % 2:
         raise ConfigError(f"predictor.d_head is {section['d_head']}: rotary embeddings need an even head size")
-    if kind.fit is not None and train["data"] != "cache":
+    if kind.closed_form and train["data"] != "cache":
         raise ConfigError(f"predictor.kind is {name!r} with train.data {train['data']!r}: ridge_ar predictors need "
                           "train.data: cache (they are fitted in closed form on the cached activations)")
 
@@ -267,10 +283,10 @@ def check_probes(probes: Mapping, corpus: Mapping) -> None:
                                   "is null: set the label field (e.g. meta.pile_set_name) or drop the task")
 
 
-def check_model(model_id: str, layers, window_length: int, shape: lm.ModelShape) -> None:
+def check_model(model_id: str, layers, window_length: int, shape: model_files.ModelShape) -> None:
     """Layers within the model's blocks and windows within its context."""
     for layer in layers:
-        if layer not in lm.NAMED_LAYERS and not 0 <= int(layer) < shape.n_blocks:
+        if layer not in model_files.NAMED_LAYERS and not 0 <= int(layer) < shape.n_blocks:
             raise ConfigError(f"layers: {layer} is out of range for {model_id!r}, which has "
                               f"{shape.n_blocks} blocks: valid are 0..{shape.n_blocks - 1}, 'embed' and 'final'")
     if shape.context_length is not None and window_length > shape.context_length:
@@ -278,22 +294,22 @@ def check_model(model_id: str, layers, window_length: int, shape: lm.ModelShape)
                           f"({shape.context_length} tokens)")
 
 
-def model_shape(config: Mapping, materialized_dir: str | None = None) -> lm.ModelShape:
+def model_shape(config: Mapping, materialized_dir: str | None = None) -> model_files.ModelShape:
     """The model's shape for :func:`check`, read when Snakemake builds the DAG, after checking that the
     weights every LM job loads are there: a hub model not downloaded yet raises
-    :class:`~pndecomp.lm.ModelNotDownloaded`, which names the download command.
+    :class:`~pndecomp.model_files.ModelNotDownloaded`, which names the download command.
 
     A materialized copy is read when it exists: its config.json is faster to read than a GGUF header.
     """
     if materialized_dir and (Path(materialized_dir) / "config.json").is_file():
-        return lm.read_model_shape(lm.ModelSource(str(materialized_dir)))
-    source = lm.resolve_source(config["model"])
+        return model_files.read_model_shape(model_files.ModelSource(str(materialized_dir)))
+    source = model_files.resolve_source(config["model"])
     try:
-        shape = lm.read_model_shape(source)
-    except lm.adapters.UnknownModelType as error:
+        shape = model_files.read_model_shape(source)
+    except adapters.UnknownModelType as error:
         raise ConfigError(f"model.id: {config['model']['id']!r}: {error}") from error
     if not source.gguf_file:
-        lm.weights_file(lm.model_directory(source))
+        model_files.weights_file(model_files.model_directory(source))
     return shape
 
 

@@ -17,7 +17,8 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .lm import LAYER_CONVENTION, Layer, ResidualCapture, surprisal
+from .lm import ResidualCapture, surprisal
+from .model_files import LAYER_CONVENTION, Layer
 from .storage import StreamingTensorsWriter, StreamingTensorWriter, hidden_batches, release_freed_memory, tensor_shape
 from .windows import tokens_array
 

@@ -41,7 +41,8 @@ import torch
 from torch import nn
 
 from . import adapters, bootstrap
-from .lm import EMBED, FINAL, Float32Head, Layer
+from .lm import Float32Head
+from .model_files import EMBED, FINAL, Layer
 
 DEFAULT_FROM_POSITION = 33  # interventions.from_position: positions ≤ 32 are the window's warm-up
 STEERING_ALPHAS = (0.0, 0.1, 0.3)  # steering strengths, in units of the typical ‖h‖ (interventions.alphas)

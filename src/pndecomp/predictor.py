@@ -17,36 +17,24 @@ The architectures, by name (``predictor.kind`` in the config; <w>, <k> positive 
 from __future__ import annotations
 
 import functools
-import re
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Iterable
+from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .baselines import DEFAULT_HOLDOUT_EVERY, RIDGE_ALPHAS, RidgeARBaseline
+from .baselines import RidgeARBaseline
+from .predictor_kinds import (
+    AttentionConfig,
+    MLPConfig,
+    RidgeARConfig,
+    TransformerConfig,
+    kind_of,
+    predictor_kind,
+)
 
 # ---------------------------------------------------------------- attention: attn1, attn1_rope, attn1_local<w>
-
-@dataclass(frozen=True)
-class AttentionConfig:
-    """Settings of one causal attention layer (attn1, attn1_rope, attn1_local<w>)."""
-
-    d_model: int
-    n_heads: int
-    d_head: int
-    rotary: bool = False      # rotary position embedding on queries and keys (off in the paper)
-    input_norm: bool = False  # LayerNorm on the input hidden states (off in the paper)
-    rotary_base: float = 10000.0
-    window: int | None = None  # attend to the last ``window`` positions only (None: all of h_1..h_t)
-
-    @property
-    def kind(self) -> str:
-        if self.window is not None:
-            return f"attn1_local{self.window}"
-        return "attn1_rope" if self.rotary else "attn1"
-
 
 def _rotate(x: torch.Tensor, base: float) -> torch.Tensor:
     """Rotary embedding over the last axis of x [batch, heads, pos, d_head] (d_head even)."""
@@ -95,25 +83,6 @@ class CausalPredictor(nn.Module):
 
 # ---------------------------------------------------------------- attn2: a two-block pre-LN transformer
 
-@dataclass(frozen=True)
-class TransformerConfig:
-    d_model: int
-    n_heads: int
-    d_head: int
-    n_layers: int = 2
-    mlp_hidden: int | None = None  # the MLP's hidden width; None: 4 × d_model (nanoGPT's)
-    rotary: bool = False
-    rotary_base: float = 10000.0
-
-    @property
-    def kind(self) -> str:
-        return "attn2"
-
-    @property
-    def mlp_width(self) -> int:
-        return self.mlp_hidden or 4 * self.d_model
-
-
 class _Block(nn.Module):
     """x + attn(LN(x)), then x + MLP(LN(x)); the attention is one :class:`CausalPredictor`."""
 
@@ -156,17 +125,6 @@ def lag_stack(hidden: torch.Tensor, k: int) -> torch.Tensor:
     return torch.cat([F.pad(hidden, (0, 0, lag, 0))[:, :n_pos] for lag in range(k)], dim=-1)
 
 
-@dataclass(frozen=True)
-class MLPConfig:
-    d_model: int
-    k: int        # the last k states are the input
-    hidden: int   # width of the hidden layer
-
-    @property
-    def kind(self) -> str:
-        return f"mlp_k{self.k}"
-
-
 class LagMLPPredictor(nn.Module):
     """Linear(k·d -> hidden), GELU, Linear(hidden -> d) on the last k states."""
 
@@ -180,21 +138,6 @@ class LagMLPPredictor(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.mlp(lag_stack(hidden, self.config.k))
-
-
-@dataclass(frozen=True)
-class RidgeARConfig:
-    d_model: int
-    k: int  # the last k states are the input
-    alphas: tuple[float, ...] = RIDGE_ALPHAS  # ridge penalties tried (see pndecomp.baselines)
-    holdout_every: int = DEFAULT_HOLDOUT_EVERY                 # every n-th train window chooses α
-
-    def __post_init__(self):
-        object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))  # a JSON list becomes a tuple
-
-    @property
-    def kind(self) -> str:
-        return f"ridge_ar{self.k}"
 
 
 class RidgeARPredictor(nn.Module):
@@ -266,8 +209,6 @@ NORMALIZATIONS: dict[str, Callable[[torch.Tensor, float], tuple[torch.Tensor, to
     # per dimension: mean and standard deviation of the rows that are not outliers
     "standardize": _standardize_stats,
 }
-# Those that leave out the outlier rows (metrics.outlier_norm_ratio): only their training depends on it.
-OUTLIER_RULE_NORMALIZATIONS = frozenset({"robust_rms", "standardize"})
 
 
 def check_normalization(kind: str) -> None:
@@ -336,115 +277,13 @@ def parameter_count(predictor: nn.Module) -> int:
     return sum(parameter.numel() for parameter in predictor.parameters())
 
 
-# ---------------------------------------------------------------- the registry
-
-def _heads(section: Mapping, attention_width: int) -> tuple[int, int]:
-    """(n_heads, d_head); paper rule: n_heads × d_head = width_multiplier (4) × the LM's own attention width."""
-    d_head, n_heads = section["d_head"], section["n_heads"]
-    if n_heads is None:
-        n_heads = max(1, round(section["width_multiplier"] * attention_width / d_head))
-    return int(n_heads), int(d_head)
-
-
-def _attention_config(section: Mapping, d_model: int, attention_width: int, _parameter: None = None) -> AttentionConfig:
-    n_heads, d_head = _heads(section, attention_width)
-    return AttentionConfig(d_model=d_model, n_heads=n_heads, d_head=d_head, rotary=section["rotary"],
-                           input_norm=section["input_norm"])
-
-
-def _rope_config(section: Mapping, d_model: int, attention_width: int, _parameter: None = None) -> AttentionConfig:
-    return replace(_attention_config(section, d_model, attention_width), rotary=True)
-
-
-def _local_config(section: Mapping, d_model: int, attention_width: int, window: int) -> AttentionConfig:
-    return replace(_attention_config(section, d_model, attention_width), window=window)
-
-
-def _transformer_config(section: Mapping, d_model: int, attention_width: int,
-                        _parameter: None = None) -> TransformerConfig:
-    n_heads, d_head = _heads(section, attention_width)
-    return TransformerConfig(d_model=d_model, n_heads=n_heads, d_head=d_head, rotary=section["rotary"],
-                             mlp_hidden=section.get("mlp_hidden"))
-
-
-def _mlp_config(section: Mapping, d_model: int, attention_width: int, k: int) -> MLPConfig:
-    return MLPConfig(d_model=d_model, k=k, hidden=section.get("mlp_hidden") or d_model)
-
-
-def _ridge_config(section: Mapping, d_model: int, attention_width: int, k: int) -> RidgeARConfig:
-    return RidgeARConfig(d_model=d_model, k=k)
-
-
-@dataclass(frozen=True)
-class PredictorKind:
-    """A predictor architecture: its module, its settings dataclass, how the config section
-    (``predictor``), the LM's widths and the name's integer suffix make those settings, and, for a
-    closed-form kind, how it is fitted instead of trained by SGD."""
-
-    module: type[nn.Module]
-    settings: type
-    # (predictor section, d_model, LM attention width, the name's suffix or None) -> settings
-    from_config: Callable[[Mapping, int, int, int | None], object]
-    parameter: str | None = None  # the name ends in this positive integer (family + <parameter>)
-    fit: Callable[[object, Iterable], nn.Module] | None = None  # (settings, train batches) -> fitted predictor
-
-
-# The single place to add a predictor architecture (``predictor.kind`` in the config). A kind with a
-# ``parameter`` is a family: its names are the key followed by a positive integer (attn1_local16).
-PREDICTORS: dict[str, PredictorKind] = {
-    "attn1": PredictorKind(CausalPredictor, AttentionConfig, _attention_config),
-    "attn1_rope": PredictorKind(CausalPredictor, AttentionConfig, _rope_config),
-    "attn1_local": PredictorKind(CausalPredictor, AttentionConfig, _local_config, parameter="w"),
-    "attn2": PredictorKind(TransformerPredictor, TransformerConfig, _transformer_config),
-    "mlp_k": PredictorKind(LagMLPPredictor, MLPConfig, _mlp_config, parameter="k"),
-    "ridge_ar": PredictorKind(RidgeARPredictor, RidgeARConfig, _ridge_config, parameter="k", fit=fit_ridge_ar),
-}
-
-_SUFFIXED = re.compile(r"(.*\D)([1-9][0-9]*)")
-
-
-def known_forms() -> str:
-    """'attn1', 'attn1_rope', 'attn1_local<w>', …: every valid form of a predictor name."""
-    return ", ".join(repr(name if kind.parameter is None else f"{name}<{kind.parameter}>")
-                     for name, kind in PREDICTORS.items())
-
-
-def parse_kind(name: str) -> tuple[PredictorKind, int | None]:
-    """(the kind, its integer suffix or None) of a predictor name such as 'attn1' or 'mlp_k4'."""
-    if isinstance(name, str):
-        kind = PREDICTORS.get(name)
-        if kind is not None and kind.parameter is None:
-            return kind, None
-        match = _SUFFIXED.fullmatch(name)
-        if match and match[1] in PREDICTORS and PREDICTORS[match[1]].parameter is not None:
-            return PREDICTORS[match[1]], int(match[2])
-    raise ValueError(f"predictor.kind: unknown predictor {name!r}; known are {known_forms()} (<w>, <k>: positive "
-                     "integers; add one in src/pndecomp/predictor.py)")
-
-
-def predictor_kind(name: str) -> PredictorKind:
-    return parse_kind(name)[0]
-
-
-def predictor_settings(name: str, section: Mapping, d_model: int, attention_width: int):
-    """The settings dataclass of the predictor called ``name`` for the ``predictor`` config section and the
-    LM's widths."""
-    kind, parameter = parse_kind(name)
-    return kind.from_config(section, d_model, attention_width, parameter)
-
-
-def kind_of(settings) -> PredictorKind:
-    """The kind whose name the settings carry (``settings.kind``)."""
-    return predictor_kind(settings.kind)
-
-
 def kind_name(predictor: nn.Module) -> str:
     return predictor.config.kind
 
 
 def build_predictor(settings) -> nn.Module:
     """The untrained (unfitted) predictor of the kind ``settings`` describe."""
-    return kind_of(settings).module(settings)
+    return kind_of(settings).module_class()(settings)
 
 
 def save_predictor(predictor: nn.Module, path, metadata: dict | None = None) -> None:
@@ -465,7 +304,7 @@ def load_predictor(path, device: str | torch.device = "cpu") -> nn.Module:
 
     metadata = load_metadata(path)
     kind = predictor_kind(metadata.get("predictor_kind", "attn1"))
-    predictor = kind.module(kind.settings(**metadata["predictor_config"]))
+    predictor = kind.module_class()(kind.settings(**metadata["predictor_config"]))
     normalization = metadata.get("normalization", "none")
     if normalization != "none":
         d_model = predictor.config.d_model

@@ -28,11 +28,11 @@ from .predictor import (
     Normalized,
     build_predictor,
     check_normalization,
-    kind_of,
     loss_unit,
     normalization_stats,
     prediction_loss,
 )
+from .predictor_kinds import kind_of
 from .storage import atomic_path
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class PredictorTrainer:
                  name: str = "predictor"):
         self.cfg, self.val_hidden, self.device, self.name = cfg, val_hidden, torch.device(device), name
         self.resume_path = None if resume_path is None else Path(resume_path)
-        if kind_of(predictor_cfg).fit is not None:
+        if kind_of(predictor_cfg).closed_form:
             raise ValueError(f"{name}: a {predictor_cfg.kind} predictor is fitted in closed form (fit_predictor), "
                              "not trained by SGD")
         torch.manual_seed(cfg.seed)  # the same initial weights whichever job (per layer or joint) trains it
@@ -318,7 +318,7 @@ def fit_predictor(predictor_cfg, train_batches: Callable[[], Iterable[torch.Tens
     [batch, T, d_model] tensors: every predictor_train window once), then score it on a second pass (the
     train loss) and on ``val_hidden``. Returns the fitted predictor and a curve of one row: step 0, lr
     NaN, the train loss and the eval scores, with :data:`CURVE_COLUMNS`."""
-    predictor = kind_of(predictor_cfg).fit(predictor_cfg, train_batches())
+    predictor = kind_of(predictor_cfg).fit_function()(predictor_cfg, train_batches())
     device = torch.device(device)
     predictor = predictor.to(device).requires_grad_(False)
     sse, values, windows, length = 0.0, 0, 0, 0

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from .. import config as pnconfig
-from .. import lm
+from .. import model_files
 from ..config_files import compose
 from ..config_schema import check
 from ..overrides import load_schema
@@ -26,12 +26,12 @@ def main(argv: list[str] | None = None) -> None:
     check(config, load_schema(Path(__file__).resolve().parents[3] / "workflow" / "schemas" / "config.schema.yaml"))
     if args.shape:
         values = [int(v) for v in args.shape.split(",")]
-        shape, extras = lm.ModelShape(values[0], None, values[1], values[2], "given"), {}
+        shape, extras = model_files.ModelShape(values[0], None, values[1], values[2], "given"), {}
         extras.update(zip(("vocab", "ffn_width"), values[3:], strict=False))
     else:
         try:
             shape = pnconfig.model_shape(config)
-        except lm.ModelNotDownloaded as error:
+        except model_files.ModelNotDownloaded as error:
             parser.error(f"{error}\nor give the model's shape with --shape")
         extras = model_extras(config)
     print("| rule | mem_mb | runtime (min) | largest memory terms (MB) |\n|---|---:|---:|---|")

@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .. import config as pnconfig
-from .. import lm, tasks
+from .. import model_files, tasks
+from ..predictor_kinds import predictor_kind
 from .constants import ASSUMED_CLASSES, ASSUMED_DOCUMENTS, ASSUMED_VOCAB, ZSTD_RATIO
 from .estimate import Estimate, Request, Sizes
 from .rules import STAGES
@@ -29,16 +30,16 @@ def model_extras(config: Mapping, materialized_dir: str | None = None) -> dict[s
     """{vocab, ffn_width} of the model where its config can be read without loading it (a config.json,
     a GGUF header or the local hub cache); a missing one is left out."""
     try:
-        source = (lm.ModelSource(str(materialized_dir))
+        source = (model_files.ModelSource(str(materialized_dir))
                   if materialized_dir and (Path(materialized_dir) / "config.json").is_file()
-                  else lm.resolve_source(config["model"]))
+                  else model_files.resolve_source(config["model"]))
         if source.gguf_file:
-            metadata = lm.gguf_metadata(Path(source.path) / source.gguf_file)
+            metadata = model_files.gguf_metadata(Path(source.path) / source.gguf_file)
             arch = metadata["general.architecture"]
             values = {"vocab": metadata.get(f"{arch}.vocab_size"),
                       "ffn_width": metadata.get(f"{arch}.feed_forward_length")}
         else:
-            model_config = json.loads((lm.model_directory(source) / "config.json").read_text())
+            model_config = json.loads((model_files.model_directory(source) / "config.json").read_text())
             model_config = model_config.get("text_config") or model_config
             values = {"vocab": model_config.get("vocab_size"),
                       "ffn_width": model_config.get("intermediate_size") or model_config.get("n_inner")}
@@ -61,29 +62,24 @@ def corpus_bytes(corpus: Mapping) -> int | None:
     return total
 
 
-def predictor_sizes(config: Mapping, shape: lm.ModelShape) -> dict[str, int]:
-    """The configured predictor's parameters (counted on a module built on the meta device: no memory),
+def predictor_sizes(config: Mapping, shape: model_files.ModelShape) -> dict[str, int]:
+    """The configured predictor's parameters (its settings' closed-form count: no torch, no module built),
     its per-token width (attention: n_heads × d_head per layer, plus an MLP's hidden width, a transformer
     block's MLP and a lag stack's k × d), its attention heads over all layers, and k when it is fitted in
     closed form."""
-    import torch
-
-    from .. import predictor
-
     settings = pnconfig.predictor_config(config, shape)
-    with torch.device("meta"):
-        params = predictor.parameter_count(predictor.build_predictor(settings))
+    params = settings.parameter_count
     layers = int(getattr(settings, "n_layers", 1))
     heads = int(getattr(settings, "n_heads", 0) or 0) * layers
     width = (heads * int(getattr(settings, "d_head", 0) or 0) + int(getattr(settings, "hidden", 0) or 0)
              + int(getattr(settings, "k", 0) or 0) * shape.d_model
              + int(getattr(settings, "mlp_width", 0) or 0) * layers)
-    closed_form = predictor.parse_kind(config["predictor"]["kind"])[0].fit is not None
+    closed_form = predictor_kind(config["predictor"]["kind"]).closed_form
     return {"predictor_params": params, "predictor_width": width or shape.d_model, "predictor_heads": heads,
             "predictor_fit_lags": int(settings.k) if closed_form else 0}
 
 
-def sizes(config: Mapping, shape: lm.ModelShape, extras: Mapping[str, int] | None = None,
+def sizes(config: Mapping, shape: model_files.ModelShape, extras: Mapping[str, int] | None = None,
           predictor: str | None = None) -> Sizes:
     """:class:`Sizes` of a validated config (schema defaults filled in) for a model of ``shape``;
     ``extras``: :func:`model_extras` (an unknown vocabulary counts :data:`ASSUMED_VOCAB`, an unknown FFN
@@ -133,7 +129,7 @@ def sizes(config: Mapping, shape: lm.ModelShape, extras: Mapping[str, int] | Non
         steering_alphas=sum(alpha != 0 for alpha in interventions["alphas"]))
 
 
-def estimates(config: Mapping, shape: lm.ModelShape, extras: Mapping[str, int] | None = None,
+def estimates(config: Mapping, shape: model_files.ModelShape, extras: Mapping[str, int] | None = None,
               predictor: str | None = None) -> dict[str, Estimate]:
     """{rule: Estimate} of every rule in :data:`STAGES`; with ``predictor``, the :data:`PREDICTOR_RULES`'
     are that predictor's (:func:`sizes`)."""
@@ -141,7 +137,7 @@ def estimates(config: Mapping, shape: lm.ModelShape, extras: Mapping[str, int] |
     return {rule: stage(s) for rule, stage in STAGES.items()}
 
 
-def requests(config: Mapping, shape: lm.ModelShape, materialized_dir: str | None = None,
+def requests(config: Mapping, shape: model_files.ModelShape, materialized_dir: str | None = None,
              predictor: str | None = None) -> dict[str, Request]:
     """{rule: Request} for every rule that runs as a job, from the config's sizes and the model's; with
     ``predictor``, a :data:`PREDICTOR_RULES` job of that predictor asks for what that predictor needs."""

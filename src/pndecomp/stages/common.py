@@ -10,21 +10,21 @@ import torch
 from safetensors import safe_open
 
 from .. import config as pnconfig
-from .. import extract, lm, storage, token_store
+from .. import extract, lm, model_files, storage, token_store
 from ..storage import hidden_batches
 from ..train import batch_indices
 
 
-def model_source(config: Mapping, materialized_dir: str | None = None) -> lm.ModelSource:
+def model_source(config: Mapping, materialized_dir: str | None = None) -> model_files.ModelSource:
     """The materialized copy of a GGUF model (or of its tokenizer) when there is one, else the configured model."""
     if materialized_dir:
-        return lm.ModelSource(str(materialized_dir))
-    return lm.resolve_source(config["model"])
+        return model_files.ModelSource(str(materialized_dir))
+    return model_files.resolve_source(config["model"])
 
 
 @functools.cache
 def _weights_fingerprint(model_id: str, revision: str | None) -> dict:
-    return lm.model_fingerprint(lm.resolve_source({"id": model_id, "revision": revision}))
+    return model_files.model_fingerprint(model_files.resolve_source({"id": model_id, "revision": revision}))
 
 
 def output_metadata(config: Mapping, **extra) -> dict:
@@ -43,7 +43,7 @@ def load_frozen_lm(config: Mapping, materialized_dir: str | None, layers, window
     model = lm.load_model(model_source(config, materialized_dir), device, pnconfig.model_dtype(config, device))
     if config["model"]["random_init"]:
         model = lm.reinitialised(model, config["seed"])
-    pnconfig.check_model(config["model"]["id"], layers, window_length, lm.shape_from_config(model.config))
+    pnconfig.check_model(config["model"]["id"], layers, window_length, model_files.shape_from_config(model.config))
     return model, device
 
 
@@ -60,8 +60,9 @@ def hidden_and_residual_batches(hidden_path: str, residual_path: str, batch_size
                    strict=True)
 
 
-def frozen_lm_states(config: Mapping, materialized_dir: str | None, layers: Sequence[lm.Layer], window_length: int,
-                     storage_dtype_path: str | None = None) -> Callable[[torch.Tensor], dict[lm.Layer, torch.Tensor]]:
+def frozen_lm_states(config: Mapping, materialized_dir: str | None, layers: Sequence[model_files.Layer],
+                     window_length: int, storage_dtype_path: str | None = None,
+                     ) -> Callable[[torch.Tensor], dict[model_files.Layer, torch.Tensor]]:
     """states_of(ids [batch, T]) -> {layer: hidden states [batch, T, d]} from one LM pass that stops after the
     deepest of ``layers`` (no LM head), rounded through the storage dtype like the cached states and the
     eval set."""
@@ -69,14 +70,14 @@ def frozen_lm_states(config: Mapping, materialized_dir: str | None, layers: Sequ
     capture = lm.ResidualCapture(model, layers)
     storage_dtype = pnconfig.storage_dtype(config, storage_dtype_path)
 
-    def states_of(ids: torch.Tensor) -> dict[lm.Layer, torch.Tensor]:
+    def states_of(ids: torch.Tensor) -> dict[model_files.Layer, torch.Tensor]:
         return {layer: hidden.to(storage_dtype)
                 for layer, hidden in capture.run(ids.to(device, non_blocking=True)).items()}
 
     return states_of
 
 
-def layer_states(config: Mapping, materialized_dir: str | None, layer: lm.Layer, windows_path: str,
+def layer_states(config: Mapping, materialized_dir: str | None, layer: model_files.Layer, windows_path: str,
                  storage_dtype_path: str | None = None) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
     """(the windows' token ids [n, T], hidden_of(ids) -> the layer's hidden states [batch, T, d]), as
     :func:`frozen_lm_states` computes them."""
@@ -92,7 +93,7 @@ def streamed_batches(config: Mapping, materialized_dir: str | None, layers: Sequ
                      storage_dtype_path: str | None = None) -> Callable[[int], dict[str, torch.Tensor]]:
     """next_batch(step) for stream mode: {layer: the hidden states of the step's pool windows}, from one LM
     pass. A non-finite state stops training, naming the layer, the step and the window."""
-    parsed = {name: lm.parse_layer(name) for name in layers}
+    parsed = {name: model_files.parse_layer(name) for name in layers}
     states_of = frozen_lm_states(config, materialized_dir, list(parsed.values()), pool.window_length,
                                  storage_dtype_path)
 
@@ -120,7 +121,7 @@ def baseline_train_batches(config: Mapping, materialized_dir: str | None, layer:
     the frozen LM in stream mode (``train_data_path``: the activations, or the token store)."""
     batch_size, limit = config["extraction"]["batch_size"], config["metrics"]["baseline_train_windows"]
     if config["train"]["data"] == "stream":
-        tokens, hidden_of = layer_states(config, materialized_dir, lm.parse_layer(layer), train_data_path,
+        tokens, hidden_of = layer_states(config, materialized_dir, model_files.parse_layer(layer), train_data_path,
                                          storage_dtype_path)
         tokens = tokens[:limit]
         return lambda: (hidden_of(tokens[start:start + batch_size]) for start in range(0, len(tokens), batch_size))

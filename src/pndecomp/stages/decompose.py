@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from safetensors import safe_open
 
 from .. import config as pnconfig
-from .. import extract, lm, metrics, predictor, storage
+from .. import extract, metrics, model_files, predictor, storage
 from ..storage import hidden_batches
 from .common import load_frozen_lm, output_metadata
 
@@ -43,15 +43,16 @@ def probe_features(config: Mapping, materialized_dir: str | None, probe_windows_
     """h_T, ĥ_T, r_T and h_mean of the probe windows, from states rounded through the storage dtype
     (``storage_dtype_path``: see :func:`pndecomp.config.storage_dtype`): from an LM pass of this job's
     own, or, given ``hidden_paths`` (``probes.shared_states``), from the probe windows' stored states."""
-    outputs = {lm.parse_layer(name): path for name, path in out_paths.items()}
+    outputs = {model_files.parse_layer(name): path for name, path in out_paths.items()}
     batch_size, metadata = config["extraction"]["batch_size"], output_metadata(config)
 
     def predictors_on(device):
-        return {lm.parse_layer(name): predictor.load_predictor(path, device) for name, path in predictor_paths.items()}
+        return {model_files.parse_layer(name): predictor.load_predictor(path, device)
+                for name, path in predictor_paths.items()}
 
     if hidden_paths is not None:
         device = pnconfig.resolve_device(config["device"])
-        extract.probe_features_from_states({lm.parse_layer(name): path for name, path in hidden_paths.items()},
+        extract.probe_features_from_states({model_files.parse_layer(name): path for name, path in hidden_paths.items()},
                                            predictors_on(device), outputs, batch_size=batch_size, device=device,
                                            metadata=metadata)
         return

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from safetensors.numpy import load_file
 
-from .. import baselines, bootstrap, interventions, lm, predictor, storage, tasks
+from .. import baselines, bootstrap, interventions, lm, model_files, predictor, storage, tasks
 from ..storage import hidden_batches
 from ..windows import tokens_array
 from .common import baseline_train_batches, load_frozen_lm, output_metadata
@@ -58,7 +58,7 @@ def patch_layer(config: Mapping, materialized_dir: str | None, layer: str, eval_
     # The `mean` patch: the mean baseline's train mean (the same predictor_train windows).
     train_batches = baseline_train_batches(config, materialized_dir, layer, train_data_path, storage_dtype_path)
     train_mean = baselines.make_baseline("mean").fit(train_batches()).mean_
-    parsed = lm.parse_layer(layer)
+    parsed = model_files.parse_layer(layer)
     model, device = load_frozen_lm(config, materialized_dir, [parsed], tokens.shape[1])
     scores = interventions.patching_scores(
         model, parsed, tokens, hidden, predictor.load_predictor(predictor_path, device), train_mean,
@@ -103,12 +103,12 @@ def steer_layer(config: Mapping, materialized_dir: str | None, layer: str, probe
     here = features[layer]
     directions = {source: interventions.domain_directions(here[source][train], labels[train])
                   for source in ("hhat", "r")}
-    probes = {lm.parse_layer(name): interventions.fit_domain_probe(
+    probes = {model_files.parse_layer(name): interventions.fit_domain_probe(
         values["h"][train], labels[train], seed=config["seed"], max_iter=config["probes"]["max_iter"])
         for name, values in features.items()}
     rows = steered_windows(labels, documents, test, section["steering_windows_per_domain"], config["seed"])
     tokens = tokens_array(frame.iloc[rows])
-    parsed = lm.parse_layer(layer)
+    parsed = model_files.parse_layer(layer)
     model, device = load_frozen_lm(config, materialized_dir, [parsed], tokens.shape[1])
     capture = lm.ResidualCapture(model, [parsed])
     with torch.no_grad():

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from .. import baselines, bootstrap, lm, metrics, scoring, storage
+from .. import baselines, bootstrap, lm, metrics, model_files, scoring, storage
 from ..storage import hidden_batches
 from .common import baseline_train_batches, hidden_and_residual_batches, model_source, output_metadata
 
@@ -38,7 +38,7 @@ def score_baselines(config: Mapping, materialized_dir: str | None, layer: str, t
                         if hasattr(baseline, key)}
         log.info("baseline %s fitted: %s", name, fitted[name])
     storage.write_parquet(pd.DataFrame(columns), out_path,
-                          output_metadata(config, layer=lm.parse_layer(layer), baselines=fitted))
+                          output_metadata(config, layer=model_files.parse_layer(layer), baselines=fitted))
 
 
 def baseline_row_sq(baselines_path: str) -> dict[str, np.ndarray]:

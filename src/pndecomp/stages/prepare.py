@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .. import config as pnconfig
-from .. import corpus, extract, lm, storage, tasks, token_store, windows
+from .. import corpus, extract, lm, model_files, storage, tasks, token_store, windows
 from ..embedded_corpus import build_embedded_corpus  # the name embedded_corpus is a stage here
 from ..splits import PREDICTOR_SPLITS
 from .common import load_frozen_lm, model_source, output_metadata
@@ -16,11 +16,11 @@ log = logging.getLogger(__name__)
 
 
 def materialize_model(config: Mapping, out_dir: str) -> None:
-    lm.materialize(lm.resolve_source(config["model"]), out_dir)
+    lm.materialize(model_files.resolve_source(config["model"]), out_dir)
 
 
 def materialize_tokenizer(config: Mapping, out_dir: str) -> None:
-    lm.materialize_tokenizer(lm.resolve_source(config["model"]), out_dir)
+    lm.materialize_tokenizer(model_files.resolve_source(config["model"]), out_dir)
 
 
 def embedded_corpus(config: Mapping, out_jsonl: str, out_manifest: str) -> None:
@@ -73,14 +73,14 @@ def extract_activations(config: Mapping, materialized_dir: str | None, windows_p
     auto``, the eval split): it chooses from its first batch and records the choice there. Any other
     job stores in :func:`pndecomp.config.storage_dtype`'s dtype (``storage_dtype_path``: that record).
     """
-    layers = [lm.parse_layer(name) for name in out_paths]
+    layers = [model_files.parse_layer(name) for name in out_paths]
     storage_dtype = None if out_storage_dtype else pnconfig.storage_dtype(config, storage_dtype_path)
     tokens = extract.window_tokens(windows_path)
     model, device = load_frozen_lm(config, materialized_dir, layers, tokens.shape[1])
     metadata = output_metadata(config)
     choice = extract.extract_hidden_states(
         model, tokens, layers,
-        {lm.parse_layer(name): path for name, path in out_paths.items()},
+        {model_files.parse_layer(name): path for name, path in out_paths.items()},
         surprisal_path=surprisal_path, batch_size=config["extraction"]["batch_size"], device=device,
         storage_dtype=storage_dtype, metadata=metadata)
     if out_storage_dtype:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from .. import config as pnconfig
-from .. import lm, predictor, storage, token_store
+from .. import model_files, predictor, predictor_kinds, storage, token_store
 from ..storage import hidden_batches
 from ..train import PredictorTrainer, batch_indices, check_stream_pool, fit_predictor
 from ..train import train_predictors as train_loop
@@ -52,7 +52,7 @@ def train_predictors(config: Mapping, materialized_dir: str | None, train_data_p
     ``storage_dtype_path``: see :func:`pndecomp.config.storage_dtype`.
     """
     train_cfg = pnconfig.train_config(config)
-    closed_form = predictor.predictor_kind(config["predictor"]["kind"]).fit is not None
+    closed_form = predictor_kinds.predictor_kind(config["predictor"]["kind"]).closed_form
     if closed_form and config["train"]["data"] != "cache":
         raise pnconfig.ConfigError(f"predictor.kind is {config['predictor']['kind']!r} with train.data "
                               f"{config['train']['data']!r}: ridge_ar predictors need train.data: cache")
@@ -66,7 +66,8 @@ def train_predictors(config: Mapping, materialized_dir: str | None, train_data_p
     elif not closed_form:
         train_hidden = read_hidden(train_data_path)
         n_windows, data_file = len(train_hidden), Path(train_data_path)
-    predictor_cfg = pnconfig.predictor_config(config, lm.read_model_shape(model_source(config, materialized_dir)))
+    shape = model_files.read_model_shape(model_source(config, materialized_dir))
+    predictor_cfg = pnconfig.predictor_config(config, shape)
     device = pnconfig.resolve_device(config["device"])
     if closed_form:
         ((layer, files),) = layers.items()
@@ -96,7 +97,7 @@ def train_predictors(config: Mapping, materialized_dir: str | None, train_data_p
         seconds = {layer: trainer.train_seconds for layer, trainer in trainers.items()}
         stops = {layer: trainer.stop_summary() for layer, trainer in trainers.items()}
     for layer, (model, curve) in results.items():
-        metadata = output_metadata(config, layer=lm.parse_layer(layer), train=config["train"])
+        metadata = output_metadata(config, layer=model_files.parse_layer(layer), train=config["train"])
         fit_info = getattr(model, "fit_info", None)
         extra = {"fit": fit_info} if fit_info else {"stop": stops[layer]}
         predictor.save_predictor(model, layers[layer].weights, {**metadata, **extra})
