@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pndecomp import config as pnconfig
-from pndecomp import interventions, resources, storage
+from pndecomp import storage
 from pndecomp.stages import interventions as intervention_stages
 
 
@@ -40,10 +40,6 @@ def test_stored_rows_are_the_rows_of_the_file(tmp_path):
     storage.save_tensors({"hidden": hidden}, path)
     rows = np.array([0, 3, 4, 9, 10])
     assert torch.equal(intervention_stages.stored_rows(str(path), rows, batch_size=4), hidden[rows])
-
-
-def test_resources_count_every_patch_kind():
-    assert resources.PATCH_KINDS == len(interventions.PATCHES)
 
 
 def _config(**interventions_section):

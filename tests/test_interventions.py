@@ -7,8 +7,7 @@ import torch
 import transformers
 from test_adapters import FAMILIES, SMALL
 
-from pndecomp import adapters, bootstrap, lm, model_files
-from pndecomp import interventions as iv
+from pndecomp import adapters, bootstrap, lm, model_files, patch_kinds, patching, steering
 from pndecomp.predictor import CausalPredictor
 from pndecomp.predictor_kinds import AttentionConfig
 
@@ -58,9 +57,9 @@ def test_logits_from_layer_equals_the_full_forward_for_every_family(model_type):
     layers = [model_files.EMBED, *range(adapters.n_blocks(model.config))]
     hidden = lm.ResidualCapture(model, layers).run(ids)
     for layer in layers:
-        torch.testing.assert_close(iv.logits_from_layer(model, layer, hidden[layer], ids), full,
+        torch.testing.assert_close(lm.logits_from_layer(model, layer, hidden[layer], ids), full,
                                    rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(iv.logits_from_layer(model, layer, hidden[layer], ids, first_position=4),
+        torch.testing.assert_close(lm.logits_from_layer(model, layer, hidden[layer], ids, first_position=4),
                                    full[:, 3:], rtol=1e-5, atol=1e-5)
     assert all(a is b for a, b in zip(adapters.block_modules(model), model.get_submodule(
         adapters.adapter_for(model_type).blocks)))
@@ -71,10 +70,10 @@ def test_fast_path_equals_the_hook_path_with_a_patch(model):
     layer = 1
     clean = _hidden(model, ids, layer)
     mean = clean.mean(dim=(0, 1))
-    patch = lambda h: iv.apply_patch("mean", h, h, h, mean, FROM)  # noqa: E731
-    with iv.patched_block_output(model, layer, patch):
+    patch = lambda h: patching.apply_patch("mean", h, h, h, mean, FROM)  # noqa: E731
+    with lm.patched_block_output(model, layer, patch):
         hooked = model(input_ids=ids).logits.float()
-    fast = iv.logits_from_layer(model, layer, patch(clean), ids)
+    fast = lm.logits_from_layer(model, layer, patch(clean), ids)
     torch.testing.assert_close(fast, hooked, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(fast[:, FROM - 1:], model(input_ids=ids).logits[:, FROM - 1:], atol=1e-3)
     torch.testing.assert_close(fast[:, :FROM - 1], model(input_ids=ids).logits[:, :FROM - 1], rtol=1e-5, atol=1e-5)
@@ -87,7 +86,7 @@ def test_patching_leaves_every_layer_below_unchanged(model):
     clean = lm.ResidualCapture(model, layers).run(ids)
     layer = 2
     replacement = torch.zeros_like(clean[layer])
-    with iv.patched_block_output(model, layer, lambda h: replacement):
+    with lm.patched_block_output(model, layer, lambda h: replacement):
         patched = lm.ResidualCapture(model, layers).run(ids)  # its hooks run after the patch's
     for below in [model_files.EMBED, *range(layer)]:
         assert torch.equal(patched[below], clean[below])
@@ -104,20 +103,20 @@ def test_hooks_and_blocks_are_restored_when_the_forward_raises(model):
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
-        with iv.patched_block_output(model, 1, broken):
+        with lm.patched_block_output(model, 1, broken):
             model(input_ids=ids)
     with pytest.raises(KeyError):
-        with iv.steer(model, 1, torch.zeros(model.config.hidden_size), 1.0):
+        with steering.steer(model, 1, torch.zeros(model.config.hidden_size), 1.0):
             raise KeyError("inside the with")
     assert all(not block._forward_hooks for block in blocks)
     with pytest.raises(RuntimeError):  # the stand-in's output has the wrong width
-        iv.logits_from_layer(model, 1, torch.zeros(2, ids.shape[1], 3), ids)
+        lm.logits_from_layer(model, 1, torch.zeros(2, ids.shape[1], 3), ids)
     assert all(a is b for a, b in zip(blocks, originals))
     assert not adapters.final_norm(model)._forward_hooks
     with pytest.raises(ValueError, match="final"):
-        iv.logits_from_layer(model, model_files.FINAL, torch.zeros(2, ids.shape[1], model.config.hidden_size))
+        lm.logits_from_layer(model, model_files.FINAL, torch.zeros(2, ids.shape[1], model.config.hidden_size))
     with pytest.raises(ValueError, match="not a block"):
-        iv.patched_block_output(model, 99, lambda h: h).__enter__()
+        lm.patched_block_output(model, 99, lambda h: h).__enter__()
 
 
 def test_identity_patch_changes_nothing_exactly_and_the_others_change_the_loss(model):
@@ -127,14 +126,14 @@ def test_identity_patch_changes_nothing_exactly_and_the_others_change_the_loss(m
     predictor = _predictor(model.config.hidden_size)
     mean = hidden.astype(np.float32).mean(axis=(0, 1))
     for recompute in (False, True):
-        scores = iv.patching_scores(model, layer, ids.numpy(), hidden, predictor, mean, from_position=FROM,
+        scores = patching.patching_scores(model, layer, ids.numpy(), hidden, predictor, mean, from_position=FROM,
                                     batch_size=4, recompute_hhat=recompute)
         assert scores.delta_ce["identity"].shape == (6, T - FROM) and list(scores.positions) == list(range(FROM, T))
         assert (scores.delta_ce["identity"] == 0.0).all() and (scores.kl["identity"] == 0.0).all()
         for kind in ("mean", "hhat", "hhat_plus_shuffled_r", "zero_r_norm_matched"):
             assert np.abs(scores.delta_ce[kind]).mean() > 1e-3, kind
             assert scores.kl[kind].mean() > 1e-4 and (scores.kl[kind] > -1e-6).all(), kind
-    table = iv.patching_table(scores, documents=["a", "a", "b", "c", "c", "d"], layer=layer, n_resamples=50)
+    table = patching.patching_table(scores, documents=["a", "a", "b", "c", "c", "d"], layer=layer, n_resamples=50)
     pooled = table[(table.scope == "pooled") & (table.kind == "identity")]
     assert len(pooled) == 2 and (pooled[["mean", "low", "high"]] == 0).all().all()
     assert set(table.position.dropna()) == set(range(FROM, T))
@@ -144,52 +143,52 @@ def test_patch_kinds():
     generator = torch.Generator().manual_seed(0)
     h, hhat, r_other = (torch.randn(3, 10, 8, generator=generator) for _ in range(3))
     mean = torch.randn(8, generator=generator)
-    for kind in iv.PATCHES:
-        patched = iv.apply_patch(kind, h, hhat, r_other, mean, from_position=4)
+    for kind in patch_kinds.PATCHES:
+        patched = patching.apply_patch(kind, h, hhat, r_other, mean, from_position=4)
         assert torch.equal(patched[:, :3], h[:, :3]), kind
     at = slice(3, None)
-    assert torch.equal(iv.apply_patch("identity", h, hhat, r_other, mean, 4), h)
-    assert torch.equal(iv.apply_patch("hhat", h, hhat, r_other, mean, 4)[:, at], hhat[:, at])
-    assert torch.equal(iv.apply_patch("hhat_plus_shuffled_r", h, hhat, r_other, mean, 4)[:, at],
+    assert torch.equal(patching.apply_patch("identity", h, hhat, r_other, mean, 4), h)
+    assert torch.equal(patching.apply_patch("hhat", h, hhat, r_other, mean, 4)[:, at], hhat[:, at])
+    assert torch.equal(patching.apply_patch("hhat_plus_shuffled_r", h, hhat, r_other, mean, 4)[:, at],
                        hhat[:, at] + r_other[:, at])
-    assert torch.equal(iv.apply_patch("mean", h, hhat, r_other, mean, 4)[:, at], mean.expand(3, 7, 8))
-    matched = iv.apply_patch("zero_r_norm_matched", h, hhat, r_other, mean, 4)[:, at]
+    assert torch.equal(patching.apply_patch("mean", h, hhat, r_other, mean, 4)[:, at], mean.expand(3, 7, 8))
+    matched = patching.apply_patch("zero_r_norm_matched", h, hhat, r_other, mean, 4)[:, at]
     torch.testing.assert_close(matched.norm(dim=-1), h[:, at].norm(dim=-1))
     torch.testing.assert_close(torch.nn.functional.cosine_similarity(matched, hhat[:, at], dim=-1),
                                torch.ones(3, 7))
     with pytest.raises(ValueError, match="known patches"):
-        iv.apply_patch("nope", h, hhat, r_other, mean, 4)
+        patching.apply_patch("nope", h, hhat, r_other, mean, 4)
 
 
 def test_aligned_hhat_and_rollout():
     predictor = _predictor(8)
     h = torch.randn(2, 10, 8, generator=torch.Generator().manual_seed(0))
-    hhat = iv.aligned_hhat(predictor, h)
+    hhat = patching.aligned_hhat(predictor, h)
     assert torch.equal(hhat[:, 0], h[:, 0])
     torch.testing.assert_close(hhat[:, 6], predictor(h[:, :6])[:, -1])  # ĥ_7 = f(h_1..h_6)
     r_other = torch.zeros_like(h)
-    rolled = iv.rollout_patch("hhat", h, predictor, r_other, torch.zeros(8), from_position=4)
+    rolled = patching.rollout_patch("hhat", h, predictor, r_other, torch.zeros(8), from_position=4)
     torch.testing.assert_close(rolled[:, 3], hhat[:, 3])  # the first patched position sees a clean past
     torch.testing.assert_close(rolled[:, 4], predictor(rolled[:, :4])[:, -1])  # later ones see the patches
     assert not torch.allclose(rolled[:, 4], hhat[:, 4])
-    assert torch.equal(iv.rollout_patch("identity", h, predictor, r_other, torch.zeros(8), 4), h)
+    assert torch.equal(patching.rollout_patch("identity", h, predictor, r_other, torch.zeros(8), 4), h)
 
 
 def test_derangement_has_no_fixed_points():
     for n in range(2, 40):
         for seed in range(3):
-            partner = iv.derangement(n, seed)
+            partner = patching.derangement(n, seed)
             assert sorted(partner) == list(range(n)) and not np.any(partner == np.arange(n))
-    assert np.array_equal(iv.derangement(50, 7), iv.derangement(50, 7))
+    assert np.array_equal(patching.derangement(50, 7), patching.derangement(50, 7))
     with pytest.raises(ValueError):
-        iv.derangement(1, 0)
+        patching.derangement(1, 0)
 
 
 def test_pooled_and_per_position_intervals_match_a_direct_document_bootstrap():
     rng = np.random.default_rng(0)
     documents = np.repeat([f"doc{i}" for i in range(15)], rng.integers(1, 4, size=15))
     values = rng.normal(size=(len(documents), 5)) + rng.normal(size=15)[bootstrap.groups_of(documents)[0]][:, None]
-    frame = iv.mean_with_intervals(values, documents, n_resamples=300, seed=2)
+    frame = bootstrap.mean_with_intervals(values, documents, n_resamples=300, seed=2)
     group, n_groups = bootstrap.groups_of(documents)
     direct_pooled, direct_position = [], []
     for counts in bootstrap.resample_counts(n_groups, 300, seed=2):
@@ -207,7 +206,7 @@ def test_pooled_and_per_position_intervals_match_a_direct_document_bootstrap():
 
 def test_domain_directions():
     features = np.array([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0]])
-    directions = iv.domain_directions(features, ["a", "a", "b"])
+    directions = steering.domain_directions(features, ["a", "a", "b"])
     np.testing.assert_allclose(directions["a"], [2.0, 0.0] - features.mean(axis=0))
     np.testing.assert_allclose(directions["b"], [0.0, 2.0] - features.mean(axis=0))
     np.testing.assert_allclose(2 * directions["a"] + directions["b"], 0.0, atol=1e-12)  # count-weighted
@@ -217,12 +216,12 @@ def test_steering_with_alpha_zero_changes_nothing(model):
     ids = _tokens(model, n=2)
     direction = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(0))
     clean = model(input_ids=ids).logits
-    with iv.steer(model, 1, direction, 0.0):
+    with steering.steer(model, 1, direction, 0.0):
         assert torch.equal(model(input_ids=ids).logits, clean)
-    with iv.steer(model, 1, direction, 1.0):
+    with steering.steer(model, 1, direction, 1.0):
         assert not torch.allclose(model(input_ids=ids).logits, clean)
     h = _hidden(model, ids, 1)
-    assert torch.equal(iv.add_direction(h, direction, 0.0), h)
+    assert torch.equal(steering.add_direction(h, direction, 0.0), h)
 
 
 def test_steering_scores(model):
@@ -234,18 +233,18 @@ def test_steering_scores(model):
     offsets = {"x": 0.0, "y": 3.0, "z": -3.0}
     hidden[:, -1, 0] += torch.tensor([offsets[label] for label in labels])
     hidden = hidden.numpy()
-    probe_here = iv.fit_domain_probe(hidden[:, -1], labels)
-    probe_above = iv.fit_domain_probe(_hidden(model, ids, layer + 1)[:, -1].numpy(), labels)
-    directions = {"hhat": iv.domain_directions(hidden[:, -1], labels),
-                  "r": iv.domain_directions(hidden[:, -2], labels)}
-    scale = iv.typical_norm(hidden)
+    probe_here = steering.fit_domain_probe(hidden[:, -1], labels)
+    probe_above = steering.fit_domain_probe(_hidden(model, ids, layer + 1)[:, -1].numpy(), labels)
+    directions = {"hhat": steering.domain_directions(hidden[:, -1], labels),
+                  "r": steering.domain_directions(hidden[:, -2], labels)}
+    scale = steering.typical_norm(hidden)
     assert scale > 0
-    table = iv.steering_scores(model, layer, ids.numpy(), hidden, labels, [f"d{i // 2}" for i in range(n)],
+    table = steering.steering_scores(model, layer, ids.numpy(), hidden, labels, [f"d{i // 2}" for i in range(n)],
                                directions, scale=scale, alphas=(0.0, 4.0),
                                probes={layer: probe_here, layer + 1: probe_above}, n_resamples=50, batch_size=5)
     assert len(table) == 2 * (3 + 1) * 2 * 4  # sources × (domains + pooled) × alphas × metrics
     pooled, table = table[table.scope == "pooled"], table[table.scope == "domain"]
-    assert set(pooled.domain) == {iv.POOLED}
+    assert set(pooled.domain) == {steering.POOLED}
     # Balanced domains (4 windows each): a window's pooled value averages the 2 other domains (or its own
     # one), so the pooled mean is the mean of the per-domain means, over all 12 windows.
     keys = ["source", "alpha", "metric", "probe_layer"]
@@ -267,5 +266,10 @@ def test_steering_scores(model):
     p = here.pivot(index="domain", columns="alpha", values="mean")
     assert (p[4.0] > p[0.0]).all()  # steering along a domain's direction raises the probe's p(domain)
     with pytest.raises(ValueError, match="probe layer"):
-        iv.steering_scores(model, layer, ids.numpy(), hidden, labels, labels, directions, scale=scale,
+        steering.steering_scores(model, layer, ids.numpy(), hidden, labels, labels, directions, scale=scale,
                            probes={0: probe_here})
+
+
+def test_the_torch_free_patch_kinds_clamp_at_float32s_smallest_normal():
+    """patch_kinds imports no torch, so it spells torch.finfo(torch.float32).tiny itself."""
+    assert patch_kinds.FLOAT32_TINY == torch.finfo(torch.float32).tiny

@@ -81,7 +81,7 @@ def test_full_run_makes_every_figure_and_table(tiny_run):
 def test_interventions_make_their_tables_and_figures(tiny_run):
     """Patching at every layer (identity exactly 0), steering at the middle layer (α = 0 exactly 0), both
     tables and figures in the default run."""
-    from pndecomp.interventions import PATCHES
+    from pndecomp.patch_kinds import PATCHES
 
     workdir, _ = tiny_run
     out = workdir / "results" / "tiny"

@@ -20,6 +20,7 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 
 LEVEL = 0.95
 # The windows tables' column a resample draws by: the unit the splits are made of (splits.split_of's key).
@@ -65,3 +66,33 @@ def interval(samples: np.ndarray, level: float = LEVEL, axis: int = 0) -> tuple[
         warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)
         low, high = np.nanpercentile(np.asarray(samples, dtype=np.float64), [tail, 100 - tail], axis=axis)
     return low, high
+
+
+def mean_with_intervals(values: np.ndarray, documents: Sequence, *, n_resamples: int = 1000, seed: int = 0,
+                        level: float = LEVEL) -> pd.DataFrame:
+    """Means of ``values`` [W, P] over windows, per position and pooled over positions, with
+    split-unit bootstrap intervals (:mod:`pndecomp.bootstrap`; every window of a drawn document
+    counts as often as it is drawn).
+
+    Rows: scope "position" (one per column p, ``position`` = p + 1 is the column index, 1-based) then
+    scope "pooled" (``position`` <NA>): the mean over all W × P values.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim == 1:
+        values = values[:, None]
+    group, n_groups = groups_of(documents)
+    counts = resample_counts(n_groups, n_resamples, seed)
+    sums = counts @ grouped_sums(values, group, n_groups)  # [B, P]
+    n = counts @ grouped_sums(np.ones(len(values)), group, n_groups)  # [B] windows per resample
+    per_position = sums / n[:, None]
+    pooled = sums.sum(axis=1) / (n * values.shape[1])
+    low, high = interval(per_position, level)
+    pooled_low, pooled_high = interval(pooled, level)
+    frame = pd.DataFrame({
+        "scope": ["position"] * values.shape[1] + ["pooled"],
+        "position": pd.array(list(range(1, values.shape[1] + 1)) + [None], dtype="Int64"),
+        "mean": np.append(values.mean(axis=0), values.mean()),
+        "low": np.append(low, pooled_low), "high": np.append(high, pooled_high),
+    })
+    frame["n_windows"], frame["n_documents"] = len(values), n_groups
+    return frame

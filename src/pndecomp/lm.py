@@ -5,13 +5,20 @@ Layer ``ℓ`` is the output of transformer block ℓ before any final norm (Tran
 block's output after the final norm (HF's ``hidden_states[-1]``). Hidden states are captured with
 forward hooks on the block modules (and on the embedding and final norm), never through
 ``output_hidden_states``, which is off by one and applies the final norm to its last entry.
+
+:func:`logits_from_layer` runs only the blocks above a layer from given states (the fast path of patching
+and steering): blocks 0..ℓ are swapped for stand-ins that return the given block-ℓ output, so the model's
+own forward still builds the masks and rotary embeddings; :func:`patched_block_output` is the reference
+path, a forward hook on block ℓ in a full forward pass from the tokens.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import logging
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -197,3 +204,105 @@ def surprisal(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     return torch.stack([
         -torch.log_softmax(window_logits[:-1].float(), dim=-1).gather(-1, window_ids[1:, None]).squeeze(-1)
         for window_logits, window_ids in zip(logits, input_ids)])
+
+
+# -------------------------------------------------------------------------------- running the blocks above a layer
+
+def _layer_module(model: nn.Module, layer: Layer) -> nn.Module:
+    """The module whose output is ``layer``: block ℓ, or the token embedding for ``"embed"``."""
+    if layer == EMBED:
+        return adapters.embedding(model)
+    if layer == FINAL or isinstance(layer, str):
+        raise ValueError(f"interventions act on a block index or {EMBED!r}, not {layer!r} (the final norm's "
+                         "output feeds only the LM head: patch the last block instead)")
+    blocks = adapters.block_modules(model)
+    if not 0 <= int(layer) < len(blocks):
+        raise ValueError(f"layer {layer} is not a block of this model (0..{len(blocks) - 1})")
+    return blocks[int(layer)]
+
+
+@contextlib.contextmanager
+def patched_block_output(model: nn.Module, layer: Layer,
+                         fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """Within the ``with``, block ``layer``'s hidden-state output h [batch, T, d] is replaced by fn(h).
+
+    The block's output structure is kept (a tensor, or a tuple whose first item is the hidden
+    state). The hook is removed on leaving, also when the forward pass raises.
+    """
+    def hook(_module, _inputs, output):
+        if isinstance(output, tuple):
+            return (fn(output[0]),) + tuple(output[1:])
+        return fn(output)
+
+    handle = _layer_module(model, layer).register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+class _StandIn(nn.Module):
+    """Takes the place of blocks 0..ℓ: ignores its input and returns the block-ℓ output it was given."""
+
+    def __init__(self, hidden: torch.Tensor):
+        super().__init__()
+        self.hidden = hidden
+
+    def forward(self, *_args, **_kwargs) -> torch.Tensor:
+        return self.hidden
+
+
+_HEADS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _float32_head(model: nn.Module) -> Float32Head:
+    """One :class:`~pndecomp.lm.Float32Head` per model (its float32 copies cost memory in a bf16 LM)."""
+    if model not in _HEADS:
+        _HEADS[model] = Float32Head(model)
+    return _HEADS[model]
+
+
+@torch.no_grad()
+def logits_from_layer(model: nn.Module, layer: Layer, hidden: torch.Tensor, input_ids: torch.Tensor | None = None,
+                      first_position: int = 1) -> torch.Tensor:
+    """The LM's float32 next-token logits [batch, T − first_position + 1, vocab] (positions
+    first_position..T) when block ``layer`` outputs ``hidden`` [batch, T, d].
+
+    Only blocks ℓ+1.. run: blocks 0..ℓ are swapped for stand-ins for the duration of the call (and
+    restored in ``finally``), so the model's own forward still builds the attention masks and rotary
+    embeddings. ``input_ids`` only feed the (discarded) embedding; zeros are used when omitted. For
+    ``"embed"`` the embedding's output is replaced and every block runs. The logits come from the
+    final norm's input through :class:`~pndecomp.lm.Float32Head`, for the positions asked only (the
+    final norm and head act position by position). Hooks on blocks above ℓ still fire.
+    """
+    module = _layer_module(model, layer)  # validates the layer
+    param = next(model.parameters())
+    hidden = hidden.to(device=param.device, dtype=param.dtype)
+    if input_ids is None:
+        input_ids = torch.zeros(hidden.shape[:2], dtype=torch.long, device=param.device)
+    captured = {}
+
+    def at_final_norm(_module, inputs, _output):
+        captured["final norm input"] = inputs[0]
+        raise _StopForward
+
+    handles = [adapters.final_norm(model).register_forward_hook(at_final_norm)]
+    blocks, originals = adapters.block_modules(model), []
+    try:
+        if layer == EMBED:
+            handles.append(module.register_forward_hook(lambda *_: hidden))
+        else:
+            stand_in = _StandIn(hidden)
+            for index in range(int(layer) + 1):
+                originals.append(blocks[index])
+                blocks[index] = stand_in
+        try:
+            model(input_ids=input_ids.to(param.device), use_cache=False)
+        except _StopForward:
+            pass
+    finally:
+        for index, block in enumerate(originals):
+            blocks[index] = block
+        for handle in handles:
+            handle.remove()
+    return _float32_head(model)(captured["final norm input"][:, first_position - 1:])

@@ -24,10 +24,10 @@ The model's shape is always known at DAG time: a hub model must be in the local 
 (:func:`pndecomp.config.model_shape`).
 """
 from .config_sizes import corpus_bytes, estimates, model_extras, predictor_sizes, probe_windows, requests, sizes
-from .constants import ASSUMED_VOCAB, MARGIN, MB, PATCH_KINDS, SNAKEMAKE_MB
+from .constants import ASSUMED_VOCAB, MARGIN, MB, SNAKEMAKE_MB
 from .estimate import Estimate, Request, Sizes
 from .rules import PREDICTOR_RULES, STAGES
 
-__all__ = ["ASSUMED_VOCAB", "MARGIN", "MB", "PATCH_KINDS", "PREDICTOR_RULES", "SNAKEMAKE_MB", "STAGES", "Estimate",
+__all__ = ["ASSUMED_VOCAB", "MARGIN", "MB", "PREDICTOR_RULES", "SNAKEMAKE_MB", "STAGES", "Estimate",
            "Request", "Sizes", "corpus_bytes", "estimates", "model_extras", "predictor_sizes", "probe_windows",
            "requests", "sizes"]

@@ -67,5 +67,3 @@ ASSUMED_PROBE_ITERATIONS = 300
 PROBE_SECONDS_PER_ROW_FEATURE = (1.25e-9, 1.6e-10)
 #: float64 values of one chunk of lag features (pndecomp.baselines._CHUNK_VALUES).
 RIDGE_CHUNK_VALUES = 2**24
-#: Patch kinds of pndecomp.interventions.PATCHES (a test keeps the two equal; importing it would import torch).
-PATCH_KINDS = 5

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+from ..patch_kinds import PATCHES
 from .constants import (
     ASSUMED_PROBE_ITERATIONS,
     ASSUMED_TOKENS_PER_DOCUMENT,
@@ -15,7 +16,6 @@ from .constants import (
     MB,
     NUMPY_PROCESS_MB,
     NUMPY_VALUES_PER_S,
-    PATCH_KINDS,
     PROBE_SECONDS_PER_ROW_FEATURE,
     RIDGE_CHUNK_VALUES,
     SECONDS_PER_CANDIDATE_WINDOW,
@@ -254,7 +254,7 @@ def patch_layer(s: Sizes) -> Estimate:
     _interventions_lm(s, e)
     train_windows = min(s.baseline_train_windows, s.windows["predictor_train"])
     e.seconds["train mean"] = train_windows * s.length * s.d_model * 4 / NUMPY_VALUES_PER_S
-    e.seconds["lm runs"] = (PATCH_KINDS + 1) * _lm_seconds(s, windows * s.length, surprisal=True)
+    e.seconds["lm runs"] = (len(PATCHES) + 1) * _lm_seconds(s, windows * s.length, surprisal=True)
     return e
 
 

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from safetensors.numpy import load_file
 
-from .. import baselines, bootstrap, interventions, lm, model_files, predictor, storage, tasks
+from .. import baselines, bootstrap, lm, model_files, patching, predictor, steering, storage, tasks
 from ..storage import hidden_batches
 from ..windows import tokens_array
 from .common import baseline_train_batches, load_frozen_lm, output_metadata
@@ -47,7 +47,7 @@ def stored_rows(path: str, rows: np.ndarray, batch_size: int) -> torch.Tensor:
 def patch_layer(config: Mapping, materialized_dir: str | None, layer: str, eval_windows_path: str,
                 eval_hidden_path: str, predictor_path: str, train_data_path: str, out_path: str,
                 storage_dtype_path: str | None = None) -> None:
-    """Every patch of :data:`pndecomp.interventions.PATCHES` at block ``layer`` on
+    """Every patch of :data:`pndecomp.patch_kinds.PATCHES` at block ``layer`` on
     ``interventions.patching_windows`` eval windows (one per document first), from their stored clean
     states: ΔCE and KL per position and pooled, with document-bootstrap intervals."""
     section, batch_size = config["interventions"], config["extraction"]["batch_size"]
@@ -60,11 +60,11 @@ def patch_layer(config: Mapping, materialized_dir: str | None, layer: str, eval_
     train_mean = baselines.make_baseline("mean").fit(train_batches()).mean_
     parsed = model_files.parse_layer(layer)
     model, device = load_frozen_lm(config, materialized_dir, [parsed], tokens.shape[1])
-    scores = interventions.patching_scores(
+    scores = patching.patching_scores(
         model, parsed, tokens, hidden, predictor.load_predictor(predictor_path, device), train_mean,
         from_position=section["from_position"], recompute_hhat=section["recompute_hhat"],
         batch_size=section["batch_size"], seed=config["seed"])
-    table = interventions.patching_table(scores, windows[bootstrap.UNIT].to_numpy()[rows], layer=parsed,
+    table = patching.patching_table(scores, windows[bootstrap.UNIT].to_numpy()[rows], layer=parsed,
                                          n_resamples=config["metrics"]["bootstrap"], seed=config["seed"])
     pooled = table[(table["scope"] == "pooled") & (table["metric"] == "delta_ce")]
     log.info("layer %s, pooled ΔCE (nats): %s", layer, dict(zip(pooled["kind"], pooled["mean"].round(4))))
@@ -101,9 +101,9 @@ def steer_layer(config: Mapping, materialized_dir: str | None, layer: str, probe
     test = np.flatnonzero(member & (frame["split"] == "probe_test").to_numpy())
     features = {name: load_file(path) for name, path in feature_paths.items()}
     here = features[layer]
-    directions = {source: interventions.domain_directions(here[source][train], labels[train])
+    directions = {source: steering.domain_directions(here[source][train], labels[train])
                   for source in ("hhat", "r")}
-    probes = {model_files.parse_layer(name): interventions.fit_domain_probe(
+    probes = {model_files.parse_layer(name): steering.fit_domain_probe(
         values["h"][train], labels[train], seed=config["seed"], max_iter=config["probes"]["max_iter"])
         for name, values in features.items()}
     rows = steered_windows(labels, documents, test, section["steering_windows_per_domain"], config["seed"])
@@ -116,8 +116,8 @@ def steer_layer(config: Mapping, materialized_dir: str | None, layer: str, probe
         batch_size = section["batch_size"]
         hidden = torch.cat([capture.run(torch.from_numpy(tokens[start:start + batch_size]).to(device))[parsed]
                             for start in range(0, len(tokens), batch_size)])
-    scale = interventions.typical_norm(hidden, section["from_position"])
-    table = interventions.steering_scores(
+    scale = steering.typical_norm(hidden, section["from_position"])
+    table = steering.steering_scores(
         model, parsed, tokens, hidden, labels[rows], frame[bootstrap.UNIT].to_numpy()[rows], directions, scale=scale,
         alphas=section["alphas"], probes=probes, from_position=section["from_position"],
         batch_size=section["batch_size"], n_resamples=config["metrics"]["bootstrap"], seed=config["seed"])
