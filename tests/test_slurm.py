@@ -35,24 +35,16 @@ from snakemake_log import NICE, RUN_TIMEOUT_S, job_stats
 from snakemake_log import SNAKEMAKE_CLI as SNAKEMAKE  # no --cores: each command gives its own
 from tiny import TINY_RUN_TASKS, write_config
 
+from pndecomp import registry
+
 REPO = Path(__file__).resolve().parents[1]
 TEST_PROFILE = REPO / "tests" / "slurm" / "profile"
 CLUSTER_PROFILE = REPO / "profiles" / "slurm"
 
-# Declared `localrules` in workflow/rules/common.smk and model_study.smk (resolved_config: `localrule: True` in
-# config.smk): they run in the Snakemake process.
-LOCAL_RULES = {"all", "resolved_config", "probe_table", "layer_summary", "draw_learning_curve", "draw_per_position",
-               "draw_layer_scores", "draw_probe_heatmap", "predictor_comparison", "draw_predictor_comparison",
-               "model_comparison", "draw_model_comparison", "intervention_table", "draw_interventions", "claims",
-               "study_claims", "budget_comparison", "draw_budget_comparison"}
-# Local rules that only a study runs (two or more predictors, or `models:`).
-STUDY_RULES = {"predictor_comparison", "draw_predictor_comparison", "model_comparison", "draw_model_comparison",
-               "study_claims", "budget_comparison", "draw_budget_comparison"}
-# The stages the profiles give `gpu: 1` (-> sbatch --gpus=1).
-GPU_RULES = {"extract_train_activations", "extract_val_activations",
-             "extract_eval_activations", "extract_probe_activations", "train_predictor",
-             "train_predictors_joint", "decompose_eval", "probe_features", "score_baselines", "patch_layer",
-             "steer_layer"}
+# The rules' facts, from the registry: run by Snakemake itself, only by a study, given a GPU by the profiles.
+LOCAL_RULES = {name for name, rule in registry.RULES.items() if rule.local}
+STUDY_RULES = {name for name, rule in registry.RULES.items() if rule.study}
+GPU_RULES = {name for name, rule in registry.RULES.items() if rule.gpu}
 # What both runs must agree on.
 METRIC_FILES = ["metrics/attn1/layer_summary.tsv", "probes/attn1/*.tsv", "metrics/attn1/per_position/*.parquet",
                 "predictors/attn1/layer-*/curve.parquet"]
@@ -171,9 +163,22 @@ def metric_files(out: Path) -> list[str]:
     return sorted(str(path.relative_to(out)) for pattern in METRIC_FILES for path in out.glob(pattern))
 
 
+def workflow_texts() -> list[str]:
+    return [(REPO / "Snakefile").read_text(), *(path.read_text() for path in (REPO / "workflow").rglob("*.smk"))]
+
+
 def workflow_rules() -> set[str]:
-    texts = [(REPO / "Snakefile").read_text(), *(p.read_text() for p in (REPO / "workflow" / "rules").glob("*.smk"))]
-    return {name for text in texts for name in re.findall(r"^\s*(?:rule|checkpoint) (\w+):", text, re.MULTILINE)}
+    return {name for text in workflow_texts()
+            for name in re.findall(r"^\s*(?:rule|checkpoint) (\w+):", text, re.MULTILINE)}
+
+
+def declared_local_rules() -> set[str]:
+    """The rules the .smk files make local: in a ``localrules:`` directive, or with ``localrule: True``."""
+    texts = "\n".join(workflow_texts())
+    listed = {name for block in re.findall(r"^localrules:\n((?:    \w+,\n)+)", texts, re.MULTILINE)
+              for name in re.findall(r"\w+", block)}
+    flagged = set(re.findall(r"^rule (\w+):\n(?:    .*\n)*?    localrule: True", texts, re.MULTILINE))
+    return listed | flagged
 
 
 # ------------------------------------------------------------------ tests
@@ -193,7 +198,8 @@ def test_slurm_profiles_cover_every_submitted_rule_alike():
     from pndecomp import resources
 
     rules = workflow_rules()
-    assert LOCAL_RULES <= rules
+    assert set(registry.RULES) == rules
+    assert declared_local_rules() == LOCAL_RULES
     assert set(resources.STAGES) == rules - LOCAL_RULES
     texts = "\n".join(path.read_text() for path in (REPO / "workflow" / "rules").glob("*.smk"))
     for rule in rules - LOCAL_RULES:
@@ -240,7 +246,8 @@ def test_tiny_workflow_on_slurm_equals_local_run(slurm_cluster, tiny_run_started
     stats = job_stats(log)
     jobs = executed_jobs(log)
     assert collections.Counter(rule for rule, _ in jobs.values()) == stats
-    assert {rule for rule, local in jobs.values() if local} == LOCAL_RULES - STUDY_RULES  # one predictor, one model
+    # one predictor, one model; `pipeline` is a model study's per-model target (`all` takes its inputs)
+    assert {rule for rule, local in jobs.values() if local} == LOCAL_RULES - STUDY_RULES - {"pipeline"}
     assert not {rule for rule, local in jobs.values() if not local} & LOCAL_RULES
     for jobid, (rule, local) in jobs.items():
         if local:

@@ -147,9 +147,10 @@ def test_second_dry_run_has_nothing_to_do(tiny_run):
     assert "Nothing to be done" in snakemake(workdir, "-n")
 
 
-def test_building_the_dag_imports_no_plotting_library(tiny_run):
-    """Snakemake reads the figures from pndecomp.registry, which imports nothing heavy: a dry run of the whole
-    workflow never imports matplotlib or seaborn (``python -X importtime`` lists every module imported)."""
+def test_building_the_dag_imports_no_torch_transformers_or_plotting_library(tiny_run):
+    """Snakemake builds the DAG from pndecomp.registry, the torch-free config and the resource estimates: a dry run
+    of the whole workflow never imports torch, transformers, matplotlib or seaborn (``python -X importtime``
+    lists every module imported)."""
     workdir, _ = tiny_run
     command = [sys.executable, "-X", "importtime", "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
                "--cores", "1", "--directory", str(workdir), "-n"]
@@ -158,7 +159,8 @@ def test_building_the_dag_imports_no_plotting_library(tiny_run):
     imported = {line.rsplit("|", 1)[1].strip().split(".")[0] for line in result.stderr.splitlines()
                 if line.startswith("import time:") and "|" in line}
     assert {"snakemake", "pndecomp"} <= imported  # the listing covers the workflow's own imports
-    assert not imported & {"matplotlib", "seaborn"}, sorted(imported & {"matplotlib", "seaborn"})
+    heavy = {"torch", "transformers", "matplotlib", "seaborn"}
+    assert not imported & heavy, sorted(imported & heavy)
 
 
 def test_one_deleted_figure_rebuilds_alone(tiny_run):

@@ -1,9 +1,28 @@
-"""Names and facts that Snakemake reads when it builds the DAG, kept free of heavy imports (the standard
-library only), so that parsing the workflow does not import matplotlib or seaborn: the figures, by file
-stem. :mod:`pndecomp.figures` draws them."""
+"""The registry: every name Snakemake and the documentation list, and where each kind of entry is added.
+It imports no torch, transformers, matplotlib or seaborn (a test runs a dry run under ``python -X importtime``),
+so building the DAG stays cheap.
+
+Defined here: the figures (:data:`FIGURES`, drawn by :mod:`pndecomp.figures`) and every rule's facts
+(:data:`RULES`: run by Snakemake itself or as a job, given a GPU, estimated per predictor; each job rule's
+resource estimate is the function of the same name in :mod:`pndecomp.resources.rules`).
+
+Gathered here from their torch-free homes, where an entry is added:
+
+- predictor kinds: :data:`PREDICTORS` (:mod:`pndecomp.predictor_kinds`; the module in :mod:`pndecomp.predictor`);
+- probe tasks: :data:`TASKS` (:mod:`pndecomp.tasks`);
+- probe representations: :data:`REPRESENTATIONS` (:mod:`pndecomp.representations`);
+- patch kinds: :data:`PATCHES` (:mod:`pndecomp.patch_kinds`).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from .patch_kinds import PATCHES
+from .predictor_kinds import PREDICTORS
+from .representations import REPRESENTATIONS
+from .tasks import TASKS
+
+__all__ = ["FIGURES", "PATCHES", "PREDICTORS", "REPRESENTATIONS", "RULES", "TASKS", "Figure", "Rule"]
 
 
 @dataclass(frozen=True)
@@ -36,3 +55,57 @@ FIGURES: dict[str, Figure] = {
     "fig3_r2": Figure("per_position", "r2", "Per-position R² = 1 − MSE_p/Var_p: unlike figure 3 it compares "
                       "across layers whose scales differ by orders of magnitude."),
 }
+
+
+@dataclass(frozen=True)
+class Rule:
+    local: bool = False  # run by Snakemake itself (a localrules entry): no job, no resource estimate
+    gpu: bool = False  # the profiles give its jobs `gpu: 1` (sbatch --gpus=1): it runs the LM or a predictor
+    per_predictor: bool = False  # one job per predictor, asking for that predictor's memory and time
+    study: str | None = None  # run only by a study: "predictors" (two or more) or "models" (`models:`)
+
+
+_JOB, _GPU, _PREDICTOR_GPU, _LOCAL = Rule(), Rule(gpu=True), Rule(gpu=True, per_predictor=True), Rule(local=True)
+
+#: Every rule of the workflow, by name. A job rule (not local) has a resource estimate of the same name in
+#: pndecomp.resources.rules and `mem_mb`/`runtime` from common.smk's stage_mem_mb/stage_runtime.
+RULES: dict[str, Rule] = {
+    "materialize_model": _JOB,
+    "materialize_tokenizer": _JOB,
+    "embedded_corpus": _JOB,
+    "make_windows": _JOB,
+    "extract_train_activations": _GPU,
+    "extract_val_activations": _GPU,
+    "extract_eval_activations": _GPU,
+    "extract_probe_activations": _GPU,
+    "train_predictor": _PREDICTOR_GPU,
+    "train_predictors_joint": _PREDICTOR_GPU,
+    "score_baselines": _GPU,
+    "decompose_eval": _PREDICTOR_GPU,
+    "probe_features": _PREDICTOR_GPU,
+    "fit_probe": _JOB,
+    "layer_scores": _JOB,
+    "per_position_metrics": _JOB,
+    "patch_layer": _PREDICTOR_GPU,
+    "steer_layer": _GPU,
+    "all": _LOCAL,
+    "pipeline": _LOCAL,
+    "resolved_config": _LOCAL,
+    "probe_table": _LOCAL,
+    "layer_summary": _LOCAL,
+    "draw_learning_curve": _LOCAL,
+    "draw_per_position": _LOCAL,
+    "draw_layer_scores": _LOCAL,
+    "draw_probe_heatmap": _LOCAL,
+    "intervention_table": _LOCAL,
+    "draw_interventions": _LOCAL,
+    "claims": _LOCAL,
+    "predictor_comparison": Rule(local=True, study="predictors"),
+    "draw_predictor_comparison": Rule(local=True, study="predictors"),
+    "budget_comparison": Rule(local=True, study="predictors"),
+    "draw_budget_comparison": Rule(local=True, study="predictors"),
+    "model_comparison": Rule(local=True, study="models"),
+    "draw_model_comparison": Rule(local=True, study="models"),
+    "study_claims": Rule(local=True, study="models"),
+}
+

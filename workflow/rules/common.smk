@@ -135,7 +135,7 @@ def resource_requests(predictor=None):
 def stage_request(rule_name, field):
     """The rule's request (a number), computed once when Snakemake builds the DAG; for a rule that runs one
     predictor, a function of the job's wildcards: each predictor's jobs ask for what that predictor needs."""
-    if rule_name in pnresources.PREDICTOR_RULES:
+    if pnregistry.RULES[rule_name].per_predictor:
         return lambda wildcards: getattr(resource_requests(wildcards.predictor)[rule_name], field)
     return getattr(resource_requests()[rule_name], field)
 

@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable
 
 from ..patch_kinds import PATCHES
+from ..registry import RULES
 from .constants import (
     ASSUMED_PROBE_ITERATIONS,
     ASSUMED_TOKENS_PER_DOCUMENT,
@@ -324,16 +325,19 @@ def per_position_metrics(s: Sizes) -> Estimate:
     return e
 
 
-#: One estimate per rule that runs as a job (the local rules, run by Snakemake itself, have none).
-STAGES: dict[str, Callable[[Sizes], Estimate]] = {
-    stage.__name__: stage for stage in (
-        materialize_model, materialize_tokenizer, embedded_corpus, make_windows, extract_train_activations,
-        extract_val_activations, extract_eval_activations, extract_probe_activations, train_predictor,
-        train_predictors_joint, score_baselines,
-        decompose_eval, probe_features, fit_probe, layer_scores, per_position_metrics, patch_layer, steer_layer)}
+def _estimates_of_job_rules() -> dict[str, Callable[[Sizes], Estimate]]:
+    """{rule: its estimate}: the function above named after each job rule of :data:`pndecomp.registry.RULES`."""
+    functions = globals()
+    missing = [name for name, rule in RULES.items() if not rule.local and not callable(functions.get(name))]
+    if missing:
+        raise ImportError(f"pndecomp.registry.RULES has job rules without an estimate in {__name__}: {missing} "
+                          "(add a function of the rule's name, Sizes -> Estimate, or mark the rule local)")
+    return {name: functions[name] for name, rule in RULES.items() if not rule.local}
 
+
+#: One estimate per rule that runs as a job (the local rules, run by Snakemake itself, have none).
+STAGES: dict[str, Callable[[Sizes], Estimate]] = _estimates_of_job_rules()
 
 #: The rules whose jobs run one predictor (a ``{predictor}`` wildcard) and whose estimate depends on it: each
 #: job asks for its own predictor's memory and time (attn2's for attn2's jobs), not the ``predictor`` section's.
-PREDICTOR_RULES = frozenset({"train_predictor", "train_predictors_joint", "decompose_eval", "probe_features",
-                             "patch_layer"})
+PREDICTOR_RULES = frozenset(name for name, rule in RULES.items() if rule.per_predictor)
