@@ -41,7 +41,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import storage
 from .compare import pooled_delta_ce, probe_gap
 
 #: |relative slope| of per-position MSE below which a curve counts as flat.
@@ -329,48 +328,6 @@ def scorecard(runs: Sequence[RunTables]) -> pd.DataFrame:
     frame.loc[no_interval, "reason"] = "no interval (metrics.bootstrap: 0)"
     frame["n_documents"] = frame["n_documents"].astype("Int64")
     return frame
-
-
-def read_run(predictor: str, layers: Sequence[str], summary_path: str, per_position_paths: Mapping[str, str],
-             probe_paths: Mapping[str, str], difference_paths: Mapping[str, str], patching_path: str | None,
-             missing: Mapping[str, str] | None = None, kind: str = "") -> RunTables:
-    """One predictor's :class:`RunTables` from the files the workflow wrote."""
-    read = lambda path: pd.read_csv(path, sep="\t", dtype={"layer": str})  # noqa: E731
-    return RunTables(
-        predictor, [str(layer) for layer in layers], read(summary_path),
-        {layer: storage.parquet_metadata(path).get("trends", {}) for layer, path in per_position_paths.items()},
-        {task: read(path) for task, path in probe_paths.items()},
-        {task: read(path) for task, path in difference_paths.items()},
-        read(patching_path) if patching_path else None, dict(missing or {}), kind)
-
-
-def write_scorecard(predictors: Mapping[str, str], layers: Sequence[str], tasks: Sequence[str],
-                    patterns: Mapping[str, str], missing: Mapping[str, str], out_path: str) -> None:
-    """The claims rule: every predictor's tables (``predictors``: entry name -> kind), found by ``patterns``
-    (``summary``, ``per_position``, ``probes``, ``differences`` and, with interventions, ``patching``;
-    fields ``{predictor}``, ``{layer}``, ``{task}``), scored into ``out_path``."""
-    from .results import layer_key
-
-    layers = sorted(map(str, layers), key=layer_key)
-    runs = []
-    for predictor, predictor_kind in predictors.items():
-        paths = {kind: pattern.replace("{predictor}", predictor) for kind, pattern in patterns.items()}
-        runs.append(read_run(
-            predictor, layers, paths["summary"],
-            {layer: paths["per_position"].format(layer=layer) for layer in layers},
-            {task: paths["probes"].format(task=task) for task in tasks},
-            {task: paths["differences"].format(task=task) for task in tasks}, paths.get("patching"), missing,
-            predictor_kind))
-    storage.write_tsv(scorecard(runs), out_path)
-
-
-def write_study_scorecard(cards: Mapping[str, str], out_path: str, dimension: str = "model") -> None:
-    """A study's one scorecard across its dimension: each run's claims.tsv (``cards``: name -> path),
-    stacked with the run's name in a first column ``dimension``."""
-    frames = [pd.read_csv(path, sep="\t", dtype={"layers": str}).assign(**{dimension: name})
-              for name, path in cards.items()]
-    card = pd.concat(frames, ignore_index=True)
-    storage.write_tsv(card[[dimension, *COLUMNS]], out_path)
 
 
 def markdown(card: pd.DataFrame) -> str:

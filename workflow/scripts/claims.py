@@ -1,4 +1,4 @@
-from pndecomp.claims import write_scorecard
+from pndecomp.claims_files import write_scorecard
 from pndecomp.script import setup
 
 setup(snakemake)
