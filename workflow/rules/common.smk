@@ -36,7 +36,7 @@ PREDICTOR_KINDS = {name: pnconfig.with_predictor(config, name)["predictor"]["kin
 MAIN_PREDICTOR = PREDICTORS[0]
 TASKS = config["probes"]["tasks"]
 # Base tasks carry the claims scorecard's probe claims (their control tasks give selectivity in the base table).
-CLAIM_TASKS = [task for task in TASKS if pntasks.get(task).control is None]
+CLAIM_TASKS = [task for task in TASKS if pnregistry.TASKS[task].control is None]
 # A budget study's entries ({predictor: train.steps}; {} otherwise) and the probe gaps it follows
 # (pndecomp.compare.BUDGET_GAPS), where configured.
 BUDGETS = pnconfig.training_budgets(config)
@@ -55,7 +55,7 @@ STEERING_LAYERS = pnconfig.steering_layers(config)
 PROVENANCE = ("experiment", "seed", "model")
 # File stem of each figure -> what draws it: figures 1-4 from pndecomp.figures, one heatmap per task.
 FIGURES = pnregistry.FIGURES
-HEATMAPS = {pntasks.get(task).figure: task for task in TASKS}
+HEATMAPS = {pnregistry.TASKS[task].figure: task for task in TASKS}
 
 
 wildcard_constraints:

@@ -90,7 +90,7 @@ rule draw_probe_heatmap:
     params:
         config=view("figures"),
         task=lambda wildcards: HEATMAPS[wildcards.figure],
-        caption=lambda wildcards: pntasks.get(HEATMAPS[wildcards.figure]).caption,
+        caption=lambda wildcards: pnregistry.TASKS[HEATMAPS[wildcards.figure]].caption,
         code=code_version("draw_probe_heatmap"),
     script:
         "../scripts/draw_probe_heatmap.py"
