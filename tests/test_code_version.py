@@ -79,3 +79,32 @@ def test_finding_the_package_imports_none_of_it():
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert ast.literal_eval(result.stdout.strip()) == ["pndecomp.code_version"]
 
+
+
+def test_the_import_scan_finds_what_a_full_parse_finds_in_every_module_and_script():
+    """import_statements reads the import lines alone (Snakemake pays for it at every start); a full parse of each
+    file, walked node by node, is the reference."""
+    repo = Path(__file__).resolve().parents[1]
+    files = [*(repo / "src" / "pndecomp").rglob("*.py"), *(repo / "workflow" / "scripts").glob("*.py")]
+    for path in files:
+        source = path.read_text()
+        full = [node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Import | ast.ImportFrom)]
+        assert sorted(map(ast.dump, code_version.import_statements(source))) == sorted(map(ast.dump, full)), path
+
+
+def test_the_import_scan_skips_prose_and_keeps_nested_and_parenthesised_imports():
+    source = '''"""Docstring
+from which import the rest follows
+"""
+import os
+
+
+def f():
+    from .stages import (
+        common,
+        train,
+    )
+'''
+    found = [ast.dump(node) for node in code_version.import_statements(source)]
+    assert found == [ast.dump(ast.parse("import os").body[0]),
+                     ast.dump(ast.parse("from .stages import (common, train)").body[0])]

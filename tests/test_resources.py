@@ -30,7 +30,7 @@ from pndecomp import model_files, predictor, resources, storage
 
 SCHEMA = str(REPO / "workflow" / "schemas" / "config.schema.yaml")
 PYTHIA_410M = model_files.ModelShape(n_blocks=24, context_length=2048, d_model=1024, attention_width=1024,
-                            model_type="gpt_neox")
+                                     model_type="gpt_neox")
 PYTHIA_EXTRAS = {"vocab": 50304, "ffn_width": 4096}
 #: The formula may ask for at most this many times the measured peak (so that "covers" is not vacuous).
 MAX_OVER = 3.0

