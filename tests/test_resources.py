@@ -202,7 +202,7 @@ def test_unknown_vocabulary_counts_the_largest(paper_config):
 
 @pytest.mark.parametrize("kind", ["attn1", "attn1_local64", "attn2", "mlp_k4", "ridge_ar4"])
 def test_every_predictor_kind_has_requests(paper_config, kind):
-    """The predictor's size comes from the module itself (built on the meta device), whatever its kind;
+    """The predictor's size is its settings' parameter count, equal to the built module's, whatever its kind;
     a closed-form kind is fitted in one pass, not trained step by step."""
     config = {**paper_config, "predictor": {**paper_config["predictor"], "kind": kind},
               "train": {**paper_config["train"], "data": "cache", "joint_layers": False}}
