@@ -1,22 +1,24 @@
-"""Where the embedded default's training settings come from: validation R² of the default predictor for a
-few (train.steps, train.lr, train.normalize) settings, on the default run's cached activations, never on
-predictor_eval.
+"""Where the embedded default's training settings come from: validation R² of the default predictor for
+a grid of training settings, on the default run's cached activations, never on predictor_eval.
 
-    .venv/bin/python bench/train_choice.py                      # layers 7 and 15, the grid below
-    .venv/bin/python bench/train_choice.py --layers 7 15 29 --lrs 1e-3 3e-4 --steps 300
-    .venv/bin/python bench/train_choice.py --layers 7 15 29 --lrs 1e-3 --steps 200 \
-        --normalize none rms robust_rms standardize           # the normalisations, side by side
+    .venv/bin/python bench/train_choice.py                      # layers 7 and 15, config.yaml's settings
+    .venv/bin/python bench/train_choice.py --layers 0 7 15 22 29 --set train.lr=1e-3,3e-3 \
+        --set predictor.input_norm=false,true                   # every combination, side by side
+    .venv/bin/python bench/train_choice.py --set train.schedule=cosine --set train.stop_patience=null \
+        --set train.steps=200,300                               # the former fixed budgets
 
-Needs a finished `make run` (results/embedded-smollm2: the predictor_train and predictor_val activations
-and the materialized model). Each (layer, lr) pair trains once for the largest step count with the
-config's schedule; the curve's validation R² (predictor_val, train.eval_windows windows) is read at every
-evaluation, so "200 vs 300 steps" is two rows of one run, exactly as the pipeline's learning curve shows
-them. A different train.steps changes the cosine schedule, so the run with steps=N reports its own last
-row too (the row a default with steps=N would end on).
+Needs a finished `make run` (results/embedded-smollm2, or ``--experiment NAME``: the predictor_train and
+predictor_val activations, the materialized model and the resolved config.yaml). ``--set KEY=V1,V2``
+overrides a ``train.*`` or ``predictor.*`` key of the run's config (values parsed as YAML); every combination of the values trains once per layer, with the
+pipeline's own training stage. Each row reports where training stopped (``last_step``, and whether the
+cap ended it), the step whose weights were kept, the kept validation R² (predictor_val,
+train.eval_windows windows: the curve's own score) and the optimizer's seconds, so a setting is chosen
+by what reaches the plateau, and how fast.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import tempfile
 from pathlib import Path
 
@@ -25,56 +27,70 @@ import pandas as pd
 import yaml
 from snakemake.utils import validate
 
+from pndecomp import storage
 from pndecomp.config import with_predictor
 from pndecomp.stages import train as train_stages
 
-RESULTS = C.REPO / "results" / "embedded-smollm2"
+RESULTS = C.REPO / "results"
 
 
-def resolved_config(overrides: dict) -> dict:
-    config = yaml.safe_load((C.REPO / "config.yaml").read_text())
+def resolved_config(overrides: dict, results: Path) -> dict:
+    """The run's resolved config (``results/<experiment>/config.yaml``) with ``overrides``
+    ({"train.lr": 1e-3, ...}) applied, validated, defaults filled."""
+    config = yaml.safe_load((results / "config.yaml").read_text())
+    for dotted, value in overrides.items():
+        section, key = dotted.split(".", 1)
+        config.setdefault(section, {})[key] = value
     validate(config, str(C.REPO / "workflow" / "schemas" / "config.schema.yaml"), set_default=True)
-    config = with_predictor(config, config["predictor"]["kind"])
-    config["train"] = {**config["train"], **overrides}
-    return config
+    return with_predictor(config, config["predictor"]["kind"])
 
 
-def val_curve(layer: str, steps: int, lr: float, normalize: str, workdir: Path) -> pd.DataFrame:
-    config = resolved_config({"steps": steps, "lr": lr, "normalize": normalize})
-    activations = RESULTS / "activations"
-    stem = workdir / f"layer-{layer}-{steps}-{lr:g}-{normalize}"
-    train_stages.train_predictor(config, str(RESULTS / "model"), layer,
-                           str(activations / "predictor_train" / f"layer-{layer}.safetensors"),
-                           str(activations / "predictor_val" / f"layer-{layer}.safetensors"),
-                           f"{stem}.safetensors", f"{stem}-curve.parquet", f"{stem}.resume.pt", f"{stem}-cost.json")
-    return pd.read_parquet(f"{stem}-curve.parquet")
+def train_once(results: Path, layer: str, overrides: dict, workdir: Path) -> dict:
+    config = resolved_config(overrides, results)
+    activations = results / "activations"
+    stem = workdir / f"layer-{layer}-{abs(hash(tuple(sorted(overrides.items()))))}"
+    train_stages.train_predictor(config, str(results / "model"), layer,
+                                 str(activations / "predictor_train" / f"layer-{layer}.safetensors"),
+                                 str(activations / "predictor_val" / f"layer-{layer}.safetensors"),
+                                 f"{stem}.safetensors", f"{stem}-curve.parquet", f"{stem}.resume.pt",
+                                 f"{stem}-cost.json")
+    curve = pd.read_parquet(f"{stem}-curve.parquet")
+    stop = storage.load_metadata(f"{stem}.safetensors")["stop"]
+    kept = curve[curve["kept"]].iloc[0]
+    return {"layer": layer, **overrides, "last_step": stop["last_step"], "hit_cap": stop["hit_cap"],
+            "kept_step": stop["kept_step"], "lr_decays": stop.get("lr_decays", 0), "kept_val_r2": kept["val_r2"],
+            "train_s": storage.read_json(f"{stem}-cost.json")["train_seconds"],
+            "curve": " ".join(f"{value:.3f}" for value in curve["val_r2"])}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", nargs="+", default=["7", "15"])
-    parser.add_argument("--lrs", nargs="+", type=float, default=[1e-3, 3e-4])
-    parser.add_argument("--steps", nargs="+", type=int, default=[200, 300])
-    parser.add_argument("--normalize", nargs="+", default=["none"], help="train.normalize values")
+    parser.add_argument("--experiment", default="embedded-smollm2",
+                        help="the run under results/ whose activations and resolved config to train on")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=V1,V2",
+                        help="a train.* or predictor.* key and the values to try (YAML), e.g. train.lr=1e-3,3e-3")
+    parser.add_argument("--curves", action="store_true", help="print each run's validation R² per evaluation")
     args = parser.parse_args()
+    grid = {}
+    for item in args.set:
+        key, _, values = item.partition("=")
+        if not key.startswith(("train.", "predictor.")) or not values:
+            parser.error(f"--set {item!r}: expected train.KEY=V1,V2 or predictor.KEY=V1,V2")
+        grid[key] = [yaml.safe_load(value) for value in values.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
         for layer in args.layers:
-            for lr in args.lrs:
-                for normalize in args.normalize:
-                    for steps in args.steps:
-                        curve = val_curve(layer, steps, lr, normalize, Path(workdir))
-                        for _, row in curve.iterrows():
-                            rows.append({"layer": layer, "lr": lr, "normalize": normalize, "schedule_steps": steps,
-                                         "step": int(row["step"]), "val_r2": row["val_r2"]})
-                        C.say(f"layer {layer}, lr {lr:g}, normalize {normalize}, {steps} steps: val R² "
-                              f"{curve['val_r2'].iloc[-1]:.4f} (per evaluation: "
-                              f"{', '.join(f'{v:.3f}' for v in curve['val_r2'])})")
+            for values in itertools.product(*grid.values()):
+                row = train_once(RESULTS / args.experiment, layer, dict(zip(grid, values, strict=True)), Path(workdir))
+                rows.append(row)
+                C.say(f"layer {layer} {dict(zip(grid, values, strict=True))}: stopped at {row['last_step']}"
+                      f"{' (cap)' if row['hit_cap'] else ''}, kept {row['kept_step']}, val R² {row['kept_val_r2']:.4f},"
+                      f" {row['train_s']:.0f} s")
     table = pd.DataFrame(rows)
-    last = table.groupby(["layer", "lr", "normalize", "schedule_steps"]).tail(1)
-    print("\nvalidation R² at the end of each schedule (predictor_val, train.eval_windows windows):")
-    print(last.pivot_table(index=["layer", "lr", "normalize"], columns="schedule_steps", values="val_r2")
-          .round(4).to_string())
+    shown = table if args.curves else table.drop(columns="curve")
+    print("\nper layer and setting (predictor_val, train.eval_windows windows):")
+    print(shown.round(4).to_string(index=False))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,14 @@ from tiny import write_config
 from pndecomp import config as pnconfig
 from pndecomp import storage
 from pndecomp.baselines import make_baseline
-from pndecomp.predictor import Normalized, load_predictor, normalization_stats, save_predictor
+from pndecomp.predictor import (
+    Normalized,
+    build_predictor,
+    load_predictor,
+    normalization_stats,
+    prediction_loss,
+    save_predictor,
+)
 from pndecomp.predictor_kinds import AttentionConfig, RidgeARConfig, predictor_kind, predictor_settings
 from pndecomp.stages import train as train_stages
 from pndecomp.train import (
@@ -424,6 +431,49 @@ def test_plateau_rule_on_a_synthetic_val_curve():
     assert stopped_at == 60  # 40, 50, 60: three evaluations after the warm-up without improvement
 
 
+def test_plateau_schedule_lowers_the_rate_at_each_plateau_and_stops_at_the_lowest():
+    """lr 1, factor 0.3, floor 0.1: the rate is 1 until the first plateau, then 0.3, then 0.1 (0.09 raised to
+    the floor); a plateau at the floor stops. Patience 2 after a 5-step warm-up, evaluations every 10 steps."""
+    cfg_ = TrainConfig(steps=10_000, batch_size=1, lr=1.0, warmup_steps=5, eval_every=10, stop_patience=2,
+                       stop_rel_tol=0.01, schedule="plateau", lr_decay_factor=0.3, min_lr_ratio=0.1)
+    assert get_lr(0, cfg_) == pytest.approx(0.2) and get_lr(5000, cfg_) == 1.0  # the cap plays no part
+    assert [get_lr(100, cfg_, decays) for decays in range(4)] == pytest.approx([1.0, 0.3, 0.1, 0.1])
+    plateau, rates, step = Plateau(), [], 0
+    while not plateau.stopped:
+        step += 10
+        plateau.update(step, 1.0, cfg_)  # flat: every evaluation after the first is a non-improvement
+        rates.append(get_lr(step, cfg_, plateau.decays))
+    # 10: reference; 20, 30: plateau -> 0.3; 40, 50 -> 0.1; 60, 70: plateau at the floor -> stop
+    assert step == 70 and plateau.decays == 2 and rates == pytest.approx([1, 1, 0.3, 0.3, 0.1, 0.1, 0.1])
+    # a cosine run with the same patience stops at its first plateau
+    plateau = Plateau()
+    for step in range(10, 100, 10):
+        plateau.update(step, 1.0, TrainConfig(**{**cfg_.__dict__, "schedule": "cosine"}))
+        if plateau.stopped:
+            break
+    assert step == 30 and plateau.decays == 0
+
+
+def test_plateau_schedule_trains_to_a_stop_before_the_cap_and_anneals():
+    hidden = stop_curve_hidden()
+    cfg_ = TrainConfig(steps=5000, batch_size=16, lr=3e-2, warmup_steps=5, eval_every=5, stop_patience=2,
+                       stop_rel_tol=0.02, schedule="plateau")
+    trainer = PredictorTrainer(PREDICTOR, cfg_, hidden[:16])
+    _, curve = train_predictors({"p": trainer}, cfg_, lambda step: {"p": hidden[batch_indices(64, 16, 0, step)]},
+                                64)["p"]
+    summary = trainer.stop_summary()
+    assert not summary["hit_cap"] and summary["last_step"] < 5000 and summary["lr_decays"] == 2
+    assert curve["lr"].iloc[-1] == pytest.approx(cfg_.lr * cfg_.min_lr_ratio)  # it stopped at the lowest rate
+
+
+def test_plateau_schedule_needs_a_patience(tmp_path, tiny_model_dir, tiny_corpus):
+    config = yaml.safe_load(write_config(tmp_path / "config.yaml", tiny_model_dir, tiny_corpus,
+                                         **{"train.schedule": "plateau"}).read_text())
+    validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
+    with pytest.raises(pnconfig.ConfigError, match=r"train.schedule is 'plateau' with train.stop_patience null"):
+        pnconfig.check_train(config["train"], config["windows"], "train")
+
+
 def stop_curve_hidden():
     return ar1_hidden(n_windows=64, length=12)
 
@@ -502,10 +552,104 @@ def test_a_stopped_predictor_takes_no_more_steps_in_a_joint_run():
 
 def test_only_an_outlier_normalisation_makes_training_read_the_outlier_ratio():
     """metrics.outlier_norm_ratio is a training input (rerunning training when it changes) only for
-    robust_rms and standardize."""
-    def config(normalize):
-        return {"train": {"normalize": normalize}, "metrics": {"outlier_norm_ratio": 10}}
+    robust_rms and standardize, or for robust outlier rows."""
+    def config(normalize, outlier_rows="keep"):
+        return {"train": {"normalize": normalize, "outlier_rows": outlier_rows}, "metrics": {"outlier_norm_ratio": 10}}
 
     assert pnconfig.train_keys(config("none")) == pnconfig.train_keys(config("rms")) == ("train",)
     for kind in ("robust_rms", "standardize"):
         assert pnconfig.train_keys(config(kind)) == ("train", "metrics.outlier_norm_ratio")
+    assert pnconfig.train_keys(config("rms", "robust")) == ("train", "metrics.outlier_norm_ratio")
+
+
+# ---------------------------------------------------------------- outlier rows (train.outlier_rows: robust)
+
+def test_outlier_limit_scales_only_the_outlier_inputs_and_leaves_outlier_targets_out_of_the_loss(tmp_path):
+    inner = build_predictor(PREDICTOR)
+    center, scale = torch.zeros(8), torch.full((8,), 2.0)
+    model = Normalized(inner, center, scale, "robust_rms", outlier_limit=3.0)
+    hidden = torch.randn(4, 10, 8, generator=torch.Generator().manual_seed(0))
+    hidden[:, 0] *= 100.0  # a massive first position: normalised norm ~ 100 × sqrt(8) / 2, beyond 3
+    normalised = hidden / 2.0
+    norms = normalised.norm(dim=-1, keepdim=True).numpy()
+    clipped = normalised.numpy() * np.minimum(1.0, 3.0 / norms)
+    expected = 2.0 * inner(torch.from_numpy(clipped).float())
+    torch.testing.assert_close(model(hidden), expected)
+    within = (norms[..., 0] <= 3.0)
+    assert within.any() and (~within).any()
+    x = model.normalized(hidden)
+    # rows within the limit are passed on bit for bit
+    assert torch.equal((x * (model.outlier_limit / x.norm(dim=-1, keepdim=True)).clamp(max=1.0))[within], x[within])
+    # the loss: the mean squared error over the target rows within the limit only (numpy)
+    predicted = model(hidden[:, :-1]).detach().numpy()
+    keep = within[:, 1:]
+    expected_loss = np.mean((predicted[keep] - hidden[:, 1:].numpy()[keep]) ** 2)
+    assert prediction_loss(model, hidden).item() == pytest.approx(expected_loss, rel=1e-5)
+    save_predictor(model, tmp_path / "p.safetensors")
+    assert storage.load_metadata(tmp_path / "p.safetensors")["outlier_rows"] == "robust"
+    loaded = load_predictor(tmp_path / "p.safetensors")
+    assert loaded.outlier_limit.item() == 3.0
+    torch.testing.assert_close(loaded(hidden), model(hidden))
+
+
+def massive_first_position_hidden(n_windows: int, factor: float, seed: int, length=24, d=16) -> torch.Tensor:
+    """A context-mean process (each window's states scatter around a mean of its own, which a causal average
+    of the past predicts) whose first position has one coordinate ``factor`` × the median ‖h‖ of the rest
+    (a massive-activation attention-sink state)."""
+    generator = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n_windows, 1, d, generator=generator) + 0.5 * torch.randn(n_windows, length, d,
+                                                                                   generator=generator)
+    hidden[:, 0, 0] = factor * hidden[:, 1:].norm(dim=-1).median()
+    return hidden
+
+
+def default_recipe(**train) -> tuple:
+    """config.yaml's predictor kind and training settings (schema defaults filled) for d_model 16."""
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["train"] = {**config["train"], **train}
+    validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"), set_default=True)
+    section = {**config["predictor"], "d_head": 8, "n_heads": 2}
+    return predictor_settings(section["kind"], section, 16, 16), pnconfig.train_config(config)
+
+
+def massive_state_scores(factor: float, **train) -> dict[str, tuple[float, float]]:
+    """{mask: (R², the train mean's R²)} by numpy on held-out windows, for the default recipe (with ``train``
+    overrides) trained on :func:`massive_first_position_hidden` states: all rows, and without the outlier
+    rows by the target's norm and by the input's (the metrics' masks)."""
+    settings, cfg = default_recipe(**train)
+    train_hidden, val, held_out = (massive_first_position_hidden(n, factor, seed) for n, seed in ((256, 0), (32, 1),
+                                                                                                  (64, 2)))
+    model, _ = train_predictor(settings, cfg,
+                               lambda step: train_hidden[batch_indices(256, cfg.batch_size, cfg.seed, step)], val,
+                               n_windows=256)
+    with torch.no_grad():
+        predicted = model(held_out[:, :-1]).double().numpy()
+    target, inputs = held_out[:, 1:].double().numpy(), held_out[:, :-1].double().numpy()
+    mean = train_hidden[:, 1:].reshape(-1, 16).double().numpy().mean(0)
+    target_norm, input_norm = np.linalg.norm(target, axis=-1), np.linalg.norm(inputs, axis=-1)
+    masks = {"all rows": np.ones(target.shape[:2], bool),
+             "no outliers": target_norm <= 10 * np.median(target_norm),
+             "no outlier inputs": input_norm <= 10 * np.median(input_norm)}
+    assert not masks["no outlier inputs"].all()  # the first position is an outlier input
+    scores = {}
+    for name, keep in masks.items():
+        rows = target[keep]
+        sst = ((rows - rows.mean(0)) ** 2).sum()
+        scores[name] = (1 - ((rows - predicted[keep]) ** 2).sum() / sst, 1 - ((rows - mean) ** 2).sum() / sst)
+    return scores
+
+
+@pytest.mark.parametrize("factor", [50.0, 2000.0])
+def test_the_default_recipe_beats_the_mean_baseline_with_a_massive_first_position_state(factor):
+    """R² of the default recipe, on all rows and without the outlier rows, is at least 0 and at least the
+    train mean's, and most of the context-mean process is predicted, whatever the massive state's size."""
+    assert default_recipe()[1].outlier_rows == "robust"  # the recipe under test is the default's
+    for name, (r2, r2_mean) in massive_state_scores(factor).items():
+        assert r2 >= 0 and r2 >= r2_mean and r2 > 0.5, (name, r2, r2_mean)
+
+
+def test_the_papers_loss_is_swamped_by_a_massive_first_position_state():
+    """Why the default leaves outlier rows out: with every row as it is (train.outlier_rows: keep), a first
+    position 2,000 x the median norm costs the predictor most of what it predicts with the limit."""
+    robust, paper = massive_state_scores(2000.0)["all rows"][0], massive_state_scores(2000.0, outlier_rows="keep")
+    assert paper["all rows"][0] < robust - 0.15

@@ -145,7 +145,8 @@ def predictor_config(config: Mapping, shape: model_files.ModelShape):
 def train_keys(config: Mapping) -> tuple[str, ...]:
     """The config keys training reads besides the predictor's: ``train``, and the outlier rule's ratio
     only for a normalisation that uses it (else changing it would retrain every predictor for nothing)."""
-    uses_outliers = config["train"]["normalize"] in OUTLIER_RULE_NORMALIZATIONS
+    uses_outliers = (config["train"]["normalize"] in OUTLIER_RULE_NORMALIZATIONS
+                     or config["train"]["outlier_rows"] == "robust")
     return ("train", *(("metrics.outlier_norm_ratio",) if uses_outliers else ()))
 
 
@@ -154,14 +155,15 @@ def train_config(config: Mapping) -> TrainConfig:
 
     section = config["train"]
     outliers = {"outlier_norm_ratio": config["metrics"]["outlier_norm_ratio"]} \
-        if section["normalize"] in OUTLIER_RULE_NORMALIZATIONS else {}
+        if "metrics.outlier_norm_ratio" in train_keys(config) else {}
     return TrainConfig(
         steps=section["steps"], batch_size=section["batch_size"], lr=section["lr"],
         weight_decay=section["weight_decay"], warmup_steps=section["warmup_steps"],
         min_lr_ratio=section["min_lr_ratio"], grad_clip=section["grad_clip"], eval_every=section["eval_every"],
         checkpoint_every=section["checkpoint_every"], seed=config["seed"], max_epochs=section["max_epochs"],
         normalize=section["normalize"], stop_patience=section["stop_patience"], stop_rel_tol=section["stop_rel_tol"],
-        **outliers)
+        schedule=section["schedule"], lr_decay_factor=section["lr_decay_factor"],
+        outlier_rows=section["outlier_rows"], **outliers)
 
 
 def probe_caps(config: Mapping) -> dict[str, dict[str, int]]:
@@ -234,6 +236,14 @@ def check_train(train: Mapping, windows: Mapping, where: str) -> None:
     if train["warmup_steps"] > train["steps"]:
         raise ConfigError(f"{where}.warmup_steps is {train['warmup_steps']}, more than {where}.steps "
                           f"({train['steps']}): it must be at most the steps")
+    if train["schedule"] == "plateau" and train["stop_patience"] is None:
+        raise ConfigError(f"{where}.schedule is 'plateau' with {where}.stop_patience null: the plateau schedule lowers "
+                          "the learning rate at each validation plateau, which stop_patience defines; set "
+                          f"{where}.stop_patience (e.g. 4) or {where}.schedule: cosine")
+    if train["outlier_rows"] == "robust" and train["normalize"] == "none":
+        raise ConfigError(f"{where}.outlier_rows is 'robust' with {where}.normalize 'none': the outlier limit is a "
+                          f"norm in the normalised space; set {where}.normalize (robust_rms, the default) or "
+                          f"{where}.outlier_rows: keep")
     if train["joint_layers"] and train["data"] != "stream":
         raise ConfigError(f"{where}.joint_layers is true with train.data {train['data']!r}: one LM pass serves every "
                           "layer only in stream mode; set train.data: stream or train.joint_layers: false")

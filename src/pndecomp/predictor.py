@@ -231,21 +231,52 @@ class Normalized(nn.Module):
 
     Predictions, residuals and saved weights are in the LM's units; ``center`` and ``scale`` are buffers,
     saved with the weights. ``loss_unit`` (mean scale²) divides the paper's loss while training: the same
-    minimiser, gradients of order 1, so gradient clipping and AdamW act alike at every scale."""
+    minimiser, gradients of order 1, so gradient clipping and AdamW act alike at every scale.
 
-    def __init__(self, inner: nn.Module, center: torch.Tensor, scale: torch.Tensor, kind: str):
+    With ``outlier_limit`` (``train.outlier_rows: robust``) a normalised input row longer than the limit is
+    scaled down to it before g sees it (a massive first-position or attention-sink state cannot swamp the
+    prediction; every other row passes unchanged, bit for bit), and :func:`prediction_loss` leaves target
+    rows beyond it out of the loss (the metrics report them apart)."""
+
+    def __init__(self, inner: nn.Module, center: torch.Tensor, scale: torch.Tensor, kind: str,
+                 outlier_limit: float | None = None):
         super().__init__()
         self.inner, self.config, self.normalization = inner, inner.config, kind
         self.register_buffer("center", center.clone())
         self.register_buffer("scale", scale.clone())
+        if outlier_limit is None:
+            self.outlier_limit = None
+        else:
+            self.register_buffer("outlier_limit", torch.tensor(float(outlier_limit)))
 
     @property
     def loss_unit(self) -> torch.Tensor:
         return self.scale.pow(2).mean()
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+    def normalized(self, hidden: torch.Tensor) -> torch.Tensor:
         center, scale = self.center.to(hidden.dtype), self.scale.to(hidden.dtype)
-        return center + scale * self.inner((hidden - center) / scale)
+        return (hidden - center) / scale
+
+    def typical(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[..., d_model] -> [...] bool: rows whose normalised norm is within the outlier limit (all without one)."""
+        if self.outlier_limit is None:
+            return torch.ones(hidden.shape[:-1], dtype=torch.bool, device=hidden.device)
+        return self.normalized(hidden).norm(dim=-1) <= self.outlier_limit
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        x = self.normalized(hidden)
+        if self.outlier_limit is not None:
+            # factor 1 exactly for every row within the limit, so those rows are left as they were
+            x = x * (self.outlier_limit.to(x.dtype) / x.norm(dim=-1, keepdim=True)).clamp(max=1.0)
+        center, scale = self.center.to(hidden.dtype), self.scale.to(hidden.dtype)
+        return center + scale * self.inner(x)
+
+
+def outlier_limit(center: torch.Tensor, scale: torch.Tensor, hidden: torch.Tensor, outlier_norm_ratio: float) -> float:
+    """``outlier_norm_ratio`` × the median norm of the rows of ``hidden`` [..., d_model] in the normalised space
+    (the metrics' outlier rule, applied where the predictor works)."""
+    rows = ((hidden.reshape(-1, hidden.shape[-1]).double() - center.double()) / scale.double()).norm(dim=-1)
+    return float(outlier_norm_ratio * rows.median())
 
 
 def loss_unit(predictor: nn.Module) -> torch.Tensor | float:
@@ -256,9 +287,13 @@ def loss_unit(predictor: nn.Module) -> torch.Tensor | float:
 # ---------------------------------------------------------------- loss and residuals
 
 def prediction_loss(predictor: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """L = mean over windows and positions 2..T of ||h_{t+1} - ĥ_{t+1}||² / d_model."""
+    """L = mean over windows and positions 2..T of ||h_{t+1} - ĥ_{t+1}||² / d_model; for a :class:`Normalized`
+    predictor with an outlier limit, over the target rows within it."""
     hidden = hidden.to(_param_dtype(predictor))
     predicted = predictor(hidden[:, :-1])
+    if isinstance(predictor, Normalized) and predictor.outlier_limit is not None:
+        keep = predictor.typical(hidden[:, 1:])
+        return F.mse_loss(predicted.float()[keep], hidden[:, 1:].float()[keep])
     return F.mse_loss(predicted.float(), hidden[:, 1:].float())
 
 
@@ -291,7 +326,10 @@ def save_predictor(predictor: nn.Module, path, metadata: dict | None = None) -> 
     so does a :class:`Normalized` predictor's normalisation (its center and scale are tensors of the file)."""
     from .storage import save_tensors
 
-    normalization = {"normalization": predictor.normalization} if isinstance(predictor, Normalized) else {}
+    normalization = {}
+    if isinstance(predictor, Normalized):
+        normalization = {"normalization": predictor.normalization,
+                         **({"outlier_rows": "robust"} if predictor.outlier_limit is not None else {})}
     save_tensors(predictor.state_dict(), path, {"predictor_kind": kind_name(predictor),
                                                 "predictor_config": asdict(predictor.config), **normalization,
                                                 **(metadata or {})})
@@ -308,6 +346,7 @@ def load_predictor(path, device: str | torch.device = "cpu") -> nn.Module:
     normalization = metadata.get("normalization", "none")
     if normalization != "none":
         d_model = predictor.config.d_model
-        predictor = Normalized(predictor, torch.zeros(d_model), torch.ones(d_model), normalization)
+        limit = 0.0 if metadata.get("outlier_rows") == "robust" else None  # the file holds its value
+        predictor = Normalized(predictor, torch.zeros(d_model), torch.ones(d_model), normalization, limit)
     predictor.load_state_dict(load_file(str(path)))
     return predictor.to(device).eval().requires_grad_(False)

@@ -30,6 +30,7 @@ from .predictor import (
     check_normalization,
     loss_unit,
     normalization_stats,
+    outlier_limit,
     prediction_loss,
 )
 from .predictor_kinds import kind_of
@@ -56,13 +57,24 @@ class TrainConfig:
     outlier_norm_ratio: float = 10.0  # rows above this × the median ‖h‖ are outliers (robust normalisations)
     stop_patience: int | None = None  # stop after this many evaluations without improvement (None: never)
     stop_rel_tol: float = 1e-3  # an improvement lowers the best val MSE by more than this fraction
+    schedule: str = "cosine"  # after the warm-up: cosine (to train.steps) or plateau (decay at each plateau)
+    lr_decay_factor: float = 0.3  # plateau schedule: the learning rate's factor at each plateau
+    outlier_rows: str = "keep"  # robust: outlier input rows scaled down to the limit, outlier targets not in the loss
 
 
-def get_lr(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to ``lr`` over ``warmup_steps``, then cosine decay to ``min_lr_ratio · lr``."""
+SCHEDULES = ("cosine", "plateau")
+
+
+def get_lr(step: int, cfg: TrainConfig, decays: int = 0) -> float:
+    """Linear warm-up to ``lr`` over ``warmup_steps``, then either cosine decay to ``min_lr_ratio · lr`` at
+    ``steps`` (``cosine``) or ``lr · lr_decay_factor^decays``, never below ``min_lr_ratio · lr``, where
+    ``decays`` counts the validation plateaus met so far (``plateau``: the schedule does not depend on
+    the cap, so a run stopped by its plateau has annealed whatever ``steps`` is)."""
     min_lr = cfg.lr * cfg.min_lr_ratio
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "plateau":
+        return max(cfg.lr * cfg.lr_decay_factor ** decays, min_lr)
     progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))) * (cfg.lr - min_lr)
 
@@ -120,15 +132,18 @@ CURVE_COLUMNS = ["step", "lr", "train_loss", "windows_seen", "tokens_seen", "val
 
 @dataclass
 class Plateau:
-    """The stopping rule's state: stop once ``patience`` evaluations after the warm-up have not lowered the
-    val MSE by more than ``rel_tol`` of the last value that did (``reference_val_mse``). The weights of the
-    lowest val MSE (``best_step``) are the result."""
+    """The stopping rule's state: a plateau is ``patience`` evaluations after the warm-up that have not
+    lowered the val MSE by more than ``rel_tol`` of the last value that did (``reference_val_mse``). With the
+    ``plateau`` schedule each plateau above the lowest learning rate lowers it (``decays``) and the count
+    starts again; otherwise, or at the lowest rate, a plateau stops training. The weights of the lowest val
+    MSE (``best_step``) are the result."""
 
     best_val_mse: float = math.inf
     best_step: int = 0
     reference_val_mse: float = math.inf
     evals_since_improvement: int = 0
     stopped: bool = False
+    decays: int = 0
 
     def update(self, step: int, val_mse: float, cfg: TrainConfig) -> bool:
         """Record the evaluation at ``step``; True if its val MSE is the lowest so far."""
@@ -139,7 +154,11 @@ class Plateau:
             self.reference_val_mse, self.evals_since_improvement = val_mse, 0
         elif step > cfg.warmup_steps:  # evaluations in the warm-up never count toward the patience
             self.evals_since_improvement += 1
-        self.stopped = cfg.stop_patience is not None and self.evals_since_improvement >= cfg.stop_patience
+        if cfg.stop_patience is not None and self.evals_since_improvement >= cfg.stop_patience:
+            if cfg.schedule == "plateau" and get_lr(step, cfg, self.decays) > cfg.lr * cfg.min_lr_ratio:
+                self.decays, self.evals_since_improvement = self.decays + 1, 0
+            else:
+                self.stopped = True
         return lowest
 
 
@@ -179,7 +198,11 @@ class PredictorTrainer:
         check_normalization(cfg.normalize)
         if cfg.normalize != "none":  # placeholder statistics, set from the first batch (or the resume file)
             self.predictor = Normalized(self.predictor, torch.zeros(predictor_cfg.d_model),
-                                        torch.ones(predictor_cfg.d_model), cfg.normalize)
+                                        torch.ones(predictor_cfg.d_model), cfg.normalize,
+                                        0.0 if cfg.outlier_rows == "robust" else None)
+        elif cfg.outlier_rows != "keep":
+            raise ValueError(f"{name}: train.outlier_rows {cfg.outlier_rows!r} needs a train.normalize other than "
+                             "'none': its limit is a norm in the normalised space")
         self.predictor = self.predictor.to(self.device)
         self.optimizer = torch.optim.AdamW(self.predictor.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.fingerprint = _run_fingerprint(predictor_cfg, cfg, data_id)
@@ -209,7 +232,7 @@ class PredictorTrainer:
         checkpoints when due."""
         cfg = self.cfg
         started = time.perf_counter()
-        lr = get_lr(step, cfg)
+        lr = get_lr(step, cfg, self.plateau.decays)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         hidden = hidden.to(self.device, non_blocking=True)
@@ -219,6 +242,11 @@ class PredictorTrainer:
             self.predictor.scale.copy_(scale)
             log.info("%s: %s normalisation from the first batch: mean scale %.4g, |center| %.4g", self.name,
                      cfg.normalize, scale.mean().item(), center.norm().item())
+            if self.predictor.outlier_limit is not None:
+                self.predictor.outlier_limit.fill_(outlier_limit(center, scale, hidden.float().cpu(),
+                                                                 cfg.outlier_norm_ratio))
+                log.info("%s: outlier rows beyond a normalised norm of %.4g (%d of the first batch's rows)", self.name,
+                         self.predictor.outlier_limit.item(), int((~self.predictor.typical(hidden)).sum()))
         # On CUDA the predictor's matmuls run in bf16 under autocast (the weights and AdamW state stay
         # fp32); the batch was computed before, outside it, so a frozen LM runs in its own dtype.
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
@@ -238,6 +266,7 @@ class PredictorTrainer:
         done = self.next_step = step + 1
         if done % cfg.eval_every == 0 or done == cfg.steps:
             scores = evaluate(self.predictor, self.val_hidden, cfg.eval_batch_size, self.device)
+            decays_before = self.plateau.decays
             if self.plateau.update(done, scores["mse"], cfg) and cfg.stop_patience is not None:
                 self.best_state = {key: value.detach().clone() for key, value in self.predictor.state_dict().items()}
             self.curve.append({"step": done, "lr": lr, "train_loss": loss.item(), "windows_seen": windows_seen,
@@ -245,6 +274,9 @@ class PredictorTrainer:
                                **{f"val_{k}": v for k, v in scores.items()}})
             log.info("%s: step %d  train loss %.5g  val mse %.5g  r2 %.4f", self.name, done, loss.item(),
                      scores["mse"], scores["r2"])
+            if self.plateau.decays > decays_before:
+                log.info("%s: val MSE plateau at step %d: learning rate %.3g from the next step", self.name, done,
+                         get_lr(done, cfg, self.plateau.decays))
             if self.plateau.stopped:
                 log.info("%s: stopped at step %d: %d evaluations without a val MSE %.3g%% below %.5g; keeping "
                          "step %d (val MSE %.5g)", self.name, done, cfg.stop_patience, 100 * cfg.stop_rel_tol,
@@ -272,7 +304,7 @@ class PredictorTrainer:
         kept = self.plateau.best_step if self.cfg.stop_patience is not None else self.next_step
         return {"stopping_rule": self.cfg.stop_patience is not None, "last_step": self.next_step,
                 "kept_step": kept, "best_val_mse": self.plateau.best_val_mse,
-                "hit_cap": not self.plateau.stopped}
+                "hit_cap": not self.plateau.stopped, "lr_decays": self.plateau.decays}
 
 
 def train_predictors(trainers: Mapping[str, PredictorTrainer], cfg: TrainConfig,
