@@ -167,3 +167,28 @@ def test_markdown_card_and_readme_block(tmp_path):
     assert block.count("\n| ") == len(card) + 1  # header and separator lines, one line per row
     assert "**holds**" in block
     assert "nan" not in block  # a control has no paper value: an empty cell
+
+
+def test_converged_follows_the_layers_behind_each_row_and_marks_the_shown_verdict(tmp_path):
+    """Layer 7's predictor stopped at its cap: its per-layer rows and every across-layer row (which read
+    every layer) are not converged; layer 0's and 15's own rows are. The TSV keeps the verdict as the rule
+    gives it; the Markdown card marks it."""
+    converged = {"0": True, "7": False, "15": True}
+    card = claims.scorecard([_run(converged=converged)])
+    beats = card[card["claim"] == "beats_best_baseline"].set_index("layers")
+    assert beats["converged"].to_dict() == converged
+    across = card[card["claim"] == "r2_lowest_at_first_layer"].iloc[0]
+    assert across["layers"] == "0 vs 7" and across["converged"] == False  # noqa: E712
+    assert claims.shown_verdict("holds", False) == "holds (not converged)"
+    assert claims.shown_verdict("holds", True) == claims.shown_verdict("holds", None) == "holds"
+    assert claims.shown_verdict("not run", False) == "not run"
+    tsv = tmp_path / "claims.tsv"
+    card.to_csv(tsv, sep="\t", index=False)
+    block = claims.markdown(pd.read_csv(tsv, sep="\t", dtype={"layers": str}))
+    line_7 = next(line for line in block.splitlines()
+                  if line.startswith("| the predictor beats the best baseline (all rows) | attn1 | 7 |"))
+    assert line_7.endswith("(not converged)** | no |")
+    assert "| attn1 | 0 | " in block and all("(not converged)" not in line for line in block.splitlines()
+                                              if "beats the best baseline (all rows) | attn1 | 0 |" in line)
+    # a run that does not know (tables written before the column existed) shows plain verdicts
+    assert claims.scorecard([_run()])["converged"].isna().all()

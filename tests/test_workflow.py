@@ -130,6 +130,26 @@ def test_claims_scorecard_reads_the_run_tables(tiny_run):
     assert middle["layers"] == "2" and middle["value"] == pytest.approx(slope, rel=1e-4)
 
 
+def test_a_predictor_stopped_at_its_cap_marks_every_verdict_not_converged(tiny_run):
+    """The tiny config trains 20 steps without a stopping rule: every layer's weights say the cap ended
+    training, so every row is ``converged = False`` and shown "<verdict> (not converged)"; the Markdown
+    card shows the same."""
+    from pndecomp import claims
+
+    workdir, _ = tiny_run
+    out = workdir / "results" / "tiny"
+    for layer in ("0", "2", "3"):
+        stop = storage.load_metadata(out / "predictors" / "attn1" / f"layer-{layer}" / "predictor.safetensors")["stop"]
+        assert stop["hit_cap"] and not stop["stopping_rule"] and stop["last_step"] == 20
+    card = load(out).claims()
+    assert (card["converged"] == False).all()  # noqa: E712 (a column of booleans)
+    measured = card["verdict"] != "not run"
+    assert (card.loc[measured, "shown"] == card.loc[measured, "verdict"] + " (not converged)").all()
+    assert (card.loc[~measured, "shown"] == "not run").all()
+    assert "**holds (not converged)**" in claims.markdown(card) or "**inconclusive (not converged)**" in \
+        claims.markdown(card)
+
+
 def test_auto_storage_dtype_is_chosen_once_and_stored_everywhere(tiny_run):
     """The tiny config leaves extraction.dtype at its default, auto: the eval extraction chose float16 for
     the tiny model's small states, and the train activations and the residuals are stored in it."""

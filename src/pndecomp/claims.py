@@ -15,6 +15,11 @@ regions that deny it are its *contrary regions*:
 - ``not run``: the run made no input for the claim (a task not in ``probes.tasks``, fewer than three
   layers, interventions off, no baselines); the reason says which. Such a claim is reported, not dropped.
 
+Every row also says whether it stands on **converged** predictors (``converged``): every layer's predictor
+behind the row stopped by its validation plateau (``train.stop_patience``) rather than at the ``train.steps``
+cap, or was fitted in closed form. The verdict itself does not depend on it; :func:`shown_verdict` marks a
+verdict from an unconverged predictor wherever the scorecard is shown ("holds (not converged)").
+
 Three kinds of comparison use it:
 
 - **a sign** (a difference or a slope against 0): claimed region (0, ∞), contrary (−∞, 0). Differences are
@@ -47,7 +52,7 @@ from .compare import pooled_delta_ce, probe_gap
 FLAT_TOLERANCE = 0.25
 VERDICTS = ("holds", "contradicted", "inconclusive", "not run")
 COLUMNS = ("claim", "source", "statement", "predictor", "layers", "value", "lo", "hi", "paper", "comparison",
-           "verdict", "reason", "n_documents")
+           "verdict", "converged", "reason", "n_documents")
 DOMAIN_TASK = "domain"
 NEXT_TOKEN_TYPE = re.compile(r"next_token_type(_\d+)?$")
 INF = math.inf
@@ -63,6 +68,12 @@ def verdict(lo: float, hi: float, claimed: tuple[float, float],
     if inside(claimed):
         return "holds"
     return "contradicted" if any(inside(region) for region in contrary) else "inconclusive"
+
+
+def shown_verdict(verdict: str, converged) -> str:
+    """The verdict as the scorecard shows it: marked "(not converged)" when a predictor behind it stopped at
+    its step cap (``converged`` False); unchanged when converged, unknown (None / NaN) or not run."""
+    return f"{verdict} (not converged)" if converged is False and verdict != "not run" else verdict
 
 
 def sign_regions(sign: int) -> tuple[tuple[float, float], list[tuple[float, float]]]:
@@ -93,6 +104,15 @@ class RunTables:
     patching: pd.DataFrame | None = None
     missing: Mapping[str, str] = field(default_factory=dict)  # input -> why the run has none ("patching")
     kind: str = ""  # the predictor's registry kind: a closed-form kind can be one of the baselines
+    converged: Mapping[str, bool] = field(default_factory=dict)  # layer -> stopped by its plateau (empty: unknown)
+
+    def converged_at(self, layers: str | None) -> bool | None:
+        """Whether every predictor behind a row converged: the run's layers named in the row's ``layers``
+        ("7", "0 vs 7, 15, 22"), every layer where it names none; None when the run does not know."""
+        if not self.converged:
+            return None
+        named = [name for name in re.split(r",\s*|\s+vs\s+", layers or "") if name in self.converged]
+        return all(self.converged[name] for name in named or self.layers)
 
     def summary_row(self, layer: str) -> pd.Series:
         return self.summary.set_index(self.summary["layer"].astype(str)).loc[layer]
@@ -318,7 +338,8 @@ def scorecard(runs: Sequence[RunTables]) -> pd.DataFrame:
                 what = row.pop("task", None)  # which representation and task, where a claim has several
                 statement = f"{claim.statement} ({what})" if what else claim.statement
                 rows.append({"claim": claim.name, "source": claim.source, "statement": statement,
-                             "predictor": run.predictor, "paper": claim.paper, "reason": "", **row})
+                             "predictor": run.predictor, "paper": claim.paper, "reason": "", **row,
+                             "converged": run.converged_at(row.get("layers"))})
     frame = pd.DataFrame(rows)
     for column in COLUMNS:
         if column not in frame:
@@ -331,21 +352,25 @@ def scorecard(runs: Sequence[RunTables]) -> pd.DataFrame:
 
 
 def markdown(card: pd.DataFrame) -> str:
-    """The scorecard as a Markdown table: one line per row, values to 3 significant digits."""
+    """The scorecard as a Markdown table: one line per row, values to 3 significant digits, the verdict as
+    :func:`shown_verdict` shows it and whether the row's predictors converged (empty: unknown)."""
     def number(value):
         return "" if pd.isna(value) else f"{value:.3g}"
 
     def text(value):
         return "" if pd.isna(value) else value
-    lines = ["| claim | predictor | layers | value [95 %] | paper | verdict |", "|---|---|---|---|---|---|"]
+    lines = ["| claim | predictor | layers | value [95 %] | paper | verdict | converged |",
+             "|---|---|---|---|---|---|---|"]
     for row in card.itertuples():
         measured = (f"{number(row.value)} [{number(row.lo)}, {number(row.hi)}]" if not pd.isna(row.value)
                     else text(row.reason))
+        converged = None if pd.isna(row.converged) else bool(row.converged)
         lines.append(f"| {row.statement} | {row.predictor} | {text(row.layers)} | {measured} | {text(row.paper)} | "
-                     f"**{row.verdict}** |")
+                     f"**{shown_verdict(row.verdict, converged)}** | {YES_NO.get(converged, '')} |")
     return "\n".join(lines) + "\n"
 
 
+YES_NO = {True: "yes", False: "no"}
 BEGIN, END = "<!-- claims scorecard: begin (python -m pndecomp.claims) -->", "<!-- claims scorecard: end -->"
 
 

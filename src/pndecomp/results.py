@@ -21,6 +21,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from .claims import shown_verdict
+
 LAYER_COLUMNS = ("layer", "probe_layer")
 # What a run's results/<experiment>/ holds from its first jobs on (a model study's: model_comparison.tsv).
 RUN_MARKERS = ("config.yaml", "corpus", "windows", "metrics", "predictors", "model_comparison.tsv")
@@ -137,8 +139,8 @@ class Results:
         """``metrics/<p>/layer_summary.tsv``, one row per layer: ``layer``, ``n_windows``, ``n_documents``,
         ``mse``, ``var``, ``r2`` with ``r2_lo``/``r2_hi`` (95 % bootstrap interval), ``r2_<baseline>`` with
         its interval for every baseline, ``best_baseline``, ``r2_minus_best`` with its interval, the same
-        columns prefixed ``no_outliers_`` and ``late_positions_`` (the robust views), ``outlier_rows``,
-        ``late_from_position`` and ``tail_sse_share_1pct`` (README "Numbers with context")."""
+        columns prefixed ``no_outliers_``, ``no_outlier_inputs_`` and ``late_positions_`` (the robust views),
+        ``outlier_rows``, ``outlier_input_rows``, ``late_from_position`` and ``tail_sse_share_1pct`` (README "Numbers with context")."""
         return self._table(f"metrics/{self._predictor(predictor)}/layer_summary.tsv")
 
     def per_position(self, predictor: str | None = None) -> pd.DataFrame:
@@ -203,13 +205,17 @@ class Results:
                            why="it is made by a model study (config `models:`)")
 
     def claims(self) -> pd.DataFrame:
-        """The claims scorecard, ``claims.tsv``, as written; runs made before the scorecard existed have
-        none (ResultsError)."""
+        """The claims scorecard, ``claims.tsv``, as written, with ``shown``: the verdict as the README card
+        shows it, marked "(not converged)" where a predictor behind the row stopped at its step cap. Runs
+        made before the scorecard existed have none (ResultsError)."""
         path = self.path / "claims.tsv"
         if not path.is_file():
             raise ResultsError(f"{path}: no claims scorecard in this run (runs made before the workflow wrote "
                                "claims.tsv have none)")
-        return pd.read_csv(path, sep="\t", dtype={"layers": str})  # a layer ("7") or a group ("0 vs 7, 15")
+        card = pd.read_csv(path, sep="\t", dtype={"layers": str})  # a layer ("7") or a group ("0 vs 7, 15")
+        converged = card["converged"] if "converged" in card else pd.Series(None, index=card.index)
+        return card.assign(shown=[shown_verdict(verdict, None if pd.isna(done) else bool(done))
+                                  for verdict, done in zip(card["verdict"], converged, strict=True)])
 
     # -- helpers
 

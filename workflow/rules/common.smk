@@ -247,6 +247,8 @@ def claims_patterns():
         "per_position": f"{METRICS}/per_position/layer-{{layer}}.parquet",
         "probes": f"{PROBES}/{{task}}.tsv",
         "differences": f"{PROBES}/{{task}}_differences.tsv",
+        # the weights' metadata: did each layer's training stop by its plateau (converged)?
+        "weights": f"{PREDICTOR_DIR}/predictor.safetensors",
     }
     if config["interventions"]["enabled"]:
         patterns["patching"] = f"{INTERVENTIONS}/patching.tsv"
