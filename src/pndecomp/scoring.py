@@ -33,6 +33,7 @@ class WindowStats:
         self.mean: list[np.ndarray] = []  # [W, d]
         self.m2: list[np.ndarray] = []  # [W]
         self.target_norm: list[np.ndarray] = []  # [W, P] ‖h‖ of every target row
+        self.input_norm: list[np.ndarray] = []  # [W, P] ‖h_t‖ of the last state each prediction of h_{t+1} sees
         self.residual_sq: list[np.ndarray] = []  # [W, P] ‖r‖² of every target row
 
     def update(self, hidden: torch.Tensor, residual: torch.Tensor) -> None:
@@ -43,11 +44,12 @@ class WindowStats:
         self.mean.append(mean.numpy())
         self.m2.append(((target - mean[:, None]) ** 2).sum(dim=(1, 2)).numpy())
         self.target_norm.append(target.norm(dim=-1).numpy())
+        self.input_norm.append(hidden[:, :-1].double().norm(dim=-1).numpy())
         self.residual_sq.append((residual.double() ** 2).sum(dim=-1).numpy())
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {name: np.concatenate(getattr(self, name))
-                for name in ("n", "mean", "m2", "target_norm", "residual_sq")}
+                for name in ("n", "mean", "m2", "target_norm", "input_norm", "residual_sq")}
 
 
 def weighted_sst(weights: np.ndarray, n: np.ndarray, mean: np.ndarray, m2: np.ndarray) -> np.ndarray:

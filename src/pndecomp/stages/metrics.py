@@ -48,8 +48,10 @@ def baseline_row_sq(baselines_path: str) -> dict[str, np.ndarray]:
             for column in table.columns if column.startswith("row_sq_")}
 
 
-#: The robust views: R² of the predictor and of every baseline over the rows each mask keeps.
-MASKS = ("no_outliers", "late_positions")
+#: The robust views: R² of the predictor and of every baseline over the rows each mask keeps: targets
+#: whose ‖h_{t+1}‖ is not an outlier, predictions whose input ‖h_t‖ is not (a massive first-position or
+#: attention-sink state as input), positions after the first few.
+MASKS = ("no_outliers", "no_outlier_inputs", "late_positions")
 
 
 def layer_scores(config: Mapping, tokenizer_dir: str | None, eval_hidden_path: str, residual_path: str,
@@ -75,9 +77,11 @@ def layer_scores(config: Mapping, tokenizer_dir: str | None, eval_hidden_path: s
                                        config["seed"])
     threshold = section["outlier_norm_ratio"] * float(np.median(arrays["target_norm"]))
     keep = arrays["target_norm"] <= threshold
+    input_threshold = section["outlier_norm_ratio"] * float(np.median(arrays["input_norm"]))
+    typical_input = arrays["input_norm"] <= input_threshold
     positions = np.arange(2, keep.shape[1] + 2)
     late = np.broadcast_to(positions > section["hide_first_positions"], keep.shape)
-    masks = dict(zip(MASKS, (keep, late), strict=True))
+    masks = dict(zip(MASKS, (keep, typical_input, late), strict=True))
     # The median ‖h‖ needs the first pass, so the masked statistics take a second one, every mask at once.
     masked = scoring.MaskedWindowStats(masks)
     for hidden in hidden_batches(eval_hidden_path, batch_size):
@@ -86,6 +90,7 @@ def layer_scores(config: Mapping, tokenizer_dir: str | None, eval_hidden_path: s
         result[name] = scoring.r2_with_intervals({model: (rows * kept).sum(axis=1) for model, rows in row_sq.items()},
                                                  *masked.arrays(name), units, section["bootstrap"], config["seed"])
     result["no_outliers"].update(rows_removed=int((~keep).sum()), norm_threshold=threshold)
+    result["no_outlier_inputs"].update(rows_removed=int((~typical_input).sum()), norm_threshold=input_threshold)
     result["late_positions"].update(from_position=section["hide_first_positions"] + 1)
     result["tail_sse_share_1pct"] = scoring.tail(arrays["residual_sq"])
     result["eval_scores"] = {key: eval_scores[key] for key in ("mse", "var", "r2")}
@@ -235,6 +240,7 @@ def layer_summary(score_paths: Mapping[str, str], out_path: str) -> None:
         for mask in MASKS:
             row.update(score_columns(scores[mask], prefix=f"{mask}_"))
         row.update(outlier_rows=scores["no_outliers"]["rows_removed"],
+                   outlier_input_rows=scores["no_outlier_inputs"]["rows_removed"],
                    late_from_position=scores["late_positions"]["from_position"],
                    tail_sse_share_1pct=scores["tail_sse_share_1pct"])
         rows.append(row)
