@@ -466,6 +466,32 @@ def test_plateau_schedule_trains_to_a_stop_before_the_cap_and_anneals():
     assert curve["lr"].iloc[-1] == pytest.approx(cfg_.lr * cfg_.min_lr_ratio)  # it stopped at the lowest rate
 
 
+def test_plateau_schedule_goes_on_from_the_best_weights_after_each_decay(monkeypatch):
+    """Scripted validation MSEs (best at step 15, then two evaluations without improvement): at step 25 the
+    rate drops and the weights are step 15's again, not step 25's."""
+    from pndecomp import train as train_module
+
+    scripted = iter([5.0, 4.0, 3.0, 3.5, 3.6, 3.7, 3.8, 3.9, 4.0])
+    snapshots = {}
+
+    def scripted_evaluate(predictor, hidden, batch_size, device):
+        snapshots[len(snapshots) * 5 + 5] = {key: value.clone() for key, value in predictor.state_dict().items()}
+        mse = next(scripted)
+        return {"mse": mse, "var": 10.0, "r2": 1 - mse / 10.0}
+
+    monkeypatch.setattr(train_module, "evaluate", scripted_evaluate)
+    hidden = stop_curve_hidden()
+    cfg_ = TrainConfig(steps=1000, batch_size=16, lr=3e-2, warmup_steps=2, eval_every=5, stop_patience=2,
+                       schedule="plateau")
+    trainer = PredictorTrainer(PREDICTOR, cfg_, hidden[:16])
+    for step in range(25):
+        trainer.step(step, hidden[batch_indices(64, 16, 0, step)], 64)
+    assert trainer.plateau.decays == 1 and trainer.plateau.best_step == 15
+    restored = trainer.predictor.state_dict()
+    assert all(torch.equal(restored[key], snapshots[15][key]) for key in restored)
+    assert not all(torch.equal(snapshots[25][key], snapshots[15][key]) for key in restored)
+
+
 def test_plateau_schedule_needs_a_patience(tmp_path, tiny_model_dir, tiny_corpus):
     config = yaml.safe_load(write_config(tmp_path / "config.yaml", tiny_model_dir, tiny_corpus,
                                          **{"train.schedule": "plateau"}).read_text())

@@ -134,9 +134,9 @@ CURVE_COLUMNS = ["step", "lr", "train_loss", "windows_seen", "tokens_seen", "val
 class Plateau:
     """The stopping rule's state: a plateau is ``patience`` evaluations after the warm-up that have not
     lowered the val MSE by more than ``rel_tol`` of the last value that did (``reference_val_mse``). With the
-    ``plateau`` schedule each plateau above the lowest learning rate lowers it (``decays``) and the count
-    starts again; otherwise, or at the lowest rate, a plateau stops training. The weights of the lowest val
-    MSE (``best_step``) are the result."""
+    ``plateau`` schedule each plateau above the lowest learning rate lowers it (``decays``), training goes on
+    from the weights of the lowest val MSE so far, and the count starts again; otherwise, or at the lowest
+    rate, a plateau stops training. The weights of the lowest val MSE (``best_step``) are the result."""
 
     best_val_mse: float = math.inf
     best_step: int = 0
@@ -275,8 +275,10 @@ class PredictorTrainer:
             log.info("%s: step %d  train loss %.5g  val mse %.5g  r2 %.4f", self.name, done, loss.item(),
                      scores["mse"], scores["r2"])
             if self.plateau.decays > decays_before:
-                log.info("%s: val MSE plateau at step %d: learning rate %.3g from the next step", self.name, done,
-                         get_lr(done, cfg, self.plateau.decays))
+                # the lower rate starts from the best weights, not from wherever the plateau wandered
+                self.predictor.load_state_dict(self.best_state)
+                log.info("%s: val MSE plateau at step %d: learning rate %.3g from the next step, from step %d's "
+                         "weights", self.name, done, get_lr(done, cfg, self.plateau.decays), self.plateau.best_step)
             if self.plateau.stopped:
                 log.info("%s: stopped at step %d: %d evaluations without a val MSE %.3g%% below %.5g; keeping "
                          "step %d (val MSE %.5g)", self.name, done, cfg.stop_patience, 100 * cfg.stop_rel_tol,
