@@ -13,7 +13,7 @@ import yaml
 from safetensors import safe_open
 from snakemake_log import job_stats, planned_jobs, snakemake
 
-from pndecomp import storage
+from pndecomp import results, storage
 from pndecomp.results import ResultsError, load
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,7 +141,13 @@ def test_a_predictor_stopped_at_its_cap_marks_every_verdict_not_converged(tiny_r
     for layer in ("0", "2", "3"):
         stop = storage.load_metadata(out / "predictors" / "attn1" / f"layer-{layer}" / "predictor.safetensors")["stop"]
         assert stop["hit_cap"] and not stop["stopping_rule"] and stop["last_step"] == 20
-    card = load(out).claims()
+    run = load(out)
+    training = run.training()
+    assert list(training["layer"]) == ["0", "2", "3"] and not training["converged"].any()
+    assert set(training["last_step"]) == {20} and training["hit_cap"].all()
+    table = results.layer_table(run)  # the README's per-layer table, from the same files
+    assert table.count("| 20 / 20, no |") == 3
+    card = run.claims()
     assert (card["converged"] == False).all()  # noqa: E712 (a column of booleans)
     measured = card["verdict"] != "not run"
     assert (card.loc[measured, "shown"] == card.loc[measured, "verdict"] + " (not converged)").all()

@@ -140,7 +140,8 @@ class Results:
         ``mse``, ``var``, ``r2`` with ``r2_lo``/``r2_hi`` (95 % bootstrap interval), ``r2_<baseline>`` with
         its interval for every baseline, ``best_baseline``, ``r2_minus_best`` with its interval, the same
         columns prefixed ``no_outliers_``, ``no_outlier_inputs_`` and ``late_positions_`` (the robust views),
-        ``outlier_rows``, ``outlier_input_rows``, ``late_from_position`` and ``tail_sse_share_1pct`` (README "Numbers with context")."""
+        ``outlier_rows``, ``outlier_input_rows``, ``late_from_position`` and ``tail_sse_share_1pct`` (README
+        "Numbers with context")."""
         return self._table(f"metrics/{self._predictor(predictor)}/layer_summary.tsv")
 
     def per_position(self, predictor: str | None = None) -> pd.DataFrame:
@@ -217,6 +218,23 @@ class Results:
         return card.assign(shown=[shown_verdict(verdict, None if pd.isna(done) else bool(done))
                                   for verdict, done in zip(card["verdict"], converged, strict=True)])
 
+    def training(self, predictor: str | None = None) -> pd.DataFrame:
+        """How each layer's predictor was trained, from its weights' metadata: ``layer``, ``last_step``,
+        ``kept_step``, ``lr_decays``, ``hit_cap`` and ``converged`` (stopped by its validation plateau, not
+        the ``train.steps`` cap; closed-form fits count as converged, with steps 0)."""
+        from .claims_files import converged
+        from .storage import load_metadata
+
+        rows = []
+        paths = self._layer_paths(f"predictors/{self._predictor(predictor)}/layer-{{layer}}/predictor.safetensors")
+        for layer, path in paths.items():
+            metadata = load_metadata(path)
+            stop = metadata.get("stop") or {"last_step": 0, "kept_step": 0, "hit_cap": False}
+            rows.append({"layer": layer, "last_step": stop["last_step"], "kept_step": stop["kept_step"],
+                         "lr_decays": stop.get("lr_decays", 0), "hit_cap": stop["hit_cap"],
+                         "converged": converged(metadata)})
+        return _in_layer_order(pd.DataFrame(rows))
+
     # -- helpers
 
     def _single_model(self) -> None:
@@ -268,14 +286,19 @@ class Results:
             raise self._missing([path], why)
         return self._read(path, groups)
 
-    def _per_layer(self, pattern: str) -> pd.DataFrame:
-        """The per-layer files of ``pattern`` (a ``{layer}`` field) stacked in layer order, each row
-        with its ``layer``."""
+    def _layer_paths(self, pattern: str) -> dict[str, Path]:
+        """{layer: the file of ``pattern`` (a ``{layer}`` field)} for every layer; ResultsError if one is missing."""
         layers = self.layers
         paths = {layer: self.path / pattern.format(layer=layer) for layer in layers}
         missing = [path for path in paths.values() if not path.is_file()]
         if missing or not layers:
             raise self._missing(missing or [self.path / pattern.format(layer="<layer>")])
+        return paths
+
+    def _per_layer(self, pattern: str) -> pd.DataFrame:
+        """The per-layer files of ``pattern`` (a ``{layer}`` field) stacked in layer order, each row
+        with its ``layer``."""
+        paths = self._layer_paths(pattern)
         frames = [pd.read_parquet(path).assign(layer=layer) for layer, path in paths.items()]
         frame = pd.concat(frames, ignore_index=True)
         return _in_layer_order(frame[["layer", *(column for column in frame if column != "layer")]])
@@ -319,3 +342,48 @@ def load(path: str | os.PathLike) -> Results:
         raise ResultsError(f"{path} is not a run's results directory: it has none of {list(RUN_MARKERS)}; "
                            f"{HOW_TO_MAKE}{beside}")
     return Results(path, config, models)
+
+
+def _interval(value: float, lo: float, hi: float, signed: bool = False) -> str:
+    form = "{:+.3f}" if signed else "{:.3f}"
+    return f"{form.format(value)} [{form.format(lo)}, {form.format(hi)}]".replace("-", "−")
+
+
+def layer_table(run: Results, predictor: str | None = None, baselines: Iterable[str] = ("ridge_ar1", "ridge_ar4"),
+                mask: str = "") -> str:
+    """Markdown: per layer, the predictor's eval R² [95 %], each of ``baselines``' R² [95 %], the paired
+    difference to the best baseline (named), and how training ended (last / kept step, converged), from
+    the layer summary and the weights' metadata; ``mask`` a robust view's prefix (``no_outliers_``)."""
+    summary = run.layer_summary(predictor).set_index("layer")
+    training = run.training(predictor).set_index("layer")
+    names = list(baselines)
+    lines = [f"| block | predictor | {' | '.join(names)} | predictor − best baseline | stopped / kept, converged |",
+             "|" + "---|" * (4 + len(names))]
+    for layer, row in summary.iterrows():
+        cells = [_interval(*row[[f"{mask}{stem}", f"{mask}{stem}_lo", f"{mask}{stem}_hi"]])
+                 for stem in ("r2", *(f"r2_{name}" for name in names))]
+        difference = row[[f"{mask}r2_minus_best", f"{mask}r2_minus_best_lo", f"{mask}r2_minus_best_hi"]]
+        cells.append(f"{_interval(*difference, signed=True)} ({row[f'{mask}best_baseline']})")
+        stop = training.loc[layer]
+        cells.append(f"{stop['last_step']:,} / {stop['kept_step']:,}, {'yes' if stop['converged'] else 'no'}")
+        lines.append(f"| {layer} | {' | '.join(cells)} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m pndecomp.results RUN [--predictor P] [--mask no_outliers]``: the README's per-layer table of
+    a run (eval R² of the predictor and the ridge baselines with intervals, the difference to the best
+    baseline, how training ended), as Markdown."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("run", help="a run's results directory, e.g. results/embedded-smollm2")
+    parser.add_argument("--predictor", help="a predictor entry (default: the run's first)")
+    parser.add_argument("--mask", choices=["no_outliers", "no_outlier_inputs", "late_positions"],
+                        help="a robust view instead of all rows")
+    args = parser.parse_args(argv)
+    print(layer_table(load(args.run), args.predictor, mask=f"{args.mask}_" if args.mask else ""), end="")
+
+
+if __name__ == "__main__":
+    main()
