@@ -7,13 +7,13 @@ a grid of training settings, on the default run's cached activations, never on p
     .venv/bin/python bench/train_choice.py --set train.schedule=cosine --set train.stop_patience=null \
         --set train.steps=200,300                               # the former fixed budgets
 
-Needs a finished `make run` (results/embedded-smollm2, or ``--experiment NAME``: the predictor_train and
-predictor_val activations, the materialized model and the resolved config.yaml). ``--set KEY=V1,V2``
-overrides a ``train.*`` or ``predictor.*`` key of the run's config (values parsed as YAML); every combination of the values trains once per layer, with the
-pipeline's own training stage. Each row reports where training stopped (``last_step``, and whether the
-cap ended it), the step whose weights were kept, the kept validation R² (predictor_val,
-train.eval_windows windows: the curve's own score) and the optimizer's seconds, so a setting is chosen
-by what reaches the plateau, and how fast.
+Needs a finished `make run` (results/embedded-smollm2, or ``--experiment NAME``: the predictor_train
+and predictor_val activations, the materialized model and the resolved config.yaml).
+``--set KEY=V1,V2`` overrides a ``train.*`` or ``predictor.*`` key of the run's config (values parsed
+as YAML); every combination of the values trains once per layer, with the pipeline's own training stage.
+Each row reports where training stopped (``last_step``, and whether the cap ended it), the step whose
+weights were kept, the kept validation R² (predictor_val, train.eval_windows windows: the curve's own
+score) and the optimizer's seconds, so a setting is chosen by what reaches the plateau, and how fast.
 """
 from __future__ import annotations
 
