@@ -190,5 +190,7 @@ def test_converged_follows_the_layers_behind_each_row_and_marks_the_shown_verdic
     assert line_7.endswith("(not converged)** | no |")
     assert "| attn1 | 0 | " in block and all("(not converged)" not in line for line in block.splitlines()
                                               if "beats the best baseline (all rows) | attn1 | 0 |" in line)
-    # a run that does not know (tables written before the column existed) shows plain verdicts
+    # a run that does not know shows plain verdicts, and so does a card written before the column existed
     assert claims.scorecard([_run()])["converged"].isna().all()
+    older = claims.markdown(card.drop(columns="converged"))
+    assert "(not converged)" not in older and older.splitlines()[2].endswith("** |  |")

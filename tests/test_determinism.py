@@ -41,7 +41,10 @@ def two_runs(tmp_path_factory, tiny_model_dir, tiny_corpus) -> tuple[Path, Path]
     processes = []
     for workdir in workdirs:
         workdir.mkdir()
-        write_config(workdir / "config.yaml", tiny_model_dir, tiny_corpus, layers=[int(layer) for layer in LAYERS])
+        # the default's training recipe: the plateau schedule (decays restore the best weights), robust outlier rows
+        write_config(workdir / "config.yaml", tiny_model_dir, tiny_corpus, layers=[int(layer) for layer in LAYERS],
+                     **{"train.schedule": "plateau", "train.stop_patience": 2, "train.steps": 200,
+                        "train.outlier_rows": "robust"})
         log = open(workdir / "snakemake.log", "w")  # noqa: SIM115 - closed below
         processes.append((subprocess.Popen([*SNAKEMAKE, "--directory", str(workdir), *map(str, TARGETS)],
                                            stdout=log, stderr=subprocess.STDOUT), log))

@@ -364,7 +364,8 @@ def markdown(card: pd.DataFrame) -> str:
     for row in card.itertuples():
         measured = (f"{number(row.value)} [{number(row.lo)}, {number(row.hi)}]" if not pd.isna(row.value)
                     else text(row.reason))
-        converged = None if pd.isna(row.converged) else bool(row.converged)
+        converged = getattr(row, "converged", None)  # a card written before the column existed has none
+        converged = None if pd.isna(converged) else bool(converged)
         lines.append(f"| {row.statement} | {row.predictor} | {text(row.layers)} | {measured} | {text(row.paper)} | "
                      f"**{shown_verdict(row.verdict, converged)}** | {YES_NO.get(converged, '')} |")
     return "\n".join(lines) + "\n"
