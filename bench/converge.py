@@ -47,10 +47,13 @@ RESULTS = C.REPO / "results" / "embedded-smollm2"
 FORMER = {"schedule": "cosine", "steps": 200, "stop_patience": None, "outlier_rows": "keep"}
 
 
-def recipe_config(name: str) -> dict:
+def recipe_config(name: str, cap: int | None = None) -> dict:
     config = yaml.safe_load((RESULTS / "config.yaml").read_text())
     if name == "former":
         config["train"] = {**config["train"], **FORMER}
+    if cap is not None:
+        config["train"] = {**config["train"], "steps": cap,
+                           "warmup_steps": min(config["train"]["warmup_steps"], cap)}
     validate(config, str(C.REPO / "workflow" / "schemas" / "config.schema.yaml"), set_default=True)
     return config
 
@@ -115,21 +118,35 @@ def main() -> None:
     parser.add_argument("--layers", nargs="+", help="block layers (default: the run's)")
     parser.add_argument("--recipes", nargs="+", choices=["default", "former"], default=["default", "former"])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the train job's: 1)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: the first layer, every recipe capped at 50 steps")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     C.say(C.machine())
     rows = []
     for recipe in args.recipes:
-        config = recipe_config(recipe)
-        for layer in args.layers or [str(layer) for layer in config["layers"]]:
+        config = recipe_config(recipe, 50 if args.quick else None)
+        layers = args.layers or [str(layer) for layer in config["layers"]]
+        for layer in layers[:1] if args.quick else layers:
             row = {"recipe": recipe, **converge(config, layer)}
             rows.append(row)
             C.say(f"{recipe}, layer {layer}: stopped by the {row['stopped_by']} at {row['last_step']}, kept "
                   f"{row['kept_step']} (val R² {row['plateau_val_r2']:.4f}); 95 % of it after {row['s_to_95pct']:.0f} s"
                   f", stop after {row['s_to_stop']:.0f} s; {row['gflops']:.1f} GFLOP/s of "
                   f"{row['matmul_limit_gflops']:.1f} ({100 * row['share_of_limit']:.0f} %)")
+    table = pd.DataFrame(rows)
     print(f"\nper recipe and layer ({args.threads} thread(s)):")
-    print(pd.DataFrame(rows).round(3).to_string(index=False))
+    print(table.round(3).to_string(index=False))
+    summary = []
+    def span(values, scale=1.0) -> str:
+        return f"{scale * values.min():.0f}..{scale * values.max():.0f}"
+
+    for recipe, group in table.groupby("recipe", sort=False):
+        summary.append(f"{recipe}: stopped by the plateau at {(group['stopped_by'] == 'plateau').sum()} of "
+                       f"{len(group)} layers, 95 % of the plateau after {span(group['s_to_95pct'])} s, stop after "
+                       f"{span(group['s_to_stop'])} s, step at {span(group['share_of_limit'], 100)} % of the fp32 "
+                       "matmul limit")
+    C.say(f"SUMMARY converge: {'; '.join(summary)}{' (quick)' if args.quick else ''}")
 
 
 if __name__ == "__main__":

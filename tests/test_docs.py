@@ -249,7 +249,8 @@ def test_a_stale_config_doc_or_an_undescribed_key_is_reported(tmp_path):
 
 def test_readme_scorecard_is_a_generated_card():
     """The README's card sits between the generator's markers, in its format: every row a claim of
-    pndecomp.claims.CLAIMS with a verdict of the rule (python -m pndecomp.claims ... --into README.md)."""
+    pndecomp.claims.CLAIMS with a verdict of the rule, as shown (marked when not converged), and whether its
+    predictors converged (python -m pndecomp.claims ... --into README.md)."""
     from pndecomp import claims
 
     text = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -260,4 +261,6 @@ def test_readme_scorecard_is_a_generated_card():
     for row in rows:
         cells = [cell.strip() for cell in row.strip("|").split("|")]
         assert cells[0].startswith(statements), row
-        assert cells[-1].strip("*") in claims.VERDICTS, row
+        verdict, converged = cells[-2].strip("*"), cells[-1]
+        assert converged in ("yes", "no", ""), row
+        assert verdict in {claims.shown_verdict(name, converged != "no" and None) for name in claims.VERDICTS}, row
