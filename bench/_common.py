@@ -137,14 +137,15 @@ SPEED_SHAPE = (2048, 576, 1536)
 REFERENCE_GFLOPS = 123.0  # 2026-11-29, idle 2-core EPYC, two threads (docs/benchmarks.md)
 
 
-def matmul_gflops(threads: int = 2, repeats: int = 30) -> float:
-    """Median GFLOP/s of ``x @ w`` (SPEED_SHAPE, float32) on ``threads`` torch threads."""
+def matmul_gflops(threads: int = 2, repeats: int = 30, shape: tuple[int, int, int] = SPEED_SHAPE) -> float:
+    """Median GFLOP/s of ``x @ w`` ([rows, inner] × [inner, cols] of ``shape``, float32) on ``threads`` torch
+    threads."""
     import torch
 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        rows, inner, cols = SPEED_SHAPE
+        rows, inner, cols = shape
         generator = torch.Generator().manual_seed(0)
         x = torch.randn(rows, inner, generator=generator)
         w = torch.randn(inner, cols, generator=generator)

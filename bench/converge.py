@@ -27,7 +27,6 @@ fp32 matmul of the step's largest shape (the QKV projection: [batch × (T − 1)
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import _common as C  # noqa: I001
@@ -66,19 +65,6 @@ def step_flops(trainer: PredictorTrainer, batch: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
-def matmul_limit(rows: int, inner: int, cols: int, repeats: int = 20) -> float:
-    """Median GFLOP/s of an fp32 [rows, inner] × [inner, cols] matmul on the current threads."""
-    generator = torch.Generator().manual_seed(0)
-    x, w = torch.randn(rows, inner, generator=generator), torch.randn(inner, cols, generator=generator)
-    x @ w
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        x @ w
-        seconds.append(time.perf_counter() - start)
-    return 2 * rows * inner * cols / statistics.median(seconds) / 1e9
-
-
 def converge(config: dict, layer: str) -> dict:
     train_cfg = pnconfig.train_config(config)
     shape = model_files.read_model_shape(model_source(config, str(RESULTS / "model")))
@@ -104,7 +90,7 @@ def converge(config: dict, layer: str) -> dict:
     steps = stop["last_step"]
     qkv = (train_cfg.batch_size * (hidden.shape[1] - 1), predictor_cfg.d_model,
            3 * predictor_cfg.n_heads * predictor_cfg.d_head)
-    achieved, limit = flops * steps / trainer.train_seconds / 1e9, matmul_limit(*qkv)
+    achieved, limit = flops * steps / trainer.train_seconds / 1e9, C.matmul_gflops(torch.get_num_threads(), 20, qkv)
     return {"layer": layer, "stopped_by": "cap" if stop["hit_cap"] else "plateau", "last_step": steps,
             "kept_step": stop["kept_step"], "plateau_val_r2": plateau,
             "s_to_95pct": finished.get(int(reached), total), "s_to_stop": total,

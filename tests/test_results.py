@@ -123,6 +123,11 @@ def test_a_model_study_holds_its_runs_and_the_comparison(tmp_path):
     for name in ("trained", "untrained"):
         (study / name / "config.yaml").write_text(yaml.safe_dump({"experiment": f"study/{name}"}))
     assert list(load(study).models) == ["trained", "untrained"]
-    claims = pd.DataFrame({"claim": ["ĥ carries the domain"], "verdict": ["supported"]})
+    claims = pd.DataFrame({"claim": ["ĥ carries the domain"] * 3, "verdict": ["holds"] * 3,
+                           "converged": [True, False, None]})
     storage.write_tsv(claims, study / "claims.tsv")
-    pd.testing.assert_frame_equal(run.claims(), claims)
+    # as written, with the verdict as the card shows it (a card from before `converged` has plain verdicts)
+    pd.testing.assert_frame_equal(run.claims().drop(columns="shown"), pd.read_csv(study / "claims.tsv", sep="\t"))
+    assert run.claims()["shown"].tolist() == ["holds", "holds (not converged)", "holds"]
+    storage.write_tsv(claims.drop(columns="converged"), study / "claims.tsv")
+    assert run.claims()["shown"].tolist() == ["holds"] * 3
