@@ -72,8 +72,9 @@ def verdict(lo: float, hi: float, claimed: tuple[float, float],
 
 def shown_verdict(verdict: str, converged) -> str:
     """The verdict as the scorecard shows it: marked "(not converged)" when a predictor behind it stopped at
-    its step cap (``converged`` False); unchanged when converged, unknown (None / NaN) or not run."""
-    return f"{verdict} (not converged)" if converged is False and verdict != "not run" else verdict
+    its step cap (``converged`` false); unchanged when converged, unknown (None / NaN) or not run."""
+    known_false = not pd.isna(converged) and not converged
+    return f"{verdict} (not converged)" if known_false and verdict != "not run" else verdict
 
 
 def sign_regions(sign: int) -> tuple[tuple[float, float], list[tuple[float, float]]]:
@@ -365,13 +366,12 @@ def markdown(card: pd.DataFrame) -> str:
         measured = (f"{number(row.value)} [{number(row.lo)}, {number(row.hi)}]" if not pd.isna(row.value)
                     else text(row.reason))
         converged = getattr(row, "converged", None)  # a card written before the column existed has none
-        converged = None if pd.isna(converged) else bool(converged)
+        shown_converged = "" if pd.isna(converged) else "yes" if converged else "no"
         lines.append(f"| {row.statement} | {row.predictor} | {text(row.layers)} | {measured} | {text(row.paper)} | "
-                     f"**{shown_verdict(row.verdict, converged)}** | {YES_NO.get(converged, '')} |")
+                     f"**{shown_verdict(row.verdict, converged)}** | {shown_converged} |")
     return "\n".join(lines) + "\n"
 
 
-YES_NO = {True: "yes", False: "no"}
 BEGIN, END = "<!-- claims scorecard: begin (python -m pndecomp.claims) -->", "<!-- claims scorecard: end -->"
 
 

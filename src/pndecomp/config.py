@@ -144,7 +144,8 @@ def predictor_config(config: Mapping, shape: model_files.ModelShape):
 
 def train_keys(config: Mapping) -> tuple[str, ...]:
     """The config keys training reads besides the predictor's: ``train``, and the outlier rule's ratio
-    only for a normalisation that uses it (else changing it would retrain every predictor for nothing)."""
+    only for a normalisation or ``train.outlier_rows`` setting that uses it (else changing it would retrain
+    every predictor for nothing)."""
     uses_outliers = (config["train"]["normalize"] in OUTLIER_RULE_NORMALIZATIONS
                      or config["train"]["outlier_rows"] == "robust")
     return ("train", *(("metrics.outlier_norm_ratio",) if uses_outliers else ()))

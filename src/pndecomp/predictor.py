@@ -254,13 +254,10 @@ class Normalized(nn.Module):
         return self.scale.pow(2).mean()
 
     def normalized(self, hidden: torch.Tensor) -> torch.Tensor:
-        center, scale = self.center.to(hidden.dtype), self.scale.to(hidden.dtype)
-        return (hidden - center) / scale
+        return (hidden - self.center.to(hidden.dtype)) / self.scale.to(hidden.dtype)
 
     def typical(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[..., d_model] -> [...] bool: rows whose normalised norm is within the outlier limit (all without one)."""
-        if self.outlier_limit is None:
-            return torch.ones(hidden.shape[:-1], dtype=torch.bool, device=hidden.device)
+        """[..., d_model] -> [...] bool: rows whose normalised norm is within the outlier limit (one is set)."""
         return self.normalized(hidden).norm(dim=-1) <= self.outlier_limit
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -268,8 +265,7 @@ class Normalized(nn.Module):
         if self.outlier_limit is not None:
             # factor 1 exactly for every row within the limit, so those rows are left as they were
             x = x * (self.outlier_limit.to(x.dtype) / x.norm(dim=-1, keepdim=True)).clamp(max=1.0)
-        center, scale = self.center.to(hidden.dtype), self.scale.to(hidden.dtype)
-        return center + scale * self.inner(x)
+        return self.center.to(hidden.dtype) + self.scale.to(hidden.dtype) * self.inner(x)
 
 
 def outlier_limit(center: torch.Tensor, scale: torch.Tensor, hidden: torch.Tensor, outlier_norm_ratio: float) -> float:

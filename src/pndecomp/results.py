@@ -215,7 +215,7 @@ class Results:
                                "claims.tsv have none)")
         card = pd.read_csv(path, sep="\t", dtype={"layers": str})  # a layer ("7") or a group ("0 vs 7, 15")
         converged = card["converged"] if "converged" in card else pd.Series(None, index=card.index)
-        return card.assign(shown=[shown_verdict(verdict, None if pd.isna(done) else bool(done))
+        return card.assign(shown=[shown_verdict(verdict, done)
                                   for verdict, done in zip(card["verdict"], converged, strict=True)])
 
     def training(self, predictor: str | None = None) -> pd.DataFrame:

@@ -43,8 +43,9 @@ class WindowStats:
         self.n.append(np.full(target.shape[0], target.shape[1], dtype=np.float64))
         self.mean.append(mean.numpy())
         self.m2.append(((target - mean[:, None]) ** 2).sum(dim=(1, 2)).numpy())
-        self.target_norm.append(target.norm(dim=-1).numpy())
-        self.input_norm.append(hidden[:, :-1].double().norm(dim=-1).numpy())
+        norms = hidden.double().norm(dim=-1)  # every position's ‖h‖: positions 2..T are targets, 1..T−1 inputs
+        self.target_norm.append(norms[:, 1:].numpy())
+        self.input_norm.append(norms[:, :-1].numpy())
         self.residual_sq.append((residual.double() ** 2).sum(dim=-1).numpy())
 
     def arrays(self) -> dict[str, np.ndarray]:

@@ -62,9 +62,6 @@ class TrainConfig:
     outlier_rows: str = "keep"  # robust: outlier input rows scaled down to the limit, outlier targets not in the loss
 
 
-SCHEDULES = ("cosine", "plateau")
-
-
 def get_lr(step: int, cfg: TrainConfig, decays: int = 0) -> float:
     """Linear warm-up to ``lr`` over ``warmup_steps``, then either cosine decay to ``min_lr_ratio · lr`` at
     ``steps`` (``cosine``) or ``lr · lr_decay_factor^decays``, never below ``min_lr_ratio · lr``, where
