@@ -28,7 +28,7 @@ import yaml
 from snakemake.utils import validate
 
 from pndecomp import storage
-from pndecomp.config import with_predictor
+from pndecomp.predictor_entries import with_predictor
 from pndecomp.stages import train as train_stages
 
 RESULTS = C.REPO / "results"

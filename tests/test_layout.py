@@ -12,7 +12,7 @@ MAX_LINES = 400
 # What common.smk imports, and what they import in turn (the dry-run test in test_workflow covers the rest).
 DAG_MODULES = ["pndecomp.config", "pndecomp.config_schema", "pndecomp.registry", "pndecomp.resources",
                "pndecomp.tasks", "pndecomp.overrides", "pndecomp.predictor_kinds", "pndecomp.patch_kinds",
-               "pndecomp.model_files"]
+               "pndecomp.predictor_entries", "pndecomp.model_files"]
 HEAVY = ["torch", "transformers", "matplotlib", "seaborn"]
 
 

@@ -27,6 +27,7 @@ from tiny import write_config
 
 from pndecomp import config as pnconfig
 from pndecomp import model_files, predictor, resources, storage
+from pndecomp import predictor_entries as pnentries
 
 SCHEMA = str(REPO / "workflow" / "schemas" / "config.schema.yaml")
 PYTHIA_410M = model_files.ModelShape(n_blocks=24, context_length=2048, d_model=1024, attention_width=1024,
@@ -238,7 +239,7 @@ def test_each_predictor_s_jobs_ask_for_that_predictor(paper_config):
               "predictors": {"attn1": {"kind": "attn1"}, "attn2": {"kind": "attn2"}}}
     found = {name: resources.estimates(config, PYTHIA_410M, PYTHIA_EXTRAS, name) for name in ("attn1", "attn2")}
     built = {name: predictor.parameter_count(predictor.build_predictor(
-        pnconfig.predictor_config(pnconfig.with_predictor(config, name), PYTHIA_410M))) for name in found}
+        pnconfig.predictor_config(pnentries.with_predictor(config, name), PYTHIA_410M))) for name in found}
     assert built["attn2"] > built["attn1"]
     for name in found:
         assert resources.sizes(config, PYTHIA_410M, PYTHIA_EXTRAS, name).predictor_params == built[name]

@@ -15,6 +15,7 @@ from snakemake_log import job_stats
 
 from pndecomp import compare, model_files
 from pndecomp import config as pnconfig
+from pndecomp import predictor_entries as pnentries
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,23 +92,23 @@ def test_model_configs_put_each_model_under_its_own_experiment():
 def test_with_predictor_gives_each_name_its_section_and_refuses_unknown_settings():
     config = {"predictor": {"kind": "attn1", "d_head": 64, "rotary": False},
               "predictors": {"attn1": None, "wide": {"kind": "attn1", "d_head": 128}, "mlp_k4": {}}}
-    assert pnconfig.predictor_names(config) == ["attn1", "wide", "mlp_k4"]
-    assert pnconfig.with_predictor(config, "wide")["predictor"] == {"kind": "attn1", "d_head": 128, "rotary": False}
-    assert pnconfig.with_predictor(config, "mlp_k4")["predictor"]["kind"] == "mlp_k4"
+    assert pnentries.predictor_names(config) == ["attn1", "wide", "mlp_k4"]
+    assert pnentries.with_predictor(config, "wide")["predictor"] == {"kind": "attn1", "d_head": 128, "rotary": False}
+    assert pnentries.with_predictor(config, "mlp_k4")["predictor"]["kind"] == "mlp_k4"
     with pytest.raises(pnconfig.ConfigError, match="unknown setting"):
-        pnconfig.with_predictor({**config, "predictors": {"x": {"kind": "attn1", "heads": 2}}}, "x")
-    assert pnconfig.predictor_names({"predictor": {"kind": "attn2"}, "predictors": None}) == ["attn2"]
+        pnentries.with_predictor({**config, "predictors": {"x": {"kind": "attn1", "heads": 2}}}, "x")
+    assert pnentries.predictor_names({"predictor": {"kind": "attn2"}, "predictors": None}) == ["attn2"]
 
 
 def test_a_predictor_entry_may_override_training_for_itself_alone():
     config = {"predictor": {"kind": "attn1"}, "train": {"steps": 200, "lr": 1e-3},
               "predictors": {"attn1": None, "attn1_long": {"kind": "attn1", "train": {"steps": 5000}}}}
-    assert pnconfig.with_predictor(config, "attn1")["train"] == {"steps": 200, "lr": 1e-3}
-    long = pnconfig.with_predictor(config, "attn1_long")
+    assert pnentries.with_predictor(config, "attn1")["train"] == {"steps": 200, "lr": 1e-3}
+    long = pnentries.with_predictor(config, "attn1_long")
     assert long["train"] == {"steps": 5000, "lr": 1e-3} and long["predictor"] == {"kind": "attn1"}
     assert config["train"]["steps"] == 200  # the shared section is left as it was
     with pytest.raises(pnconfig.ConfigError, match=r"predictors.x.train: unknown setting\(s\) \['step'\]"):
-        pnconfig.with_predictor({**config, "predictors": {"x": {"kind": "attn1", "train": {"step": 5}}}}, "x")
+        pnentries.with_predictor({**config, "predictors": {"x": {"kind": "attn1", "train": {"step": 5}}}}, "x")
 
 
 def write_summary(path: Path, r2: list[float], baseline: list[float]) -> str:

@@ -8,7 +8,7 @@ kept): ``layer-15`` comes after ``layer-7``, not before it as text would have it
 
 Tables are read when asked for, so a half-finished run loads and its finished tables can be read; the
 accessor of a missing table raises :class:`ResultsError` naming the file and the Snakemake target that
-makes it. With a ``config.yaml``, the predictor names come from :func:`pndecomp.config.predictor_names`
+makes it. With a ``config.yaml``, the predictor names come from :func:`pndecomp.predictor_entries.predictor_names`
 (which imports torch); without one, nothing here does.
 """
 from __future__ import annotations
@@ -104,7 +104,7 @@ class Results:
         """Predictor names, the first (the one figures 1-6 show) first."""
         self._single_model()
         if self.config is not None:
-            from .config import predictor_names
+            from .predictor_entries import predictor_names
 
             return predictor_names(self.config)
         found = {entry.name for stage in ("predictors", "metrics", "probes", "interventions")

@@ -3,6 +3,7 @@ import functools
 
 from pndecomp import config as pnconfig
 from pndecomp import config_schema as pnschema
+from pndecomp import predictor_entries as pnentries
 from pndecomp import registry as pnregistry
 from pndecomp import resources as pnresources
 from pndecomp import tasks as pntasks
@@ -30,16 +31,16 @@ pnconfig.check(config, MODEL_SHAPE)
 LAYERS = pnconfig.layer_names(config)
 # Every predictor gets its own paths (predictors/<name>/, residuals/<name>/, metrics/<name>/,
 # probes/<name>/); figures 1-6 are drawn for the first.
-PREDICTORS = pnconfig.predictor_names(config)
+PREDICTORS = pnentries.predictor_names(config)
 # Each entry's registry kind (a budget entry names the kind it trains; ridge_ar4 is also a baseline).
-PREDICTOR_KINDS = {name: pnconfig.with_predictor(config, name)["predictor"]["kind"] for name in PREDICTORS}
+PREDICTOR_KINDS = {name: pnentries.with_predictor(config, name)["predictor"]["kind"] for name in PREDICTORS}
 MAIN_PREDICTOR = PREDICTORS[0]
 TASKS = config["probes"]["tasks"]
 # Base tasks carry the claims scorecard's probe claims (their control tasks give selectivity in the base table).
 CLAIM_TASKS = [task for task in TASKS if pnregistry.TASKS[task].control is None]
 # A budget study's entries ({predictor: train.steps}; {} otherwise) and the probe gaps it follows
 # (pndecomp.compare.BUDGET_GAPS), where configured.
-BUDGETS = pnconfig.training_budgets(config)
+BUDGETS = pnentries.training_budgets(config)
 BUDGET_TASKS = [task for task in ("domain", "next_token_type_8") if task in TASKS]
 # Where one predictor's outputs live ({predictor} and {layer} stay wildcards).
 PREDICTOR_DIR = f"{OUT}/predictors/{{predictor}}/layer-{{layer}}"
@@ -158,7 +159,7 @@ def view(*keys):
 def predictor_view(*keys):
     """As :func:`view`, for rules with a ``{predictor}`` wildcard; their ``predictor`` section is that
     predictor's own, so adding or changing one predictor reruns only its jobs."""
-    return lambda wildcards: pnconfig.config_view(pnconfig.with_predictor(config, wildcards.predictor), *keys)
+    return lambda wildcards: pnconfig.config_view(pnentries.with_predictor(config, wildcards.predictor), *keys)
 
 
 def per_layer(pattern, prefix=""):

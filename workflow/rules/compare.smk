@@ -78,7 +78,7 @@ rule budget_comparison:
     params:
         budgets=BUDGETS,
         kinds={name: PREDICTOR_KINDS[name] for name in BUDGETS},
-        batch_sizes={name: pnconfig.with_predictor(config, name)["train"]["batch_size"] for name in BUDGETS},
+        batch_sizes={name: pnentries.with_predictor(config, name)["train"]["batch_size"] for name in BUDGETS},
         layers=LAYERS,
         tasks=BUDGET_TASKS,
         # patterns, not paths: a function keeps Snakemake from filling their fields as wildcards

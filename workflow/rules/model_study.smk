@@ -4,6 +4,7 @@
 
 from pndecomp import config as pnconfig
 from pndecomp import config_schema as pnschema
+from pndecomp import predictor_entries as pnentries
 from pndecomp.overrides import load_schema
 
 pnschema.check(config, load_schema(workflow.source_path("../schemas/config.schema.yaml")))
@@ -24,7 +25,7 @@ for model_name, model_config in MODEL_CONFIGS.items():
     )(lambda: None)
 # Relative depth of each model's layers: what the comparison plots against.
 DEPTHS = {name: pnconfig.relative_depths(model_config) for name, model_config in MODEL_CONFIGS.items()}
-MAIN = {name: pnconfig.predictor_names(model_config)[0] for name, model_config in MODEL_CONFIGS.items()}
+MAIN = {name: pnentries.predictor_names(model_config)[0] for name, model_config in MODEL_CONFIGS.items()}
 GAP_TASKS = [task for task in ("domain", "next_token_type_8") if task in config["probes"]["tasks"]]
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from .. import config as pnconfig
 from .. import model_files
+from .. import predictor_entries as pnentries
 from ..config_files import compose
 from ..config_schema import check
 from ..overrides import load_schema
@@ -35,9 +36,9 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"{error}\nor give the model's shape with --shape")
         extras = model_extras(config)
     print("| rule | mem_mb | runtime (min) | largest memory terms (MB) |\n|---|---:|---:|---|")
-    if args.predictor is not None and args.predictor not in pnconfig.predictor_names(config):
+    if args.predictor is not None and args.predictor not in pnentries.predictor_names(config):
         parser.error(f"--predictor {args.predictor!r} is not one of the config's predictors: "
-                     f"{', '.join(pnconfig.predictor_names(config))}")
+                     f"{', '.join(pnentries.predictor_names(config))}")
     for rule, estimate in estimates(config, shape, extras, args.predictor).items():
         request = estimate.request()
         terms = sorted(estimate.memory.items(), key=lambda item: -item[1])[:3]

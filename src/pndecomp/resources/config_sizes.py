@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .. import config as pnconfig
 from .. import model_files, tasks
+from .. import predictor_entries as pnentries
 from ..predictor_kinds import predictor_kind
 from .constants import ASSUMED_CLASSES, ASSUMED_DOCUMENTS, ASSUMED_VOCAB, ZSTD_RATIO
 from .estimate import Estimate, Request, Sizes
@@ -88,11 +89,11 @@ def sizes(config: Mapping, shape: model_files.ModelShape, extras: Mapping[str, i
     ``predictor`` section's, and the largest training budget of all entries."""
     extras = extras or {}
     if predictor is not None:
-        config = pnconfig.with_predictor(config, predictor)
+        config = pnentries.with_predictor(config, predictor)
         steps = config["train"]["steps"]
     else:
-        names = pnconfig.predictor_names(config)
-        steps = max(pnconfig.with_predictor(config, name)["train"]["steps"] for name in names)
+        names = pnentries.predictor_names(config)
+        steps = max(pnentries.with_predictor(config, name)["train"]["steps"] for name in names)
     windows, section, interventions = config["windows"], config["train"], config["interventions"]
     probe, probe_task = probe_windows(config)
     corpus = config["corpus"]
