@@ -1,4 +1,4 @@
-"""The claims scorecard: the paper's findings (SPEC §8) and the project's controls, each checked on a run's
+"""The claims scorecard: the paper's findings (docs/method.md §8) and the project's controls, each checked on a run's
 own tables and given a verdict by one rule.
 
 One row per (claim, predictor, layer or layer group): the measured value with its 95 % interval, the
@@ -47,6 +47,7 @@ from pathlib import Path
 import pandas as pd
 
 from .compare import pooled_delta_ce, probe_gap
+from .storage import replace_block
 
 #: |relative slope| of per-position MSE below which a curve counts as flat.
 FLAT_TOLERANCE = 0.25
@@ -124,7 +125,7 @@ class RunTables:
 
 @dataclass(frozen=True)
 class Claim:
-    """One claim: its name, ``paper`` (SPEC §8) or ``control`` (the project's), what it says, the paper's
+    """One claim: its name, ``paper`` (docs/method.md §8) or ``control`` (the project's), what it says, the paper's
     value or pattern, and the function that measures it on a run (rows without claim-level columns)."""
 
     name: str
@@ -387,13 +388,10 @@ def main(argv: list[str] | None = None) -> None:
     if not args.into:
         print(table, end="")
         return
-    path = Path(args.into)
-    text = path.read_text()
-    if BEGIN not in text or END not in text:
-        parser.error(f"{path} has no scorecard block: add the lines {BEGIN!r} and {END!r}")
-    head, rest = text.split(BEGIN, 1)
-    path.write_text(f"{head}{BEGIN}\n{table}{END}{rest.split(END, 1)[1]}")
-
+    try:
+        replace_block(Path(args.into), BEGIN, END, table)
+    except ValueError as error:
+        parser.error(str(error))
 
 if __name__ == "__main__":
     main()

@@ -162,7 +162,8 @@ def train_config(config: Mapping) -> TrainConfig:
         steps=section["steps"], batch_size=section["batch_size"], lr=section["lr"],
         weight_decay=section["weight_decay"], warmup_steps=section["warmup_steps"],
         min_lr_ratio=section["min_lr_ratio"], grad_clip=section["grad_clip"], eval_every=section["eval_every"],
-        checkpoint_every=section["checkpoint_every"], seed=config["seed"], max_epochs=section["max_epochs"],
+        checkpoint_every=section["checkpoint_every"],
+        seed=config["seed"] if section["seed"] is None else section["seed"], max_epochs=section["max_epochs"],
         normalize=section["normalize"], stop_patience=section["stop_patience"], stop_rel_tol=section["stop_rel_tol"],
         schedule=section["schedule"], lr_decay_factor=section["lr_decay_factor"],
         outlier_rows=section["outlier_rows"], **outliers)
@@ -218,7 +219,7 @@ def check(config: Mapping, shape: model_files.ModelShape | None = None) -> None:
     check_train(config["train"], config["windows"], "train")
     for name in predictor_names(config):
         own = with_predictor(config, name)
-        if own["train"] != config["train"]:
+        if own["train"] != {key: value for key, value in config["train"].items() if key != "seeds"}:
             check_train(own["train"], config["windows"], f"predictors.{name}.train")
         check_predictor(own["predictor"], own["train"])
     check_interventions(config)

@@ -349,3 +349,28 @@ def steering_effects(table: pd.DataFrame, png, pdf, dpi: int = 150) -> None:
 
 #: The intervention figures, by their table: figures/<name>.png.
 INTERVENTION_FIGURES = {"patching": patching_effects, "steering": steering_effects}
+
+
+VERDICT_COLOURS = {"contradicted": "#c0392b", "inconclusive": "#d5d8dc", "holds": "#1e8449"}
+
+
+def robustness_grid(grid: pd.DataFrame, png, pdf, dpi: int = 150) -> None:
+    """Each claim (and layer group) × setting: its verdict (pndecomp.robustness.setting_verdicts), the
+    untrained control's settings right of the line; white: not run."""
+    codes = {verdict: code for code, verdict in enumerate(VERDICT_COLOURS)}
+    rows = grid["statement"] + " · " + grid["layer_group"].fillna("").replace("", "all")
+    table = grid.assign(row=rows, code=grid["verdict"].map(codes)).pivot(index="row", columns="setting", values="code")
+    controls = list(dict.fromkeys(grid.loc[grid["control"].astype(bool), "setting"]))
+    trained = [name for name in dict.fromkeys(grid["setting"]) if name not in controls]
+    table = table.loc[list(dict.fromkeys(rows)), trained + controls]
+    fig, ax = plt.subplots(figsize=(3 + 0.24 * table.shape[1], 1.5 + 0.24 * table.shape[0]))
+    sns.heatmap(table, ax=ax, cmap=matplotlib.colors.ListedColormap(list(VERDICT_COLOURS.values())), vmin=-0.5,
+                vmax=len(codes) - 0.5, linewidths=0.5, linecolor="white",
+                cbar_kws={"ticks": list(codes.values()), "shrink": 0.4})
+    ax.collections[0].colorbar.set_ticklabels(list(codes))
+    if controls and trained:
+        ax.axvline(len(trained), color="black", linewidth=1.5)
+    ax.set(xlabel="setting (model/predictor; right of the line: the untrained control)", ylabel="")
+    ax.tick_params(axis="x", labelsize=6, rotation=90)
+    ax.tick_params(axis="y", labelsize=7)
+    _save(fig, png, pdf, dpi)

@@ -205,6 +205,17 @@ class Results:
         return self._table("model_comparison.tsv", groups=("model", "metric"),
                            why="it is made by a model study (config `models:`)")
 
+    def seed_claims(self) -> pd.DataFrame:
+        """``seed_claims.tsv`` (with ``train.seeds``): per claim, configured entry and layers, each seed's value
+        and verdict, their mean, the pooled interval over units and seeds, and the verdict across seeds."""
+        return self._table("seed_claims.tsv", why="it is made when train.seeds is set")
+
+    def robustness(self) -> pd.DataFrame:
+        """A model study's ``robustness.tsv``: per claim and layer group, the verdict counts over the trained
+        settings and the untrained control's, where the claim fails and the one-word ``reading``."""
+        return self._table("robustness.tsv", why="it is made by a model study (config `models:`)").fillna(
+            {"layer_group": "", "fails_at": ""})
+
     def claims(self) -> pd.DataFrame:
         """The claims scorecard, ``claims.tsv``, as written, with ``shown``: the verdict as the README card
         shows it, marked "(not converged)" where a predictor behind the row stopped at its step cap. Runs

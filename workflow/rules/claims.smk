@@ -31,3 +31,28 @@ rule claims:
         code=code_version("claims"),
     script:
         "../scripts/claims.py"
+
+
+# With train.seeds: the scorecard across each entry's seeds (pndecomp.robustness.across_seeds).
+rule seed_claims:
+    input:
+        rules.claims.output[0],
+    output:
+        report(
+            f"{OUT}/seed_claims.tsv",
+            category="Claims",
+            caption="../report/seed_claims.rst",
+            labels={"table": "claims across training seeds"},
+        ),
+    log:
+        f"{OUT}/logs/seed_claims.log",
+    benchmark:
+        f"{OUT}/benchmarks/seed_claims.tsv"
+    localrule: True
+    conda:
+        "../../envs/pndecomp.yaml"
+    params:
+        seeds=pnentries.entry_seeds(config),
+        code=code_version("seed_claims"),
+    script:
+        "../scripts/seed_claims.py"

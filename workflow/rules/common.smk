@@ -238,6 +238,8 @@ def all_targets():
         targets += [f"{OUT}/metrics/predictor_comparison.tsv", f"{OUT}/figures/predictor_comparison.png"]
     if BUDGETS:
         targets += [f"{OUT}/metrics/budget_comparison.tsv", f"{OUT}/figures/budget_comparison.png"]
+    if config["train"]["seeds"]:
+        targets.append(f"{OUT}/seed_claims.tsv")
     return targets
 
 

@@ -103,11 +103,64 @@ rule study_claims:
         "../scripts/study_claims.py"
 
 
+# Which findings survive what (pndecomp.robustness): the study's scorecard across its settings (model x
+# predictor x budget x seed), the untrained controls (model.random_init) apart.
+rule robustness:
+    input:
+        rules.study_claims.output[0],
+    output:
+        table=report(
+            f"{STUDY}/robustness.tsv",
+            category="Claims",
+            caption="../report/robustness.rst",
+            labels={"table": "robustness across settings", "model": "all models"},
+        ),
+        grid=f"{STUDY}/robustness_grid.tsv",
+    log:
+        f"{STUDY}/logs/robustness.log",
+    benchmark:
+        f"{STUDY}/benchmarks/robustness.tsv"
+    conda:
+        "../../envs/pndecomp.yaml"
+    params:
+        dimensions={name: pnentries.dimensions(model_config) for name, model_config in MODEL_CONFIGS.items()},
+        controls=[name for name, model_config in MODEL_CONFIGS.items() if model_config["model"]["random_init"]],
+        code=code_version("robustness"),
+    script:
+        "../scripts/robustness.py"
+
+
+rule draw_robustness:
+    input:
+        rules.robustness.output.grid,
+    output:
+        png=report(
+            f"{STUDY}/figures/robustness.png",
+            category="Claims",
+            caption="../report/robustness_figure.rst",
+            labels={"figure": "robustness across settings", "model": "all models"},
+        ),
+        pdf=f"{STUDY}/figures/robustness.pdf",
+    log:
+        f"{STUDY}/logs/figures/robustness.log",
+    benchmark:
+        f"{STUDY}/benchmarks/figures/robustness.tsv"
+    conda:
+        "../../envs/pndecomp.yaml"
+    params:
+        config=pnconfig.config_view(config, "figures"),
+        code=code_version("draw_robustness"),
+    script:
+        "../scripts/draw_robustness.py"
+
+
 localrules:
     all,
     model_comparison,
     draw_model_comparison,
     study_claims,
+    robustness,
+    draw_robustness,
 
 
 ALL_TARGETS = [
@@ -115,5 +168,7 @@ ALL_TARGETS = [
     *[path for name in MODEL_CONFIGS for path in getattr(rules, f"{name}_pipeline").input],
     *rules.model_comparison.output,
     *rules.study_claims.output,
+    rules.robustness.output.table,
+    rules.draw_robustness.output.png,
     rules.draw_model_comparison.output.png,
 ]

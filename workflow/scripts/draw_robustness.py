@@ -1,0 +1,8 @@
+import pandas as pd
+
+from pndecomp.figures import robustness_grid
+from pndecomp.script import setup
+
+config = setup(snakemake)
+grid = pd.read_csv(snakemake.input[0], sep="\t", keep_default_na=False, na_values=[""])
+robustness_grid(grid, snakemake.output.png, snakemake.output.pdf, config["figures"]["dpi"])
