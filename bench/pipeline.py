@@ -13,7 +13,7 @@
   config validation, the DAG-time model-shape checks, and the up-to-date checks of every output.
 * ``dry`` vs ``bare`` -- ``snakemake -n all`` once everything is up to date against a bare
   ``snakemake --version`` in the same round: what building the DAG costs beyond Snakemake itself
-  (parsing the workflow, importing pndecomp, the up-to-date checks). Target: within 1 s (issue 22).
+  (parsing the workflow, importing pndecomp, the up-to-date checks). Target: within 1 s.
 * ``figure`` -- delete ``results/<exp>/figures/fig3.png``, then ``snakemake --cores 2 <that file>``:
   start-up plus the one plotting job (fig3.png and fig3.pdf are rewritten).
 

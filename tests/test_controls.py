@@ -1,5 +1,5 @@
 """Control tasks whose units recur across the probe splits, and selectivity's paired bootstrap interval
-(issue 19, point 2; docs/method.md §9). Every expected value is computed here independently with numpy
+(docs/method.md §9). Every expected value is computed here independently with numpy
 and sklearn.metrics.f1_score."""
 import json
 

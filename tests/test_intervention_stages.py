@@ -1,4 +1,4 @@
-"""The intervention stages' own logic (issue 11): which windows they take, the rows they read, and the
+"""The intervention stages' own logic: which windows they take, the rows they read, and the
 config checks that stop a bad interventions section before any job runs. The stages themselves run in
 tests/test_workflow.py on the tiny model."""
 import numpy as np

@@ -1,4 +1,4 @@
-"""Patching and steering (issue 11) on tiny random models: the fast path equals the full forward, an
+"""Patching and steering on tiny random models: the fast path equals the full forward, an
 identity patch and α = 0 change nothing exactly, a patch leaves every layer below it alone, hooks never
 outlive their ``with``, and the intervals are the document bootstrap."""
 import numpy as np

@@ -1,4 +1,4 @@
-"""The package's layout, as issue 22 set it: small modules, stage modules side by side, and the modules Snakemake
+"""The package's layout: small modules, stage modules side by side, and the modules Snakemake
 imports to build the DAG free of torch, transformers and the plotting libraries."""
 import ast
 import subprocess

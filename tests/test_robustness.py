@@ -17,6 +17,7 @@ from tiny import TINY_RUN_TASKS, write_config
 
 from pndecomp import predictor_entries as pnentries
 from pndecomp.config_schema import ConfigError
+from pndecomp.results import load
 from pndecomp.robustness import Setting, across_seeds, joint_verdict, pooled_interval, reading, robustness
 
 REPO = Path(__file__).resolve().parents[1]
@@ -243,9 +244,9 @@ def test_a_seed_dependent_claim_reads_seed_dependent_and_a_stable_one_robust(tmp
     assert jobs["tiny_train_predictor"] == 2 * 3  # two seeds, three layers
 
     study = workdir / "results" / "tiny"
-    seed_card = pd.read_csv(study / "tiny" / "seed_claims.tsv", sep="\t", dtype={"layers": str})
+    seed_card = load(study).models["tiny"].seed_claims()
     assert set(seed_card["entry"]) == {"seed_scale"} and set(seed_card["seeds"]) == {f"{seeds[0]}, {seeds[1]}"}
-    table = pd.read_csv(study / "robustness.tsv", sep="\t", keep_default_na=False)
+    table = load(study).robustness()
     readings = table.set_index(["claim", "layer_group"])["reading"]
     flips = seed_card[seed_card["claim"] == "domain_hhat_beats_r"]
     assert set(flips["seed_verdicts"]) <= {"holds, contradicted", "contradicted, holds"}, flips.to_string()

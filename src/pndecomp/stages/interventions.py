@@ -1,4 +1,4 @@
-"""The intervention stages (issue 11): patching and steering at one layer of one predictor, and the
+"""The intervention stages: patching and steering at one layer of one predictor, and the
 tables that stack the layers. The interventions themselves are :mod:`pndecomp.interventions`."""
 from __future__ import annotations
 
