@@ -155,15 +155,18 @@ def test_no_interval_is_inconclusive_and_says_why():
 
 
 def test_markdown_card_and_readme_block(tmp_path):
+    from pndecomp import docs
+
     card = claims.scorecard([_run()])
     tsv = tmp_path / "claims.tsv"
     card.to_csv(tsv, sep="\t", index=False)
     readme = tmp_path / "README.md"
-    readme.write_text(f"# Title\n\n{claims.BEGIN}\nSTALE CARD\n{claims.END}\n\n## After\n")
-    claims.main([str(tsv), "--into", str(readme)])
+    marker = f"<!-- generated: claims-card {tsv} -->"
+    readme.write_text(f"# Title\n\n{marker}\nSTALE CARD\n<!-- generated: end -->\n\n## After\n")
+    docs.main([str(readme)])
     text = readme.read_text()
-    assert "STALE CARD" not in text and text.endswith(f"{claims.END}\n\n## After\n")
-    block = text.split(claims.BEGIN)[1].split(claims.END)[0]
+    assert "STALE CARD" not in text and text.endswith("<!-- generated: end -->\n\n## After\n")
+    block = text.split(marker)[1].split("<!-- generated: end -->")[0]
     assert block.count("\n| ") == len(card) + 1  # header and separator lines, one line per row
     assert "**holds**" in block
     assert "nan" not in block  # a control has no paper value: an empty cell

@@ -250,11 +250,12 @@ def test_a_stale_config_doc_or_an_undescribed_key_is_reported(tmp_path):
 def test_readme_scorecard_is_a_generated_card():
     """The README's card sits between the generator's markers, in its format: every row a claim of
     pndecomp.claims.CLAIMS with a verdict of the rule, as shown (marked when not converged), and whether its
-    predictors converged (python -m pndecomp.claims ... --into README.md)."""
-    from pndecomp import claims
+    predictors converged (python -m pndecomp.docs rewrites it from the default's claims.tsv)."""
+    from pndecomp import claims, docs
 
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    block = text.split(claims.BEGIN, 1)[1].split(claims.END, 1)[0]
+    card = [block for block in docs.blocks(ROOT / "README.md") if block.name == "claims-card"]
+    assert len(card) == 1 and card[0].arguments == ["results/embedded-smollm2/claims.tsv"]
+    block = card[0].body
     rows = [line for line in block.splitlines() if line.startswith("| ")][1:]  # without the header (and |---|)
     statements = tuple(claim.statement for claim in claims.CLAIMS)
     assert rows, "the README's scorecard block is empty"
@@ -264,3 +265,41 @@ def test_readme_scorecard_is_a_generated_card():
         verdict, converged = cells[-2].strip("*"), cells[-1]
         assert converged in ("yes", "no", ""), row
         assert verdict in {claims.shown_verdict(name, converged != "no" and None) for name in claims.VERDICTS}, row
+
+
+# ------------------------------------------------------------------ generated blocks
+
+
+def generated_block_problems(paths: list[Path]) -> list[str]:
+    """Blocks that name no generator, that read a run's file the generator does not read, or that are made
+    from the code and differ from what it gives now."""
+    from pndecomp import docs
+
+    problems = []
+    for path in paths:
+        for block in docs.blocks(path):
+            where = f"{path.name}: {block.name} {' '.join(block.arguments)}"
+            generator = docs.GENERATORS.get(block.name)
+            if generator is None:
+                problems.append(f"{where}: no generator of that name in pndecomp.docs.GENERATORS")
+            elif generator.reads:
+                source = block.arguments[0] if block.arguments else ""
+                if not re.fullmatch(generator.reads, source):
+                    problems.append(f"{where}: reads {source!r}, not a run's file ({generator.reads})")
+            elif block.render() != block.body:
+                problems.append(f"{where}: stale; run python -m pndecomp.docs")
+    return problems
+
+
+def test_generated_blocks_have_generators_and_the_code_made_ones_are_current():
+    assert generated_block_problems(markdown_files()) == []
+
+
+def test_a_block_without_generator_source_or_update_is_reported(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("<!-- generated: nonesuch -->\n<!-- generated: end -->\n"
+                    "<!-- generated: claims-card docs/claims.md -->\n<!-- generated: end -->\n"
+                    "<!-- generated: slurm-rules -->\n| where it runs | rules |\n<!-- generated: end -->\n")
+    problems = generated_block_problems([page])
+    assert [problem.split(":")[1].strip().split()[0] for problem in problems] == ["nonesuch", "claims-card",
+                                                                                 "slurm-rules"], problems

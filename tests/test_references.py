@@ -22,8 +22,8 @@ UNFOLLOWABLE = [
      "names an issue of a tracker the repository does not have; say what changed"),
 ]
 UPSTREAM = re.compile(r"[\w.-]+/[\w.-]+#\d+|snakemake|github\.com|upstream", re.I)
-PATH = re.compile(r"(?<![\w/.<{-])((?:%s)/[\w./<>{}*\[\]-]*[\w>}*\]])" % "|".join(TOP_FOLDERS)
-                  + r"|(?<![\w/.-])(pndecomp/[\w/]+\.py)")
+FOLDERS = "|".join(TOP_FOLDERS)
+PATH = re.compile(r"(?<![\w/.<{-])((?:" + FOLDERS + r")/[\w./<>{}*\[\]-]*[\w>}*\]])|(?<![\w/.-])(pndecomp/[\w/]+\.py)")
 
 
 def scanned_files(root: Path = ROOT) -> list[Path]:

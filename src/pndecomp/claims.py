@@ -42,12 +42,10 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pandas as pd
 
 from .compare import pooled_delta_ce, probe_gap
-from .storage import replace_block
 
 #: |relative slope| of per-position MSE below which a curve counts as flat.
 FLAT_TOLERANCE = 0.25
@@ -373,25 +371,15 @@ def markdown(card: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-BEGIN, END = "<!-- claims scorecard: begin (python -m pndecomp.claims) -->", "<!-- claims scorecard: end -->"
-
-
 def main(argv: list[str] | None = None) -> None:
-    """``python -m pndecomp.claims CLAIMS_TSV [--into README.md]``: print the scorecard as Markdown, or
-    write it between the scorecard markers of a Markdown file."""
+    """``python -m pndecomp.claims CLAIMS_TSV``: the scorecard as Markdown (the README's card is a generated
+    block: ``python -m pndecomp.docs`` rewrites it)."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("claims", help="a run's claims.tsv, e.g. results/embedded-smollm2/claims.tsv")
-    parser.add_argument("--into", help="a Markdown file whose scorecard block to replace")
     args = parser.parse_args(argv)
-    table = markdown(pd.read_csv(args.claims, sep="\t", dtype={"layers": str}, keep_default_na=False,
-                                 na_values=[""]))
-    if not args.into:
-        print(table, end="")
-        return
-    try:
-        replace_block(Path(args.into), BEGIN, END, table)
-    except ValueError as error:
-        parser.error(str(error))
+    print(markdown(pd.read_csv(args.claims, sep="\t", dtype={"layers": str}, keep_default_na=False,
+                               na_values=[""])), end="")
+
 
 if __name__ == "__main__":
     main()

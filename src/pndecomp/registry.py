@@ -100,6 +100,7 @@ RULES: dict[str, Rule] = {
     "intervention_table": _LOCAL,
     "draw_interventions": _LOCAL,
     "claims": _LOCAL,
+    "seed_claims": _LOCAL,
     "predictor_comparison": Rule(local=True, study="predictors"),
     "draw_predictor_comparison": Rule(local=True, study="predictors"),
     "budget_comparison": Rule(local=True, study="predictors"),
@@ -107,5 +108,7 @@ RULES: dict[str, Rule] = {
     "model_comparison": Rule(local=True, study="models"),
     "draw_model_comparison": Rule(local=True, study="models"),
     "study_claims": Rule(local=True, study="models"),
+    "robustness": Rule(local=True, study="models"),
+    "draw_robustness": Rule(local=True, study="models"),
 }
 

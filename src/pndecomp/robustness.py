@@ -32,7 +32,6 @@ import argparse
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -40,7 +39,6 @@ from scipy import optimize, stats
 
 from . import storage
 from .claims import VERDICTS
-from .storage import replace_block
 
 Z95 = float(stats.norm.ppf(0.975))
 READINGS = ("robust", "also-in-control", "seed-dependent", "budget-dependent", "predictor-dependent",
@@ -239,25 +237,15 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-BEGIN, END = "<!-- robustness: begin (python -m pndecomp.robustness) -->", "<!-- robustness: end -->"
-
-
 def main(argv: list[str] | None = None) -> None:
-    """``python -m pndecomp.robustness ROBUSTNESS_TSV [--into docs/studies.md]``: print the findings' readings
-    as Markdown, or write them between the robustness markers of a Markdown file."""
+    """``python -m pndecomp.robustness ROBUSTNESS_TSV``: the findings' readings as Markdown, one line each (the
+    docs' block is generated: ``python -m pndecomp.docs`` rewrites it)."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("table", help="a study's robustness.tsv, e.g. results/robustness/robustness.tsv")
-    parser.add_argument("--into", help="a Markdown file whose robustness block to replace")
     args = parser.parse_args(argv)
-    lines = markdown(pd.read_csv(args.table, sep="\t", keep_default_na=False, na_values=[""]).fillna(
-        {"layer_group": ""}))
-    if not args.into:
-        print(lines, end="")
-        return
-    try:
-        replace_block(Path(args.into), BEGIN, END, lines)
-    except ValueError as error:
-        parser.error(str(error))
+    print(markdown(pd.read_csv(args.table, sep="\t", keep_default_na=False, na_values=[""]).fillna(
+        {"layer_group": ""})), end="")
+
 
 if __name__ == "__main__":
     main()

@@ -343,12 +343,3 @@ class StreamingTensorWriter(StreamingTensorsWriter):
 
     def write(self, batch: torch.Tensor) -> None:
         super().write({self.name: batch})
-
-
-def replace_block(path: Path, begin: str, end: str, text: str) -> None:
-    """Write ``text`` between the marker lines ``begin`` and ``end`` of a Markdown file (a generated block)."""
-    content = path.read_text()
-    if begin not in content or end not in content:
-        raise ValueError(f"{path} has no generated block: add the lines {begin!r} and {end!r}")
-    head, rest = content.split(begin, 1)
-    path.write_text(f"{head}{begin}\n{text}{end}{rest.split(end, 1)[1]}")
