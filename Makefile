@@ -33,7 +33,8 @@ install-dev: $(VENV)/.installed-dev
 run: install
 	$(SNAKEMAKE) --cores all all
 
-test: install
+# install-dev: the notebook and browser tests need nbclient, ipykernel and playwright.
+test: install-dev
 	$(VENV)/bin/pytest -q
 
 # The workflow's own lint, then Python (ruff) and Snakemake formatting (snakefmt); all three in CI.
@@ -42,7 +43,7 @@ lint: install-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/snakefmt --check Snakefile workflow
 
-# The picture of the DAG in the README (needs graphviz's `dot`).
+# The picture of the DAG in docs/usage.md (needs graphviz's `dot`).
 dag: install
 	$(SNAKEMAKE) --rulegraph | dot -Tsvg > docs/rulegraph.svg
 

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 from snakemake_log import LocalRun, start_snakemake
-from tiny import TINY_RUN_TASKS, write_config, write_corpus, write_model
+from tiny import TINY_RUN_TASKS, TINY_RUN_TEXTS, write_config, write_corpus, write_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,8 @@ def tiny_run_started(tmp_path_factory, tiny_model_dir, tiny_corpus) -> LocalRun:
     root = tmp_path_factory.mktemp("workflow")
     workdir = root / "run"
     workdir.mkdir()
-    write_config(workdir / "config.yaml", tiny_model_dir, tiny_corpus, **{"probes.tasks": TINY_RUN_TASKS})
+    write_config(workdir / "config.yaml", tiny_model_dir, tiny_corpus,
+                 **{"probes.tasks": TINY_RUN_TASKS, "inspect.texts": TINY_RUN_TEXTS})
     return start_snakemake(workdir, root / "snakemake.log", nice=True)
 
 

@@ -13,7 +13,7 @@ MAX_LINES = 400
 DAG_MODULES = ["pndecomp.config", "pndecomp.config_schema", "pndecomp.registry", "pndecomp.resources",
                "pndecomp.tasks", "pndecomp.overrides", "pndecomp.predictor_kinds", "pndecomp.patch_kinds",
                "pndecomp.predictor_entries", "pndecomp.model_files"]
-HEAVY = ["torch", "transformers", "matplotlib", "seaborn"]
+HEAVY = ["torch", "transformers", "matplotlib", "seaborn", "plotly"]
 
 
 @pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda path: str(path.relative_to(PACKAGE)))

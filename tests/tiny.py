@@ -56,6 +56,9 @@ def write_model(directory: Path, corpus: Path, n_layers: int = 4, d_model: int =
 
 # The paper's tasks and their control tasks (caps inherited from the base tasks'): the tiny_run fixture's.
 TINY_RUN_TASKS = ["domain", "next_token_type_8", "domain_control", "next_token_type_8_control"]
+# Texts of two domains whose per-token pages the tiny_run fixture makes (inspect.texts).
+TINY_RUN_TEXTS = {"prose": "the cat sat on a mat and then it slept while rain fell .",
+                  "code": "def x ( ) :\n  return x + 1"}
 
 
 def write_config(path: Path, model_dir: Path, corpus: Path, **overrides) -> Path:

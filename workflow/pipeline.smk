@@ -1,7 +1,7 @@
 # The whole pipeline for one model: the Snakefile includes it directly, or (a model study, config
 # `models:`) once per model as a module. Stages, in order:
 # model -> corpus -> windows -> extract -> train -> decompose -> metrics/probes -> interventions -> figures
-# -> comparisons -> the claims scorecard.
+# -> comparisons -> the claims scorecard; the per-token pages of inspect.texts.
 
 
 include: "rules/common.smk"
@@ -16,6 +16,7 @@ include: "rules/metrics.smk"
 include: "rules/probes.smk"
 include: "rules/interventions.smk"
 include: "rules/figures.smk"
+include: "rules/inspect.smk"
 include: "rules/compare.smk"
 include: "rules/claims.smk"
 include: "rules/config.smk"

@@ -88,6 +88,12 @@ def sizes(config: Mapping, shape: model_files.ModelShape, extras: Mapping[str, i
     training's sizes are that entry's (its kind, settings and ``train`` override); without, the
     ``predictor`` section's, and the largest training budget of all entries."""
     extras = extras or {}
+    # inspect_text's: the first entry's predictor, whichever ``predictor`` asks, and the longest text (a byte-level
+    # tokenizer gives at most a token per UTF-8 byte; one more for a BOS)
+    main = pnentries.with_predictor(config, pnentries.predictor_names(config)[0])
+    inspect = {"inspect_tokens": max((len(text.encode("utf-8")) + 1 for text in config["inspect"]["texts"].values()),
+                                     default=0),
+               "main_predictor_params": predictor_sizes(main, shape)["predictor_params"]}
     if predictor is not None:
         config = pnentries.with_predictor(config, predictor)
         steps = config["train"]["steps"]
@@ -127,7 +133,7 @@ def sizes(config: Mapping, shape: model_files.ModelShape, extras: Mapping[str, i
         scored_positions=max(1, windows["length"] - interventions["from_position"]),
         patching_windows=interventions["patching_windows"],
         steering_windows_per_domain=interventions["steering_windows_per_domain"],
-        steering_alphas=sum(alpha != 0 for alpha in interventions["alphas"]))
+        steering_alphas=sum(alpha != 0 for alpha in interventions["alphas"]), **inspect)
 
 
 def estimates(config: Mapping, shape: model_files.ModelShape, extras: Mapping[str, int] | None = None,

@@ -68,6 +68,8 @@ class Sizes:
     patching_windows: int = 16
     steering_windows_per_domain: int = 2
     steering_alphas: int = 2  # nonzero α: α = 0 is the clean run
+    inspect_tokens: int = 0  # the longest text of inspect.texts, in tokens (an upper bound: its UTF-8 bytes)
+    main_predictor_params: int = 0  # the first predictor entry's parameters (inspect_text runs it)
 
     @property
     def lm_params(self) -> int:
