@@ -95,6 +95,11 @@ def all_documents_short(directory: Path) -> list[str]:
     return _jsonl(directory, "short.jsonl", [_record("the cat sat", d) for d in ("prose", "code") for _ in range(30)])
 
 
+def without_labels(directory: Path) -> list[str]:
+    """A jsonl whose records have no meta.pile_set_name (the default corpus.files.label_field)."""
+    return _jsonl(directory, "unlabelled.jsonl", [{"text": LONG_TEXT.replace("cat", str(i))} for i in range(60)])
+
+
 def one_domain_only(directory: Path) -> list[str]:
     return _jsonl(directory, "onedomain.jsonl", [_record(LONG_TEXT.replace("cat", str(i))) for i in range(60)])
 
@@ -202,6 +207,12 @@ CASES = {
     "no-corpus-paths": Bad({"corpus.files.paths": []}, ("corpus.files.paths is empty", ".jsonl")),
     "hf-corpus-without-name": Bad({"corpus.source": "hf"}, ("corpus.hf.name", "dataset id")),
     "missing-model-dir": Bad({"model.id": "/no/such/model-dir"}, ("model.id", "/no/such/model-dir", "does not exist")),
+    "missing-gguf": Bad({"model.id": "models/no-such.gguf"},
+                        ("model.id: GGUF file 'models/no-such.gguf' does not exist", "accepts 'embedded'",
+                         "relative path resolves from the directory Snakemake runs in")),
+    # the first record of each corpus file is read while the DAG is built, before any job
+    "corpus-without-label-field": Bad({}, ("unlabelled.jsonl, line 1", "no label field 'meta.pile_set_name'",
+                                           "set it to null for an unlabelled corpus"), corpus=without_labels),
     # a corpus file is an input of make_windows: Snakemake itself reports a missing one
     "missing-corpus-file": Bad({}, ("Missing input files for rule make_windows", "no-such-corpus.jsonl"),
                                corpus=missing_file),

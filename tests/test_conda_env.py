@@ -1,6 +1,6 @@
 """envs/pndecomp.yaml, the environment of `--sdm conda`, stands alone and stays equal to requirements.lock.
 
-conda-forge is out of reach here, so no test builds it (README: Using it); these check what can go stale.
+conda-forge is out of reach here, so no test builds it (docs/usage.md, "Using it"); these check what can go stale.
 """
 import re
 from pathlib import Path

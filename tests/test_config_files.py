@@ -113,10 +113,11 @@ def test_paper_config_stands_alone_and_states_its_intervention_sizes(monkeypatch
     assert set(raw["interventions"]) == set(SCHEMA["properties"]["interventions"]["properties"]) - {"enabled"}
     config = resolved([path])
     # Merged over config.yaml, without its interventions section, it would give the same settings but for
-    # the interventions (the default's CPU-sized ones) and the unused embedded corpus's section.
+    # the interventions (the default's CPU-sized ones), the unused embedded corpus's section and the default's
+    # example texts (inspect: pages of the embedded model, not a setting of the method).
     before = merged_over_the_default(path, leave_out="interventions")
     for section in set(config) | set(before):
-        if section not in ("interventions", "corpus"):
+        if section not in ("interventions", "corpus", "inspect"):
             assert config[section] == before[section], section
     assert {k: v for k, v in config["corpus"].items() if k != "embedded"} == \
            {k: v for k, v in before["corpus"].items() if k != "embedded"}

@@ -302,6 +302,22 @@ def test_hf_source_with_id_field_and_streamed_rows(monkeypatch):
     assert [(d.doc_id, d.group) for d in docs] == [("w1", "w1"), ("g2", "g2")]
 
 
+@pytest.mark.parametrize("as_dict", [False, True])
+def test_hf_source_reads_a_save_to_disk_directory(tmp_path, as_dict):
+    """A dataset saved with save_to_disk (a Dataset, or a DatasetDict whose corpus.hf.split is chosen) is read
+    with load_from_disk, offline; a split it lacks is named with the ones it has."""
+    import datasets
+
+    dataset = datasets.Dataset.from_list(RECORDS)
+    (datasets.DatasetDict({"validation": dataset}) if as_dict else dataset).save_to_disk(tmp_path / "saved")
+    docs = read(corpus_config(section="hf", source="hf", name=str(tmp_path / "saved")))
+    assert [d.label for d in docs] == ["Wikipedia (en)", "Github", "ArXiv"]
+    assert docs[0].text == RECORDS[0]["text"]
+    if as_dict:
+        with pytest.raises(CorpusError, match=r"corpus\.hf\.split is 'train'.*\['validation'\]"):
+            read(corpus_config(section="hf", source="hf", name=str(tmp_path / "saved"), split="train"))
+
+
 def test_hf_load_failure_is_a_corpus_error_naming_the_dataset(monkeypatch):
     import datasets
 

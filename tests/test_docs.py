@@ -247,18 +247,18 @@ def test_a_stale_config_doc_or_an_undescribed_key_is_reported(tmp_path):
     assert config_doc.main(["--schema", str(undescribed), "--output", str(doc), "--check"]) == 1
 
 
-def test_readme_scorecard_is_a_generated_card():
-    """The README's card sits between the generator's markers, in its format: every row a claim of
+def test_the_default_scorecard_is_a_generated_card():
+    """docs/results.md's card sits between the generator's markers, in its format: every row a claim of
     pndecomp.claims.CLAIMS with a verdict of the rule, as shown (marked when not converged), and whether its
     predictors converged (python -m pndecomp.docs rewrites it from the default's claims.tsv)."""
     from pndecomp import claims, docs
 
-    card = [block for block in docs.blocks(ROOT / "README.md") if block.name == "claims-card"]
+    card = [block for block in docs.blocks(ROOT / "docs" / "results.md") if block.name == "claims-card"]
     assert len(card) == 1 and card[0].arguments == ["results/embedded-smollm2/claims.tsv"]
     block = card[0].body
     rows = [line for line in block.splitlines() if line.startswith("| ")][1:]  # without the header (and |---|)
     statements = tuple(claim.statement for claim in claims.CLAIMS)
-    assert rows, "the README's scorecard block is empty"
+    assert rows, "the default's scorecard block is empty"
     for row in rows:
         cells = [cell.strip() for cell in row.strip("|").split("|")]
         assert cells[0].startswith(statements), row

@@ -1,4 +1,4 @@
-"""The worked example of README "Extending": a third probe task, ``in_code_comment``, added by one
+"""The worked example of docs/development.md "Extending": a third probe task, ``in_code_comment``, added by one
 entry in ``pndecomp.tasks.TASKS``; a config that lists it gets its windows, probes, table and heatmap
 from the same rules as the paper's two tasks."""
 import json
@@ -79,7 +79,7 @@ def test_a_registered_task_runs_through_the_workflow(tmp_path, tiny_model_dir):
     assert (table["n_test"] == sum(test_classes.values())).all()
 
 
-# ---------------------------------------------------------------- README "Extending": the places each recipe counts
+# ---------------------------------------------------------------- "Extending": the places each recipe counts
 
 # What each recipe adds, as (file under src/pndecomp, the text it goes before, the text): only those
 # files change in the test's copy of the package.
@@ -133,8 +133,8 @@ def _scaled_last_config(section, d_model, attention_width, _parameter=None) -> S
 
 
 def readme_places(recipe: str) -> set[str]:
-    """The files under src/pndecomp that README "Extending" says the recipe touches."""
-    readme = (REPO / "README.md").read_text()
+    """The files under src/pndecomp that docs/development.md "Extending" says the recipe touches."""
+    readme = (REPO / "docs" / "development.md").read_text()
     section = readme[readme.index("## Extending"):]
     row = next(line for line in section.splitlines() if line.startswith(f"| {recipe} |"))
     touch = row.split("|")[2]
@@ -147,7 +147,7 @@ def test_each_recipe_names_the_files_its_entry_touches(recipe):
 
 
 def test_a_toy_predictor_task_and_patch_kind_run_through_the_workflow(tmp_path, tiny_model_dir, tiny_corpus):
-    """In a copy of the package, only the files README "Extending" names change: a predictor (trained by SGD), a
+    """In a copy of the package, only the files "Extending" names change: a predictor (trained by SGD), a
     probe task and a patch kind appear in the workflow's outputs with no other edit."""
     package = tmp_path / "src" / "pndecomp"
     shutil.copytree(REPO / "src" / "pndecomp", package, ignore=shutil.ignore_patterns("__pycache__"))

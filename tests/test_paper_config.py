@@ -31,11 +31,12 @@ TOKEN_STORE = OUT / "windows" / "predictor_train_tokens"  # a directory
 # Rules the paper's config does not need: its model is a hub id (nothing to materialize), its corpus
 # is files (no embedded corpus), and it trains in stream mode (no cached training activations), every
 # layer in one job (train.joint_layers: the per-layer rule is not defined); one predictor and one model
-# leave nothing to compare, nor to share the probe windows' states with.
+# leave nothing to compare, nor to share the probe windows' states with; it names no inspect.texts.
 NOT_NEEDED = {"embedded_corpus", "materialize_model", "materialize_tokenizer", "extract_train_activations",
               "train_predictor", "predictor_comparison", "draw_predictor_comparison", "model_comparison",
               "draw_model_comparison", "study_claims", "budget_comparison",
-              "draw_budget_comparison", "extract_probe_activations"}
+              "draw_budget_comparison", "extract_probe_activations", "inspect_text", "seed_claims", "robustness",
+              "draw_robustness"}
 
 
 # Pythia-410m-deduped's shape, as its config.json on the hub gives it.

@@ -34,7 +34,7 @@ def test_every_rule_fingerprints_its_own_script():
 
 
 def test_every_computing_rule_has_a_benchmark_beside_its_log():
-    """`benchmark:` on every rule that computes, at its log's path under benchmarks/ (README's results tree)."""
+    """`benchmark:` on every rule that computes, at its log's path under benchmarks/ (docs/usage.md's results tree)."""
     for name, block in script_rules().items():
         if name in RECORDS:
             continue

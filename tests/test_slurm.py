@@ -33,7 +33,7 @@ import yaml
 from safetensors.torch import load_file
 from snakemake_log import NICE, RUN_TIMEOUT_S, job_stats
 from snakemake_log import SNAKEMAKE_CLI as SNAKEMAKE  # no --cores: each command gives its own
-from tiny import TINY_RUN_TASKS, write_config
+from tiny import TINY_RUN_TASKS, TINY_RUN_TEXTS, write_config
 
 from pndecomp import registry
 
@@ -225,7 +225,8 @@ def test_tiny_workflow_on_slurm_equals_local_run(slurm_cluster, tiny_run_started
     before and running beside it at the lowest CPU priority)."""
     run = tmp_path / "slurm"
     run.mkdir()
-    write_config(run / "config.yaml", tiny_model_dir, tiny_corpus, **{"probes.tasks": TINY_RUN_TASKS})
+    write_config(run / "config.yaml", tiny_model_dir, tiny_corpus,
+                 **{"probes.tasks": TINY_RUN_TASKS, "inspect.texts": TINY_RUN_TEXTS})  # the local run's config
     # --retries 0: a failing job should fail the test at once, not thrice.
     commands = {"slurm": [*SNAKEMAKE, "--directory", str(run), "--profile", str(TEST_PROFILE), "--retries", "0"]}
     timings, rcs = {}, {}

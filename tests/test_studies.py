@@ -51,6 +51,8 @@ def test_predictor_study_lists_one_job_per_predictor_layer_and_stage(tmp_path):
                  "extract_eval_activations",
                  "extract_probe_activations", "all"):
         assert jobs.pop(rule) == 1, rule
+    # the per-token pages of the default's inspect.texts, which the study extends (of its first predictor only)
+    assert jobs.pop("inspect_text") == len(yaml.safe_load((REPO / "config.yaml").read_text())["inspect"]["texts"])
     figures = {"draw_learning_curve": 2, "draw_per_position": 3, "draw_layer_scores": 1, "draw_probe_heatmap": tasks}
     assert jobs == figures
 
@@ -61,6 +63,7 @@ def test_model_study_runs_the_pipeline_once_per_model_and_compares(tmp_path):
     jobs = dry_run(REPO / "configs" / "model-study.yaml", tmp_path)
     assert jobs.pop("model_comparison") == 1 and jobs.pop("draw_model_comparison") == 1 and jobs.pop("all") == 1
     assert jobs.pop("study_claims") == 1  # one scorecard across the models, from each model's own
+    assert jobs.pop("robustness") == 1 and jobs.pop("draw_robustness") == 1  # its claims across the models
     assert jobs.pop("resolved_config") == 1  # the study's record; each model's is <model>_resolved_config
     for model in models:
         mine = {rule.removeprefix(f"{model}_"): count for rule, count in jobs.items() if rule.startswith(f"{model}_")}
@@ -231,8 +234,8 @@ def test_budget_comparison_table(tmp_path):
     baseline = table[(table["kind"] == "baseline") & (table["layer"] == "7") & (table["metric"] == "eval R²")]
     assert list(baseline["baseline"]) == ["mean"] and list(baseline["value"]) == [-0.5]
 
-    from pndecomp import figures
+    from pndecomp import study_figures
 
     png, pdf = tmp_path / "b.png", tmp_path / "b.pdf"
-    figures.budget_comparison(pd.concat([table, table.assign(predictor="attn1_1000", steps=1000)]), png, pdf)
+    study_figures.budget_comparison(pd.concat([table, table.assign(predictor="attn1_1000", steps=1000)]), png, pdf)
     assert png.stat().st_size > 1000 and pdf.exists()

@@ -145,7 +145,7 @@ def test_a_predictor_stopped_at_its_cap_marks_every_verdict_not_converged(tiny_r
     training = run.training()
     assert list(training["layer"]) == ["0", "2", "3"] and not training["converged"].any()
     assert set(training["last_step"]) == {20} and training["hit_cap"].all()
-    table = results.layer_table(run)  # the README's per-layer table, from the same files
+    table = results.layer_table(run)  # docs/results.md's per-layer table, from the same files
     assert table.count("| 20 / 20, no |") == 3
     card = run.claims()
     assert (card["converged"] == False).all()  # noqa: E712 (a column of booleans)
@@ -175,7 +175,7 @@ def test_second_dry_run_has_nothing_to_do(tiny_run):
 
 def test_building_the_dag_imports_no_torch_transformers_or_plotting_library(tiny_run):
     """Snakemake builds the DAG from pndecomp.registry, the torch-free config and the resource estimates: a dry run
-    of the whole workflow never imports torch, transformers, matplotlib or seaborn (``python -X importtime``
+    of the whole workflow never imports torch, transformers, matplotlib, seaborn or plotly (``python -X importtime``
     lists every module imported)."""
     workdir, _ = tiny_run
     command = [sys.executable, "-X", "importtime", "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
@@ -185,7 +185,7 @@ def test_building_the_dag_imports_no_torch_transformers_or_plotting_library(tiny
     imported = {line.rsplit("|", 1)[1].strip().split(".")[0] for line in result.stderr.splitlines()
                 if line.startswith("import time:") and "|" in line}
     assert {"snakemake", "pndecomp"} <= imported  # the listing covers the workflow's own imports
-    heavy = {"torch", "transformers", "matplotlib", "seaborn"}
+    heavy = {"torch", "transformers", "matplotlib", "seaborn", "plotly"}
     assert not imported & heavy, sorted(imported & heavy)
 
 

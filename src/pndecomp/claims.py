@@ -372,7 +372,7 @@ def markdown(card: pd.DataFrame) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m pndecomp.claims CLAIMS_TSV``: the scorecard as Markdown (the README's card is a generated
+    """``python -m pndecomp.claims CLAIMS_TSV``: the scorecard as Markdown (docs/results.md's card is a generated
     block: ``python -m pndecomp.docs`` rewrites it)."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("claims", help="a run's claims.tsv, e.g. results/embedded-smollm2/claims.tsv")

@@ -206,10 +206,13 @@ def check(config: Mapping, shape: model_files.ModelShape | None = None) -> None:
     if corpus["source"] == "files":
         from .corpus import iter_documents
 
-        # Checks the paths now (unknown extension, clashing names: CorpusError) and returns a lazy
-        # reader that is dropped unread, so these fail before any job starts. A missing file is left
-        # to Snakemake: the files are make_windows' inputs (and the reader checks again when it reads).
+        # Checks the paths now (unknown extension, clashing names: CorpusError), and each non-empty file's
+        # first document (its text, label, id and group fields), so these fail before any job starts. A
+        # missing file is left to Snakemake (the files are make_windows' inputs), an empty one to make_windows.
         iter_documents(corpus, require_files=False)
+        for path in corpus["files"]["paths"]:
+            if Path(path).is_file() and Path(path).stat().st_size:
+                next(iter_documents({**corpus, "files": {**corpus["files"], "paths": [path]}, "max_documents": 1}))
     if corpus["source"] == "hf" and not corpus["hf"]["name"]:
         raise ConfigError("corpus.hf.name is not set: give a dataset id for corpus.source 'hf'")
     check_probes(config["probes"], corpus)

@@ -125,7 +125,7 @@ def render(schema: Mapping, schema_name: str = "workflow/schemas/config.schema.y
         "(`tests/test_docs.py` fails when this file and the schema differ). A config file states only what",
         "differs from the defaults below: `config.yaml`, the embedded default, is the config when no",
         "`--configfile` is given; a file given with `--configfile` starts from these defaults, or from the file",
-        "it `extends`. `<name>` and `<task>` stand for keys you choose. The [README](../README.md#using-it)",
+        "it `extends`. `<name>` and `<task>` stand for keys you choose. [usage.md](usage.md#using-it)",
         "explains how configs compose and how to override a key on the command line; [method.md](method.md)",
         "what the keys mean for the method.",
         "",

@@ -369,13 +369,17 @@ def _hf_records(section: dict) -> Iterator[_RawRecord]:
 
     name, config, split = section["name"], section.get("config"), section.get("split")
     try:
-        dataset = datasets.load_dataset(
-            name,
-            config,
-            split=split,
-            revision=section.get("revision"),
-            streaming=section.get("streaming", True),
-        )
+        if Path(name).is_dir():  # written by Dataset(Dict).save_to_disk: memory-mapped, never streamed
+            dataset = datasets.load_from_disk(name)
+            if isinstance(dataset, datasets.DatasetDict):
+                if split not in dataset:
+                    raise CorpusError(f"corpus.hf.split is {split!r}; the dataset at {name} has {list(dataset)}")
+                dataset = dataset[split]
+        else:
+            dataset = datasets.load_dataset(name, config, split=split, revision=section.get("revision"),
+                                            streaming=section.get("streaming", True))
+    except CorpusError:
+        raise
     except Exception as exc:  # hub, network, auth and format errors come in many types
         raise CorpusError(
             f"corpus.hf: cannot load dataset {name!r} (config {config!r}, split {split!r}, "

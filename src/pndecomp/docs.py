@@ -65,7 +65,7 @@ def _slurm_rules() -> str:
     groups = {"CPU job": [], "GPU job (`gpu: 1`)": [], "local (in the Snakemake process)": []}
     for name, rule in RULES.items():
         where = "local (in the Snakemake process)" if rule.local else "GPU job (`gpu: 1`)" if rule.gpu else "CPU job"
-        groups[where].append(f"`{name}`" + (f" ({rule.study} studies)" if rule.study else ""))
+        groups[where].append(f"`{name}`" + (f" (only in a study of {rule.study})" if rule.study else ""))
     lines = ["| where it runs | rules |", "|---|---|"]
     lines += [f"| {where} | {', '.join(names)} |" for where, names in groups.items()]
     return "\n".join(lines) + "\n"

@@ -9,14 +9,13 @@ import matplotlib
 matplotlib.use("Agg")  # headless: figures are files, never windows
 
 import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker as mticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from . import tasks  # noqa: E402
-from .compare import patch_metric, summary_models  # noqa: E402
+from .compare import summary_models  # noqa: E402
 from .representations import REPRESENTATIONS  # noqa: E402
 from .storage import atomic_path  # noqa: E402
 
@@ -73,26 +72,22 @@ def learning_curves(curves: Mapping[str, pd.DataFrame], metric: str, png, pdf, d
 
 
 def per_position(tables: Mapping[str, pd.DataFrame], column: str, hide_first: int, png, pdf, dpi: int = 150) -> None:
-    """Figures 3, 4 and 3_r2: a per-position metric, positions ≤ hide_first left out, one line per layer,
-    with its 95 % bootstrap band where the table has one (``<column>_lo``, ``<column>_hi``)."""
-    labels = {"mse": "MSE", "spearman_rho": "Spearman ρ(‖r‖, surprisal)", "r2": "R² = 1 − MSE_p / Var_p"}
+    """Figures 3 and 3_r2: a per-position metric, positions ≤ hide_first left out, one line per layer, with its
+    95 % bootstrap band where the table has one (``<column>_lo``, ``<column>_hi``). Figure 4: :func:`rho_panels`."""
+    if column == "spearman_rho":
+        rho_panels(tables, hide_first, png, pdf, dpi)
+        return
+    labels = {"mse": "MSE", "r2": "R² = 1 − MSE_p / Var_p"}
     frame = _stack(tables)
     frame = frame[frame["position"] > hide_first]
     sns.set_theme(style="whitegrid")
     fig, ax = plt.subplots(figsize=(6, 4))
     colors = dict(zip(frame["layer"].cat.categories, sns.color_palette(n_colors=len(tables))))
-    # Figure 4's context: the same ρ for residuals that need no learned predictor, dashed and dotted.
-    references = {f"{column}_{name}": style for name, style in RHO_REFERENCES.items()
-                  if column == "spearman_rho" and f"{column}_{name}" in frame}
     for layer, part in frame.groupby("layer", observed=True):
         ax.plot(part["position"], part[column], color=colors[layer], linewidth=1, label=layer)
         if f"{column}_lo" in part:
             ax.fill_between(part["position"], part[f"{column}_lo"], part[f"{column}_hi"], color=colors[layer],
                             alpha=BAND_ALPHA, linewidth=0)
-        for reference, (style, _) in references.items():
-            ax.plot(part["position"], part[reference], color=colors[layer], linewidth=0.8, linestyle=style)
-    for style, label in references.values():
-        ax.plot([], [], color="grey", linewidth=0.8, linestyle=style, label=label)
     ylabel = labels[column]
     if column == "mse":
         ax.set_yscale("log")  # layers differ by orders of magnitude in scale
@@ -104,6 +99,44 @@ def per_position(tables: Mapping[str, pd.DataFrame], column: str, hide_first: in
     bands = " (bands: 95 % bootstrap)" if f"{column}_lo" in frame else ""
     ax.set(xlabel=f"token position (> {hide_first})", ylabel=ylabel, title=f"{labels[column]} by position{bands}")
     ax.legend(title="layer", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    _save(fig, png, pdf, dpi)
+
+
+def binned(frame: pd.DataFrame, columns: list[str], width: int) -> pd.DataFrame:
+    """The mean of each column over consecutive bins of ``width`` positions, at the bin's mean position."""
+    bins = (frame["position"] - frame["position"].min()) // width
+    return frame.groupby(bins)[["position", *columns]].mean()
+
+
+def rho_panels(tables: Mapping[str, pd.DataFrame], hide_first: int, png, pdf, dpi: int = 150, bins: int = 16) -> None:
+    """Figure 4: ρ(‖r‖, surprisal) by position, one panel per layer, beside the same ρ for residuals that need
+    no learned predictor (the best baseline's, dashed; the plain displacement ‖h_{t+1} − h_t‖, dotted). The
+    positions after ``hide_first`` are averaged in ``bins`` bins of consecutive positions (the value and its
+    band's ends alike), which keeps each curve's trend and level and drops the per-position noise."""
+    frame = _stack(tables)
+    frame = frame[frame["position"] > hide_first]
+    width = max(1, round(frame["position"].nunique() / bins))
+    references = {f"spearman_rho_{name}": style for name, style in RHO_REFERENCES.items()
+                  if f"spearman_rho_{name}" in frame}
+    columns = ["spearman_rho", *(["spearman_rho_lo", "spearman_rho_hi"] if "spearman_rho_lo" in frame else []),
+               *references]
+    sns.set_theme(style="whitegrid")
+    layers = list(dict.fromkeys(frame["layer"]))
+    fig, axes = plt.subplots(1, len(layers), figsize=(2.6 * len(layers) + 1, 3.2), sharey=True, squeeze=False)
+    for ax, layer in zip(axes[0], layers, strict=True):
+        part = binned(frame[frame["layer"] == layer], columns, width)
+        ax.plot(part["position"], part["spearman_rho"], color="C0", linewidth=1.4, label="r of the predictor")
+        if "spearman_rho_lo" in part:
+            ax.fill_between(part["position"], part["spearman_rho_lo"], part["spearman_rho_hi"], color="C0",
+                            alpha=BAND_ALPHA, linewidth=0)
+        for reference, (style, label) in references.items():
+            ax.plot(part["position"], part[reference], color="grey", linewidth=1, linestyle=style, label=label)
+        ax.axhline(0.0, color="grey", linewidth=0.6)
+        ax.set(title=f"layer {layer}", xlabel="token position")
+    axes[0][0].set_ylabel("Spearman ρ(‖r‖, surprisal)")
+    axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize=8)
+    fig.suptitle(f"ρ(‖r‖, surprisal) by position: means over bins of {width} positions (> {hide_first}); "
+                 "bands: 95 % bootstrap", fontsize=9, y=1.04)
     _save(fig, png, pdf, dpi)
 
 
@@ -225,72 +258,11 @@ def probe_heatmap(table: pd.DataFrame, task: str, png, pdf, differences: pd.Data
                                zorder=2))
     notes = []
     if with_intervals:
-        notes.append("cells: macro-F1 [95 % document-bootstrap interval]")
+        notes.append("cells: macro-F1 [95 % interval, resampling split units]")
     if marked.to_numpy().any():
         notes.append("hatched ĥ, ~: interval of ĥ − r contains 0")
     xlabel = "representation" + ("\n" + "; ".join(notes) if notes else "")
     ax.set(xlabel=xlabel, ylabel="layer", title=tasks.get(task).title)
-    _save(fig, png, pdf, dpi)
-
-
-def model_comparison(table: pd.DataFrame, png, pdf, dpi: int = 150) -> None:
-    """A model study: each metric (eval R², the probe gaps) against relative depth, one line per model,
-    95 % bootstrap intervals as bars."""
-    metrics = list(dict.fromkeys(table["metric"]))
-    sns.set_theme(style="whitegrid")
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        rows = table[table["metric"] == metric]
-        for model in dict.fromkeys(table["model"]):
-            mine = rows[rows["model"] == model].sort_values("depth")
-            (line,) = ax.plot(mine["depth"], mine["value"], marker="o", markersize=4, label=model)
-            ax.vlines(mine["depth"], mine["lo"], mine["hi"], color=line.get_color(), linewidth=1)
-        ax.axhline(0.0, color="grey", linewidth=0.8)
-        ax.set(xlabel="relative depth", title=metric)
-    axes[0][-1].legend(title="model", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    _save(fig, png, pdf, dpi)
-
-
-def budget_comparison(table: pd.DataFrame, png, pdf, dpi: int = 150) -> None:
-    """A budget study: each metric against the training budget (steps, log axis, ticks at the budgets), one
-    line per (predictor kind, layer) with 95 % intervals as bars; the references dotted, per layer: the best
-    baseline on the R² panels, the ``mean`` patch (which no predictor changes) on the ``hhat`` patch's."""
-    mean_patch, hhat_patch = patch_metric("mean"), patch_metric("hhat")
-    predictors = table[(table["kind"] != "baseline") & (table["metric"] != mean_patch)]
-    metrics = list(dict.fromkeys(predictors["metric"]))
-    layers = list(dict.fromkeys(predictors["layer"]))
-    colors = dict(zip(layers, sns.color_palette(n_colors=len(layers)), strict=True))
-    styles = dict(zip(dict.fromkeys(predictors["kind"]), ["-", "--", "-.", ":"] * 4, strict=False))
-    budgets = sorted(set(predictors["steps"]))
-    sns.set_theme(style="whitegrid")
-    ncols = min(3, len(metrics))
-    nrows = -(-len(metrics) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols + 2.4, 3.6 * nrows), squeeze=False,
-                             layout="constrained")
-    for ax in axes.flat[len(metrics):]:
-        ax.set_visible(False)
-    references = {metric: table[(table["kind"] == "baseline") & (table["metric"] == metric)] for metric in metrics}
-    if hhat_patch in references:
-        references[hhat_patch] = table[table["metric"] == mean_patch].assign(baseline="mean patch")
-    handles = {}
-    for ax, metric in zip(axes.flat, metrics, strict=False):
-        rows = predictors[predictors["metric"] == metric]
-        for (kind, layer), line in rows.groupby(["kind", "layer"], sort=False):
-            line = line.sort_values("steps")
-            handles[f"{kind}, layer {layer}"] = ax.plot(
-                line["steps"], line["value"], marker="o", markersize=4, color=colors[layer],
-                linestyle=styles[kind])[0]
-            ax.vlines(line["steps"], line["lo"], line["hi"], color=colors[layer], linewidth=1)
-        for layer, rows_of_layer in references[metric].groupby("layer", sort=False):
-            first = rows_of_layer.iloc[0]
-            handles[f"{first['baseline']}, layer {layer}"] = ax.axhline(
-                first["value"], color=colors[layer], linestyle=":", linewidth=1.2)
-        ax.axhline(0.0, color="grey", linewidth=0.8)
-        ax.set_xscale("log")
-        ax.set_xticks(budgets, [f"{steps:,}" for steps in budgets])
-        ax.xaxis.set_minor_locator(mticker.NullLocator())
-        ax.set(xlabel="training steps (budget)", title=metric)
-    fig.legend(handles.values(), handles.keys(), loc="outside right upper", frameon=False)
     _save(fig, png, pdf, dpi)
 
 
@@ -349,28 +321,3 @@ def steering_effects(table: pd.DataFrame, png, pdf, dpi: int = 150) -> None:
 
 #: The intervention figures, by their table: figures/<name>.png.
 INTERVENTION_FIGURES = {"patching": patching_effects, "steering": steering_effects}
-
-
-VERDICT_COLOURS = {"contradicted": "#c0392b", "inconclusive": "#d5d8dc", "holds": "#1e8449"}
-
-
-def robustness_grid(grid: pd.DataFrame, png, pdf, dpi: int = 150) -> None:
-    """Each claim (and layer group) × setting: its verdict (pndecomp.robustness.setting_verdicts), the
-    untrained control's settings right of the line; white: not run."""
-    codes = {verdict: code for code, verdict in enumerate(VERDICT_COLOURS)}
-    rows = grid["statement"] + " · " + grid["layer_group"].fillna("").replace("", "all")
-    table = grid.assign(row=rows, code=grid["verdict"].map(codes)).pivot(index="row", columns="setting", values="code")
-    controls = list(dict.fromkeys(grid.loc[grid["control"].astype(bool), "setting"]))
-    trained = [name for name in dict.fromkeys(grid["setting"]) if name not in controls]
-    table = table.loc[list(dict.fromkeys(rows)), trained + controls]
-    fig, ax = plt.subplots(figsize=(3 + 0.24 * table.shape[1], 1.5 + 0.24 * table.shape[0]))
-    sns.heatmap(table, ax=ax, cmap=matplotlib.colors.ListedColormap(list(VERDICT_COLOURS.values())), vmin=-0.5,
-                vmax=len(codes) - 0.5, linewidths=0.5, linecolor="white",
-                cbar_kws={"ticks": list(codes.values()), "shrink": 0.4})
-    ax.collections[0].colorbar.set_ticklabels(list(codes))
-    if controls and trained:
-        ax.axvline(len(trained), color="black", linewidth=1.5)
-    ax.set(xlabel="setting (model/predictor; right of the line: the untrained control)", ylabel="")
-    ax.tick_params(axis="x", labelsize=6, rotation=90)
-    ax.tick_params(axis="y", labelsize=7)
-    _save(fig, png, pdf, dpi)

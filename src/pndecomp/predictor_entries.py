@@ -34,7 +34,7 @@ def _closed_form(entry: str, kind: str) -> bool:
 def _expanded(config: Mapping) -> dict[str, tuple[str, dict]]:
     """name -> (the configured entry it comes from, its overrides): see :func:`entries`."""
     listed = _listed(config)
-    seeds = config["train"].get("seeds")
+    seeds = (config.get("train") or {}).get("seeds")
     expanded: dict[str, tuple[str, dict]] = {}
     for entry, overrides in listed.items():
         kind = overrides.get("kind", entry)
@@ -68,7 +68,7 @@ def entry_seeds(config: Mapping) -> dict[str, tuple[str, int | None]]:
     found = {}
     for name, (entry, overrides) in _expanded(config).items():
         closed_form = _closed_form(entry, overrides.get("kind", entry))
-        seed = overrides.get("seed", config["train"].get("seed"))
+        seed = overrides.get("seed", (config.get("train") or {}).get("seed"))
         found[name] = (entry, None if closed_form else config["seed"] if seed is None else seed)
     return found
 
@@ -90,13 +90,15 @@ def with_predictor(config: Mapping, name: str) -> dict:
     if unknown:
         raise ConfigError(f"predictors.{name}: unknown setting(s) {unknown}; valid are the predictor section's keys "
                           f"{sorted(config['predictor'])}, train and seed")
+    own = {**config, "predictor": {**config["predictor"], "kind": name, **overrides}}
+    if "train" not in config:  # a partial config (a study's view) with no train section to override
+        return own
     unknown = sorted(set(train) - set(config["train"]))
     if unknown:
         raise ConfigError(f"predictors.{name}.train: unknown setting(s) {unknown}; valid are the train "
                           f"section's keys {sorted(config['train'])}")
-    section = {**config["train"], **train}
-    section.pop("seeds", None)
-    return {**config, "predictor": {**config["predictor"], "kind": name, **overrides}, "train": section}
+    own["train"] = {key: value for key, value in {**config["train"], **train}.items() if key != "seeds"}
+    return own
 
 
 def training_budgets(config: Mapping) -> dict[str, int]:

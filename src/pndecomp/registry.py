@@ -43,9 +43,11 @@ FIGURES: dict[str, Figure] = {
     "fig3": Figure("per_position", "mse", "Per-position MSE over all eval windows; the first positions are "
                    "hidden (metrics.hide_first_positions) but kept in the data (figure 3)."),
     "fig4": Figure("per_position", "spearman_rho", "Spearman ρ between the novel component's norm ‖r‖ and the "
-                   "LM's surprisal, per position across eval windows (figure 4); dashed, the same ρ for the "
-                   "residual of the best baseline, dotted, for the plain displacement ‖h_{t+1} − h_t‖: where "
-                   "they match the solid line, the correlation belongs to h itself, not to the predictor."),
+                   "LM's surprisal, per position across eval windows (figure 4), one panel per layer; the "
+                   "positions are averaged in 16 bins of consecutive positions (value and band alike), which "
+                   "keeps the trend and drops the per-position noise. Dashed, the same ρ for the residual of the "
+                   "best baseline, dotted, for the plain displacement ‖h_{t+1} − h_t‖: where they match the "
+                   "solid line, the correlation belongs to h itself, not to the predictor."),
     # Beyond the paper: what its R² means.
     "fig2_baselines": Figure("layer_scores", "r2", "Final eval R² by layer: the predictor (solid) and every "
                              "baseline fit on predictor_train (dashed), with 95 % bootstrap intervals over "
@@ -62,7 +64,7 @@ class Rule:
     local: bool = False  # run by Snakemake itself (a localrules entry): no job, no resource estimate
     gpu: bool = False  # the profiles give its jobs `gpu: 1` (sbatch --gpus=1): it runs the LM or a predictor
     per_predictor: bool = False  # one job per predictor, asking for that predictor's memory and time
-    study: str | None = None  # run only by a study: "predictors" (two or more) or "models" (`models:`)
+    study: str | None = None  # run only by a study: "predictors" (two or more), "models" (`models:`), "seeds"
 
 
 _JOB, _GPU, _PREDICTOR_GPU, _LOCAL = Rule(), Rule(gpu=True), Rule(gpu=True, per_predictor=True), Rule(local=True)
@@ -88,6 +90,7 @@ RULES: dict[str, Rule] = {
     "per_position_metrics": _JOB,
     "patch_layer": _PREDICTOR_GPU,
     "steer_layer": _GPU,
+    "inspect_text": _GPU,
     "all": _LOCAL,
     "pipeline": _LOCAL,
     "resolved_config": _LOCAL,
@@ -100,7 +103,7 @@ RULES: dict[str, Rule] = {
     "intervention_table": _LOCAL,
     "draw_interventions": _LOCAL,
     "claims": _LOCAL,
-    "seed_claims": _LOCAL,
+    "seed_claims": Rule(local=True, study="seeds"),
     "predictor_comparison": Rule(local=True, study="predictors"),
     "draw_predictor_comparison": Rule(local=True, study="predictors"),
     "budget_comparison": Rule(local=True, study="predictors"),

@@ -140,7 +140,7 @@ class Results:
         ``mse``, ``var``, ``r2`` with ``r2_lo``/``r2_hi`` (95 % bootstrap interval), ``r2_<baseline>`` with
         its interval for every baseline, ``best_baseline``, ``r2_minus_best`` with its interval, the same
         columns prefixed ``no_outliers_``, ``no_outlier_inputs_`` and ``late_positions_`` (the robust views),
-        ``outlier_rows``, ``outlier_input_rows``, ``late_from_position`` and ``tail_sse_share_1pct`` (README
+        ``outlier_rows``, ``outlier_input_rows``, ``late_from_position`` and ``tail_sse_share_1pct`` (docs/results.md,
         "Numbers with context")."""
         return self._table(f"metrics/{self._predictor(predictor)}/layer_summary.tsv")
 
@@ -217,7 +217,7 @@ class Results:
             {"layer_group": "", "fails_at": ""})
 
     def claims(self) -> pd.DataFrame:
-        """The claims scorecard, ``claims.tsv``, as written, with ``shown``: the verdict as the README card
+        """The claims scorecard, ``claims.tsv``, as written, with ``shown``: the verdict as the docs' card
         shows it, marked "(not converged)" where a predictor behind the row stopped at its step cap. Runs
         made before the scorecard existed have none (ResultsError)."""
         path = self.path / "claims.tsv"
@@ -382,7 +382,7 @@ def layer_table(run: Results, predictor: str | None = None, baselines: Iterable[
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m pndecomp.results RUN [--predictor P] [--mask no_outliers]``: the README's per-layer table of
+    """``python -m pndecomp.results RUN [--predictor P] [--mask no_outliers]``: docs/results.md's per-layer table of
     a run (eval R² of the predictor and the ridge baselines with intervals, the difference to the best
     baseline, how training ended), as Markdown."""
     import argparse

@@ -105,7 +105,7 @@ def steering_scores(model: nn.Module, layer: int, tokens, hidden, labels, docume
     {domain: [d]}} from :func:`domain_directions`. For each source, domain d and α the vector added
     at every position ≥ ``from_position`` is α · scale · v_d/‖v_d‖ (scale: :func:`typical_norm`, so α
     is in units of a typical ‖h‖), and the metrics are, as tidy rows (layer, source, domain, alpha,
-    added_norm, metric, probe_layer, mean, low, high, n_windows) with document-bootstrap intervals:
+    added_norm, metric, probe_layer, mean, low, high, n_windows) with intervals from resampling split units:
 
     * ``p_domain`` on the windows of other domains: a fitted probe's probability of d on their
       steered h_T at block ``probe_layer`` (probes: {block ≥ layer: fitted classifier with
@@ -117,7 +117,7 @@ def steering_scores(model: nn.Module, layer: int, tokens, hidden, labels, docume
 
     Rows of scope "pooled" (domain :data:`POOLED`) average each window over the domains it was scored for (every
     other domain for ``p_domain`` and ``delta_ce_other``, its own for ``delta_logprob_domain``) before
-    the same bootstrap over documents: one number per (source, α, metric) for all domains.
+    the same bootstrap over split units: one number per (source, α, metric) for all domains.
 
     α = 0 adds nothing (h + 0 = h exactly) and gives zero deltas.
     """

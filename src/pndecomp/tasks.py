@@ -152,7 +152,7 @@ _BASE_TASKS: tuple[ProbeTask, ...] = (
     ProbeTask("next_token_type_8", "next_token_type", _next_token_type, "total",
               {"probe_train": 40000, "probe_val": 5000, "probe_test": 5000},
               "Next-token-type probe (8 classes)", "fig6", " (figure 6)"),
-    # An example beyond the paper (README "Extending"): does the state know it is inside a comment?
+    # An example beyond the paper (docs/development.md, "Extending"): does the state know it is inside a comment?
     ProbeTask("in_code_comment", "code_comment", _in_code_comment, "per_class",
               {"probe_train": 200, "probe_val": 50, "probe_test": 100},
               "Last token inside a # comment", "probe_in_code_comment"),

@@ -137,7 +137,7 @@ def select_windows(candidates: pd.DataFrame, *, predictor_counts: Mapping[str, i
     with a boolean column per task telling which windows belong to it; ``probe_caps`` is
     {task: {split: windows}}, per class or in all as the task says. A control task takes its base
     task's windows (the base must be among ``tasks``). Other tasks are served in order, each
-    preferring windows already kept (see the README: with both tasks, the next-token-type windows
+    preferring windows already kept (see docs/choices.md: with both tasks, the next-token-type windows
     come from the domain windows when there are enough of them).
     """
     selected = {}

@@ -240,6 +240,7 @@ def all_targets():
         targets += [f"{OUT}/metrics/budget_comparison.tsv", f"{OUT}/figures/budget_comparison.png"]
     if config["train"]["seeds"]:
         targets.append(f"{OUT}/seed_claims.tsv")
+    targets.extend(f"{OUT}/inspect/{name}.html" for name in config["inspect"]["texts"])
     return targets
 
 

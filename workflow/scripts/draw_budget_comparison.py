@@ -1,7 +1,7 @@
 import pandas as pd
 
-from pndecomp.figures import budget_comparison
 from pndecomp.script import setup
+from pndecomp.study_figures import budget_comparison
 
 config = setup(snakemake)
 table = pd.read_csv(snakemake.input[0], sep="\t", dtype={"layer": str})

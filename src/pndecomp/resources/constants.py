@@ -28,8 +28,8 @@ MIN_MEM_MB = 1000
 #: SmolLM2's float32 forward at ~330 tokens/s (6.2 s per 16 × 128 batch, ~70 GFLOP/s); an AVX512-BF16 core
 #: ~1,450 tokens/s in bfloat16.
 CPU_FLOPS = 2e10
-#: Effective GPU throughput: 30 TFLOP/s, a tenth of the 300 TFLOP/s sustained bf16 the README's paper-scale
-#: estimate assumes for an H100/H200, and below an A100's tf32 peak (156).
+#: Effective GPU throughput: 30 TFLOP/s, a tenth of the 300 TFLOP/s sustained bf16 the paper-scale
+#: estimate (docs/results.md) assumes for an H100/H200, and below an A100's tf32 peak (156).
 GPU_FLOPS = 3e13
 #: float64 numpy values processed per second, temporaries included (elementwise passes, sorts per value).
 NUMPY_VALUES_PER_S = 5e7
@@ -44,7 +44,7 @@ MIN_RUNTIME = 10
 
 # ---- assumptions where the config says nothing -----------------------------------------------------------
 #: Documents read by make_windows from files or hf without corpus.max_documents: The Pile's val + test
-#: shards, the paper's corpus, hold ~429,000, of ~1,450-2,200 GPT-NeoX tokens each (README).
+#: shards, the paper's corpus, hold ~429,000, of ~1,450-2,200 GPT-NeoX tokens each (docs/results.md).
 ASSUMED_DOCUMENTS = 500_000
 ASSUMED_TOKENS_PER_DOCUMENT = 2_200
 #: Local corpus files (corpus.source: files) bound the count instead when they exist at DAG time: their text

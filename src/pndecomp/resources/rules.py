@@ -2,6 +2,7 @@
 :class:`~pndecomp.resources.estimate.Estimate` of peak memory and work out (:mod:`pndecomp.resources`)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
@@ -134,7 +135,7 @@ def make_windows(s: Sizes) -> Estimate:
     e.seconds["tokenize"] = tokens / TOKENS_PER_S
     e.seconds["label and select"] = candidates * SECONDS_PER_CANDIDATE_WINDOW
     if s.dedup_near:
-        e.seconds["near duplicates"] = s.documents * 0.004 * 3  # ~4 ms per 3 kB document (README)
+        e.seconds["near duplicates"] = s.documents * 0.004 * 3  # ~4 ms per 3 kB document (docs/choices.md)
     return e
 
 
@@ -273,6 +274,20 @@ def steer_layer(s: Sizes) -> Estimate:
     a, b = PROBE_SECONDS_PER_ROW_FEATURE
     e.seconds["probe fits"] = (2 * ASSUMED_PROBE_ITERATIONS * s.windows["probe_task"] * s.d_model
                                * (a + b * s.probe_classes))
+    return e
+
+
+def inspect_text(s: Sizes) -> Estimate:
+    """One text (the longest of inspect.texts, at least a window) through the LM with float32 logits for surprisal,
+    every layer's predictor, h, ĥ and r of every layer in float32 (held twice: tensors and arrays), and plotly
+    with the page (its ~5 MB of JavaScript, a few copies while it is written: 40 MB measured)."""
+    text = dataclasses.replace(s, length=max(s.length, s.inspect_tokens))
+    e = Estimate({"process": TORCH_PROCESS_MB * MB, "tokenizer": TOKENIZER_MB * MB,
+                  "predictors": s.n_layers * s.main_predictor_params * 4,
+                  "h, hhat and r": 2 * 3 * s.n_layers * text.length * s.d_model * 4, "plotly and the page": 100 * MB})
+    _lm(text, 1, s.n_layers, e, surprisal=True)
+    e.seconds["lm"] = _lm_seconds(text, text.length, surprisal=True)
+    e.seconds["page"] = 10
     return e
 
 

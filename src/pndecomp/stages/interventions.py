@@ -49,7 +49,7 @@ def patch_layer(config: Mapping, materialized_dir: str | None, layer: str, eval_
                 storage_dtype_path: str | None = None) -> None:
     """Every patch of :data:`pndecomp.patch_kinds.PATCHES` at block ``layer`` on
     ``interventions.patching_windows`` eval windows (one per document first), from their stored clean
-    states: ΔCE and KL per position and pooled, with document-bootstrap intervals."""
+    states: ΔCE and KL per position and pooled, with intervals from resampling split units."""
     section, batch_size = config["interventions"], config["extraction"]["batch_size"]
     windows = pd.read_parquet(eval_windows_path, columns=["window_id", "doc_id", bootstrap.UNIT, "tokens"])
     rows = spread_windows(windows["doc_id"].to_numpy(), section["patching_windows"], config["seed"])
