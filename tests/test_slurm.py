@@ -205,6 +205,7 @@ def test_slurm_profiles_cover_every_submitted_rule_alike():
     for rule in rules - LOCAL_RULES:
         body = re.search(rf"^\s*rule {rule}:\n(.*?)(?=^\s*rule |\Z)", texts, re.MULTILINE | re.DOTALL).group(1)
         assert f'mem_mb=stage_mem_mb("{rule}")' in body and f'runtime=stage_runtime("{rule}")' in body, rule
+        assert (f'gpu=stage_gpu("{rule}")' in body) == (rule in GPU_RULES), rule  # `--resources gpu=1` on one GPU
     for profile in (CLUSTER_PROFILE, TEST_PROFILE):
         settings = yaml.safe_load((profile / "config.yaml").read_text())
         assert settings["executor"] == "slurm"

@@ -151,6 +151,12 @@ def stage_runtime(rule):
     return stage_request(rule, "runtime")
 
 
+def stage_gpu(rule):
+    """1 for the stages that run the LM or a predictor (pndecomp.registry.RULES), else 0. Run with
+    `--resources gpu=1`, one GPU job runs at a time while the CPU jobs share the cores."""
+    return int(pnregistry.RULES[rule].gpu)
+
+
 def view(*keys):
     """The config a rule's script reads (see pndecomp.config.config_view); a param, so changes rerun it."""
     return pnconfig.config_view(config, *keys)

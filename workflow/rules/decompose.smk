@@ -16,6 +16,7 @@ rule decompose_eval:
     resources:
         mem_mb=stage_mem_mb("decompose_eval"),
         runtime=stage_runtime("decompose_eval"),
+        gpu=stage_gpu("decompose_eval"),
     params:
         config=view(*PROVENANCE, "device", "extraction"),
         code=code_version("decompose_eval"),
@@ -44,6 +45,7 @@ rule probe_features:
     resources:
         mem_mb=stage_mem_mb("probe_features"),
         runtime=stage_runtime("probe_features"),
+        gpu=stage_gpu("probe_features"),
     params:
         config=view(*PROVENANCE, "device", "layers", "extraction"),
         code=code_version("probe_features"),

@@ -21,6 +21,7 @@ rule extract_train_activations:
     resources:
         mem_mb=stage_mem_mb("extract_train_activations"),
         runtime=stage_runtime("extract_train_activations"),
+        gpu=stage_gpu("extract_train_activations"),
     params:
         config=view(*PROVENANCE, "device", "layers", "extraction"),
         code=code_version("extract_activations"),
@@ -48,6 +49,7 @@ rule extract_val_activations:
     resources:
         mem_mb=stage_mem_mb("extract_val_activations"),
         runtime=stage_runtime("extract_val_activations"),
+        gpu=stage_gpu("extract_val_activations"),
     params:
         config=view(*PROVENANCE, "device", "layers", "extraction"),
         code=code_version("extract_activations"),
@@ -73,6 +75,7 @@ rule extract_eval_activations:
     resources:
         mem_mb=stage_mem_mb("extract_eval_activations"),
         runtime=stage_runtime("extract_eval_activations"),
+        gpu=stage_gpu("extract_eval_activations"),
     params:
         config=view(*PROVENANCE, "device", "layers", "extraction"),
         code=code_version("extract_activations"),
@@ -98,6 +101,7 @@ rule extract_probe_activations:
     resources:
         mem_mb=stage_mem_mb("extract_probe_activations"),
         runtime=stage_runtime("extract_probe_activations"),
+        gpu=stage_gpu("extract_probe_activations"),
     params:
         config=view(*PROVENANCE, "device", "layers", "extraction"),
         code=code_version("extract_activations"),

@@ -30,6 +30,7 @@ rule inspect_text:
     resources:
         mem_mb=stage_mem_mb("inspect_text"),
         runtime=stage_runtime("inspect_text"),
+        gpu=stage_gpu("inspect_text"),
     params:
         config=view(*PROVENANCE, "device", "layers", "extraction", "windows.prepend_bos"),
         text=lambda wildcards: config["inspect"]["texts"][wildcards.name],

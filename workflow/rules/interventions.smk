@@ -27,6 +27,7 @@ rule patch_layer:
     resources:
         mem_mb=stage_mem_mb("patch_layer"),
         runtime=stage_runtime("patch_layer"),
+        gpu=stage_gpu("patch_layer"),
     params:
         config=view(
             *PROVENANCE,
@@ -64,6 +65,7 @@ rule steer_layer:
     resources:
         mem_mb=stage_mem_mb("steer_layer"),
         runtime=stage_runtime("steer_layer"),
+        gpu=stage_gpu("steer_layer"),
     params:
         config=view(
             *PROVENANCE,

@@ -20,6 +20,7 @@ rule score_baselines:
     resources:
         mem_mb=stage_mem_mb("score_baselines"),
         runtime=stage_runtime("score_baselines"),
+        gpu=stage_gpu("score_baselines"),
     params:
         config=view(
             *PROVENANCE, "device", "metrics.baselines", "metrics.baseline_train_windows", "train.data", "extraction"

@@ -26,6 +26,7 @@ if config["train"]["joint_layers"]:
         resources:
             mem_mb=stage_mem_mb("train_predictors_joint"),
             runtime=stage_runtime("train_predictors_joint"),
+            gpu=stage_gpu("train_predictors_joint"),
         params:
             config=predictor_view(
                 *PROVENANCE, "device", "layers", "predictor", "extraction.dtype", *pnconfig.train_keys(config)
@@ -59,6 +60,7 @@ else:
         resources:
             mem_mb=stage_mem_mb("train_predictor"),
             runtime=stage_runtime("train_predictor"),
+            gpu=stage_gpu("train_predictor"),
         params:
             config=predictor_view(*PROVENANCE, "device", "predictor", "extraction.dtype", *pnconfig.train_keys(config)),
             # Not an output: Snakemake deletes the outputs of an interrupted job, and this must survive.
