@@ -85,7 +85,7 @@ GENERATORS: dict[str, Generator] = {
     "robustness": Generator(_robustness, r"results/[\w./-]+/robustness\.tsv"),
     "layer-table": Generator(_layer_table, r"results/[\w.-]+"),  # a run's directory
     "resources": Generator(_resources),
-    "slurm-rules": Generator(lambda: _slurm_rules()),
+    "slurm-rules": Generator(_slurm_rules),
 }
 
 
