@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import doc_tables
+
 ROOT = Path(__file__).resolve().parents[2]
 BLOCK = re.compile(r"^<!-- generated: (?P<name>[\w-]+)(?P<arguments>[^\n]*?) -->\n"
                    r"(?P<body>.*?)^<!-- generated: end -->$", re.S | re.M)
@@ -84,6 +86,11 @@ GENERATORS: dict[str, Generator] = {
     "claims-card": Generator(_claims_card, r"results/[\w./-]+/claims\.tsv"),
     "robustness": Generator(_robustness, r"results/[\w./-]+/robustness\.tsv"),
     "layer-table": Generator(_layer_table, r"results/[\w.-]+"),  # a run's directory
+    "model-comparison": Generator(doc_tables.model_comparison, r"results/[\w./-]+/model_comparison\.tsv"),
+    "predictor-comparison": Generator(doc_tables.predictor_comparison, r"results/[\w./-]+/predictor_comparison\.tsv"),
+    "predictor-probe-gaps": Generator(doc_tables.predictor_probe_gaps, r"results/[\w./-]+/predictor_comparison\.tsv"),
+    "budget-training": Generator(doc_tables.budget_training, r"results/[\w./-]+/budget_comparison\.tsv"),
+    "budget-probe-gaps": Generator(doc_tables.budget_probe_gaps, r"results/[\w./-]+/budget_comparison\.tsv"),
     "resources": Generator(_resources),
     "slurm-rules": Generator(_slurm_rules),
 }

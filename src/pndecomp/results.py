@@ -22,6 +22,7 @@ import pandas as pd
 import yaml
 
 from .claims import shown_verdict
+from .doc_tables import interval
 
 LAYER_COLUMNS = ("layer", "probe_layer")
 # What a run's results/<experiment>/ holds from its first jobs on (a model study's: model_comparison.tsv).
@@ -355,11 +356,6 @@ def load(path: str | os.PathLike) -> Results:
     return Results(path, config, models)
 
 
-def _interval(value: float, lo: float, hi: float, signed: bool = False) -> str:
-    form = "{:+.3f}" if signed else "{:.3f}"
-    return f"{form.format(value)} [{form.format(lo)}, {form.format(hi)}]".replace("-", "−")
-
-
 def layer_table(run: Results, predictor: str | None = None, baselines: Iterable[str] = ("ridge_ar1", "ridge_ar4"),
                 mask: str = "") -> str:
     """Markdown: per layer, the predictor's eval R² [95 %], each of ``baselines``' R² [95 %], the paired
@@ -371,10 +367,10 @@ def layer_table(run: Results, predictor: str | None = None, baselines: Iterable[
     lines = [f"| block | predictor | {' | '.join(names)} | predictor − best baseline | stopped / kept, converged |",
              "|" + "---|" * (4 + len(names))]
     for layer, row in summary.iterrows():
-        cells = [_interval(*row[[f"{mask}{stem}", f"{mask}{stem}_lo", f"{mask}{stem}_hi"]])
+        cells = [interval(*row[[f"{mask}{stem}", f"{mask}{stem}_lo", f"{mask}{stem}_hi"]])
                  for stem in ("r2", *(f"r2_{name}" for name in names))]
         difference = row[[f"{mask}r2_minus_best", f"{mask}r2_minus_best_lo", f"{mask}r2_minus_best_hi"]]
-        cells.append(f"{_interval(*difference, signed=True)} ({row[f'{mask}best_baseline']})")
+        cells.append(f"{interval(*difference, signed=True)} ({row[f'{mask}best_baseline']})")
         stop = training.loc[layer]
         cells.append(f"{stop['last_step']:,} / {stop['kept_step']:,}, {'yes' if stop['converged'] else 'no'}")
         lines.append(f"| {layer} | {' | '.join(cells)} |")
