@@ -49,8 +49,8 @@ def _stack(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
 
 
 def learning_curves(curves: Mapping[str, pd.DataFrame], metric: str, png, pdf, dpi: int = 150) -> None:
-    """Figures 1 and 2: validation (predictor_val) MSE or R² against training step, one line per layer; a black star marks the
-    evaluation whose weights were kept (the last, or the best one under a stopping rule, train.stop_patience)."""
+    """Figures 1 and 2: validation (predictor_val) MSE or R² against training step, one line per layer; a black
+    star marks the evaluation whose weights were kept (the last, or the best one under a stopping rule)."""
     labels = {"val_mse": "validation MSE", "val_r2": "validation R²"}
     sns.set_theme(style="whitegrid")
     fig, ax = plt.subplots(figsize=(6, 4))
