@@ -196,3 +196,26 @@ def test_probe_features_from_shared_states_are_those_of_the_lm_pass(model, tmp_p
     extract.probe_features_from_states(states, predictors, shared, batch_size=2, device=cpu, metadata=metadata)
     for layer in predictors:
         assert Path(shared[layer]).read_bytes() == Path(fused[layer]).read_bytes(), layer
+
+
+def test_states_written_behind_the_forward_are_those_of_one_forward_byte_for_byte(model, tmp_path):
+    """The writer thread (storage.WriteBehind) changes when the bytes reach the disk, not which: every layer's
+    file equals save_tensors' of the LM's own output_hidden_states rounded to float16 (same metadata), and the
+    surprisal is the float32 log-softmax of its logits, over five batches of which the last is short."""
+    tokens = np.random.default_rng(0).integers(0, model.config.vocab_size, size=(9, 16))
+    paths = {layer: tmp_path / f"layer-{layer}.safetensors" for layer in (0, 2)}
+    extract.extract_hidden_states(model, tokens, [0, 2], {k: str(v) for k, v in paths.items()},
+                                  surprisal_path=str(tmp_path / "surprisal.safetensors"), batch_size=2,
+                                  device=torch.device("cpu"), storage_dtype=torch.float16, metadata={"seed": 0})
+    with torch.no_grad():
+        output = model(torch.from_numpy(tokens), output_hidden_states=True)
+    for layer, path in paths.items():
+        whole = tmp_path / f"whole-{layer}.safetensors"
+        storage.save_tensors({"hidden": output.hidden_states[layer + 1].to(torch.float16)}, whole,
+                             storage.load_metadata(path))
+        assert path.read_bytes() == whole.read_bytes(), layer
+    with safe_open(str(tmp_path / "surprisal.safetensors"), framework="pt") as handle:
+        stored = handle.get_tensor("surprisal")
+    expected = -torch.log_softmax(output.logits.double(), -1)[:, :-1].gather(
+        -1, torch.from_numpy(tokens)[:, 1:, None]).squeeze(-1)
+    torch.testing.assert_close(stored.double(), expected, rtol=1e-4, atol=1e-4)

@@ -5,7 +5,14 @@ import torch
 from safetensors.torch import load_file
 
 from pndecomp import embedded_corpus
-from pndecomp.storage import StreamingTensorsWriter, StreamingTensorWriter, atomic_path, load_metadata, save_tensors
+from pndecomp.storage import (
+    StreamingTensorsWriter,
+    StreamingTensorWriter,
+    WriteBehind,
+    atomic_path,
+    load_metadata,
+    save_tensors,
+)
 
 
 def usual_mode(base: int) -> int:
@@ -158,3 +165,34 @@ def test_saved_tensors_load_back_and_are_byte_identical_across_processes(tmp_pat
     assert loaded["b"].tolist() == [0, 1, 2, 3, 4] and loaded["h"].dtype == torch.bfloat16
     assert load_metadata(paths[0])["layer"] == 7
     assert oct(paths[0].stat().st_mode & 0o777) != oct(0o600)
+
+
+def test_write_behind_runs_every_write_in_order_and_reports_a_failed_one():
+    import threading
+
+    done, threads = [], set()
+
+    def write(item):
+        threads.add(threading.current_thread().name)
+        done.append(item)
+
+    with WriteBehind(depth=2) as behind:
+        for item in range(7):
+            behind.submit(write, item)
+    assert done == list(range(7))
+    assert threads and all(name.startswith("pndecomp-write") for name in threads)
+
+    def fail(item):
+        raise OSError(f"disk full at {item}")
+
+    with pytest.raises(OSError, match="disk full at 0"):
+        with WriteBehind(depth=5) as behind:
+            behind.submit(fail, 0)
+    # An error in the block wins over the pending writes' (which still run to the end).
+    done.clear()
+    with pytest.raises(ValueError, match="in the block"):
+        with WriteBehind(depth=5) as behind:
+            behind.submit(fail, 1)
+            behind.submit(write, 2)
+            raise ValueError("in the block")
+    assert done == [2]

@@ -19,7 +19,14 @@ from tqdm import tqdm
 
 from .lm import ResidualCapture, surprisal
 from .model_files import LAYER_CONVENTION, Layer
-from .storage import StreamingTensorsWriter, StreamingTensorWriter, hidden_batches, release_freed_memory, tensor_shape
+from .storage import (
+    StreamingTensorsWriter,
+    StreamingTensorWriter,
+    WriteBehind,
+    hidden_batches,
+    release_freed_memory,
+    tensor_shape,
+)
 from .windows import tokens_array
 
 log = logging.getLogger(__name__)
@@ -29,15 +36,42 @@ class NonFiniteHiddenState(FloatingPointError):
     """A hidden state that is not finite in the storage dtype (e.g. fp16 overflow of massive activations)."""
 
 
-def _check_finite(hidden: torch.Tensor, layer: Layer, storage_dtype: torch.dtype, window_offset: int) -> None:
-    stored = hidden.to(storage_dtype)
+def _check_finite(stored: torch.Tensor, layer: Layer, window_offset: int, max_abs_hidden: float) -> None:
+    """``stored``: a batch of hidden states in the storage dtype; ``max_abs_hidden``: their largest |h| before."""
     if torch.isfinite(stored).all():
         return
     bad = (~torch.isfinite(stored)).nonzero()[0].tolist()
     raise NonFiniteHiddenState(
         f"layer {layer}: non-finite hidden state at window {window_offset + bad[0]}, position {bad[1] + 1} "
-        f"when stored as {storage_dtype} (max |h| in the batch: {hidden.float().abs().max().item():.4g}); "
+        f"when stored as {stored.dtype} (max |h| in the batch: {max_abs_hidden:.4g}); "
         "set extraction.dtype to bfloat16 or float32")
+
+
+def _to_host(*tensors: torch.Tensor) -> tuple[list[torch.Tensor], torch.cuda.Event | None]:
+    """The tensors on the host, and on a GPU the event a writer waits for before reading them: there the copies
+    are non-blocking into pinned memory (PyTorch pins the destination of a non-blocking device-to-host copy),
+    so the next batch's forward is queued while they run."""
+    if tensors[0].device.type != "cuda":
+        return [tensor.cpu() for tensor in tensors], None
+    host = [tensor.to("cpu", non_blocking=True) for tensor in tensors]
+    event = torch.cuda.Event()
+    event.record()
+    return host, event
+
+
+def _write_hidden(writer: StreamingTensorWriter, layer: Layer, window_offset: int, stored: torch.Tensor,
+                  max_abs_hidden: torch.Tensor, copied: torch.cuda.Event | None) -> None:
+    """On the writer thread: wait for the batch's copy, check it is finite as stored, write it."""
+    if copied is not None:
+        copied.synchronize()
+    _check_finite(stored, layer, window_offset, float(max_abs_hidden))
+    writer.write(stored)
+
+
+def _write_copied(writer: StreamingTensorWriter, batch: torch.Tensor, copied: torch.cuda.Event | None) -> None:
+    if copied is not None:
+        copied.synchronize()
+    writer.write(batch)
 
 
 #: ``extraction.dtype: auto`` keeps float16 while the first batch's largest |h|, times this margin, stays
@@ -85,11 +119,15 @@ def extract_hidden_states(model, tokens: np.ndarray, layers: Sequence[Layer], ou
         surprisal_writer = stack.enter_context(StreamingTensorWriter(
             surprisal_path, "surprisal", (n_windows, length - 1), torch.float32,
             {**metadata, "positions": "2..T", "unit": "nats"})) if surprisal_path else None
+        layer_writers = stack.enter_context(contextlib.ExitStack())  # filled at the first batch
+        # Entered after the writers, so every pending write finishes before they close.
+        behind = stack.enter_context(WriteBehind())
         for offset, input_ids in batches(tokens, batch_size, "extract"):
             input_ids = input_ids.to(device, non_blocking=True)
             if surprisal_writer is not None:
                 hidden, logits = capture.run(input_ids, logits=True)
-                surprisal_writer.write(surprisal(logits, input_ids))
+                [host], copied = _to_host(surprisal(logits, input_ids))
+                behind.submit(_write_copied, surprisal_writer, host, copied)
                 del logits  # [batch, T, vocab] float32: not alive during the next batch's forward
             else:
                 hidden = capture.run(input_ids)
@@ -102,12 +140,12 @@ def extract_hidden_states(model, tokens: np.ndarray, layers: Sequence[Layer], ou
                 layer_metadata = {**metadata, "convention": LAYER_CONVENTION}
                 if choice is not None:
                     layer_metadata["storage_dtype_choice"] = choice
-                writers = {layer: stack.enter_context(StreamingTensorWriter(
+                writers = {layer: layer_writers.enter_context(StreamingTensorWriter(
                     out_paths[layer], "hidden", (n_windows, length, d_model), storage_dtype,
                     {**layer_metadata, "layer": layer})) for layer in layers}
             for layer in layers:
-                _check_finite(hidden[layer], layer, storage_dtype, offset)
-                writers[layer].write(hidden[layer])
+                (stored, max_abs), copied = _to_host(hidden[layer].to(storage_dtype), hidden[layer].abs().amax())
+                behind.submit(_write_hidden, writers[layer], layer, offset, stored, max_abs, copied)
             del hidden
     return choice
 

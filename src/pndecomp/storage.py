@@ -6,6 +6,7 @@ the functions that write tensors: the table, JSON, Parquet and metadata helpers 
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import importlib.metadata
@@ -15,7 +16,8 @@ import platform
 import shutil
 import struct
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -343,3 +345,35 @@ class StreamingTensorWriter(StreamingTensorsWriter):
 
     def write(self, batch: torch.Tensor) -> None:
         super().write({self.name: batch})
+
+
+class WriteBehind:
+    """Runs writes on one background thread, in the order submitted, at most ``depth`` of them pending, so the
+    producer (the LM's forward) does not wait on the disk. A write's error is raised by a later
+    :meth:`submit` or on leaving the ``with`` block, which waits for every pending write; on an error in the
+    block the pending writes finish and their errors are dropped, so the block's own error is the one seen.
+    """
+
+    def __init__(self, depth: int = 2):
+        self.depth = depth
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pndecomp-write")
+        self._pending: collections.deque[Future] = collections.deque()
+
+    def submit(self, write: Callable, *arguments) -> None:
+        self._pending.append(self._pool.submit(write, *arguments))
+        while len(self._pending) > self.depth:
+            self._pending.popleft().result()
+
+    def __enter__(self) -> WriteBehind:
+        return self
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        try:
+            while self._pending:
+                future = self._pending.popleft()
+                if error_type is None:
+                    future.result()
+                else:
+                    future.exception()  # wait for it; the block's error is the one to report
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
