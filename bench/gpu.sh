@@ -17,12 +17,13 @@
 # 4. `snakemake --cores N --keep-going all` into a fresh results/gpu-check, timed, with nvidia-smi sampling GPU
 #    memory (--keep-going: a failing job, a figure say, does not stop the rest of the check).
 # 5. bench/extract.py and bench/train.py on the Pythia-dims shapes at T = 256, each under
-#    bench/gpu_check.py peak (peak GPU memory of the process).
+#    bench/gpu_check.py peak (peak GPU memory of the process); bench/baselines.py (the closed-form baselines'
+#    fit and score, float64 against compensated float32 statistics) at Pythia-410m's width.
 # 6. The report (bench/gpu_check.py report): tokens/s, steps/s, MFU, peak GPU memory.
 #
 # Everything lands in $OUT (default results/gpu-check-out): gpu_check.txt (the report), gpu_check.log (this
 # script's output), config.yaml, snakemake.log, job_logs.tar.gz, bench_extract.log, bench_train.log,
-# gpu_memory.csv. Exit status: 0 when the workflow and both benches ran, else 1.
+# gpu_memory.csv, bench_baselines.log. Exit status: 0 when the workflow and the three benches ran, else 1.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 SMOKE=0
@@ -112,7 +113,9 @@ if [[ $SMOKE == 1 ]]; then
   # float32: bf16 matmuls are several times slower on CPUs without AVX512-BF16; one window of 16 tokens
   # keeps the Pythia-dims LM passes of train.py's joint-vs-per-layer runs short.
   EXTRACT_ARGS=(--quick --dtype float32); TRAIN_ARGS=(--pythia-batch 1 --pythia-length 16 --rounds 1)
+  BASELINE_ARGS=(--d 64 --windows 64 --length 16 --rounds 1)
 else
+  BASELINE_ARGS=(--d 1024 --windows 1024 --length 256 --rounds 2 --threads 4)
   EXTRACT_ARGS=(--batch-size 64 --batches 4 --length 256 --rounds 3 --threads 4)
   TRAIN_ARGS=(--pythia-length 256 --rounds 3 --threads 4)
 fi
@@ -124,8 +127,14 @@ say "bench/train.py ..."
 timeout "${BENCH_TIMEOUT:-90}" "$PY" bench/gpu_check.py peak bench/train.py --shapes pythia-dims --device "$DEVICE" \
   "${TRAIN_ARGS[@]}" > "$OUT/bench_train.log" 2>&1
 TRAIN_RC=$?
-say "benches: extract rc $EXTRACT_RC, train rc $TRAIN_RC"
-for rc_log in "$EXTRACT_RC:$OUT/bench_extract.log" "$TRAIN_RC:$OUT/bench_train.log"; do
+say "bench/baselines.py ..."
+timeout "${BENCH_TIMEOUT:-90}" "$PY" bench/baselines.py --device "$DEVICE" "${BASELINE_ARGS[@]}" \
+  > "$OUT/bench_baselines.log" 2>&1
+BASELINES_RC=$?
+grep SUMMARY "$OUT/bench_baselines.log"
+say "benches: extract rc $EXTRACT_RC, train rc $TRAIN_RC, baselines rc $BASELINES_RC"
+for rc_log in "$EXTRACT_RC:$OUT/bench_extract.log" "$TRAIN_RC:$OUT/bench_train.log" \
+              "$BASELINES_RC:$OUT/bench_baselines.log"; do
   [[ ${rc_log%%:*} != 0 ]] && tail -n 25 "${rc_log#*:}"
 done
 
@@ -134,4 +143,4 @@ done
   "${SMOKE_FLAG[@]}" > "$OUT/gpu_check.txt" 2>&1
 cat "$OUT/gpu_check.txt"
 say "results in $OUT"
-[[ $WORKFLOW_RC == 0 && $EXTRACT_RC == 0 && $TRAIN_RC == 0 ]] || exit 1
+[[ $WORKFLOW_RC == 0 && $EXTRACT_RC == 0 && $TRAIN_RC == 0 && $BASELINES_RC == 0 ]] || exit 1

@@ -346,3 +346,47 @@ def test_good_names():
     assert make_baseline("ridge_ar12").k == 12
     with pytest.raises(ValueError, match="no options"):
         make_baseline("mean", alphas=[1.0])
+
+
+# ---------------------------------------------------------------- statistics dtype
+
+
+def test_statistics_are_float64_on_the_cpu():
+    assert baselines.statistics_dtype(torch.device("cpu")) == torch.float64
+    assert make_baseline("ridge_ar2").dtype == torch.float64
+
+
+def test_a_compensated_float32_sum_keeps_what_a_plain_one_loses():
+    from pndecomp.ridge import CompensatedSum
+
+    total, plain = CompensatedSum(torch.ones(3, dtype=torch.float32)), torch.ones(3, dtype=torch.float32)
+    for _ in range(10_000):
+        total.add(torch.full((3,), 1e-8, dtype=torch.float32))
+        plain = plain + 1e-8
+    assert torch.all(plain == 1.0)  # each 1e-8 is below float32's half-ulp at 1
+    np.testing.assert_allclose(total.value.double().numpy(), 1.0001, rtol=1e-7)
+
+
+def test_float32_statistics_agree_with_float64_on_a_var_process():
+    """Where a GPU lacks fast float64 the statistics accumulate in float32 (compensated) and the solve runs in
+    float64: its R² and coefficients match the float64 fit's, on states with large offsets and 40 chunks."""
+    rng = np.random.default_rng(5)
+    d = 6
+    lags = [_scaled(rng, d, 0.6), _scaled(rng, d, 0.2)]
+    hidden = _simulate_var(rng, lags, np.eye(d), n_windows=200, t=24, burn_in=20, mean=rng.uniform(20, 40, size=d))
+    train, test = hidden[:160], hidden[160:]
+    exact = make_baseline("ridge_ar2").fit(np.array_split(train, 40))
+    single = make_baseline("ridge_ar2")
+    single.dtype = torch.float32
+    single.fit(np.array_split(train, 40))
+    assert single.alpha_ == exact.alpha_
+    assert score(single, test)["r2"] == pytest.approx(score(exact, test)["r2"], rel=1e-5)
+    np.testing.assert_allclose(single.coef_, exact.coef_, atol=2e-3)
+
+
+@pytest.mark.parametrize("p, block", [(12, 4), (10, 4), (5, 5), (3, 8)])
+def test_symmetric_gram_is_the_full_product(p, block):
+    from pndecomp.ridge import symmetric_gram
+
+    x = torch.from_numpy(np.random.default_rng(p).normal(size=(31, p)))
+    np.testing.assert_allclose(symmetric_gram(x, block).numpy(), x.numpy().T @ x.numpy(), rtol=1e-12, atol=1e-12)

@@ -36,7 +36,12 @@ Baselines (names as accepted by :func:`make_baseline`):
 on exactly the predictor's rows (``target = hidden[:, 1:]``), so baselines and predictor go
 through the same metric code.
 
-Everything is computed in float64 (inputs may be float16/bfloat16 torch tensors).
+Everything runs in torch on the baseline's ``device`` (the job's: ``device=``), in float64 where the device
+computes it at speed (the CPU, and the data-centre GPUs: compute capability 6.0, 7.0, 8.0, 9.0), otherwise in
+float32 whose sums over chunks are compensated (Kahan) and whose solve runs in float64 on the CPU
+(:func:`statistics_dtype`); inputs may be float16/bfloat16 tensors or arrays on any device. Fitted parameters
+(``mean_``, ``coef_``, ``intercept_``) are float64 numpy arrays; :meth:`Baseline.predict` gives a float64
+numpy array, :meth:`Baseline.predict_tensor` the tensor on the device.
 """
 from __future__ import annotations
 
@@ -44,27 +49,37 @@ import re
 from collections.abc import Callable, Iterable
 
 import numpy as np
-import scipy.linalg
+import torch
 
 from .metrics import RegressionAccumulator
 from .predictor_kinds import DEFAULT_HOLDOUT_EVERY, RIDGE_ALPHAS
+from .ridge import CompensatedSum, Moments, ridge_path, ridge_solution
 
-# float64 values per chunk of lag features (bounds the float64 copies of one batch).
+# values per chunk of lag features (bounds the copies of one batch in the statistics dtype).
 _CHUNK_VALUES = 2**24
+#: CUDA compute capabilities with full-rate float64 (P100, V100, A100, H100): float64 statistics there.
+FAST_FLOAT64_CAPABILITIES = ((6, 0), (7, 0), (8, 0), (9, 0))
 
 
-def _hidden(batch) -> np.ndarray:
-    """A [n, T, d] tensor/array as float64 numpy (torch tensors of any dtype and device)."""
-    if hasattr(batch, "detach"):  # torch.Tensor, without importing torch here
-        import torch
+def statistics_dtype(device: torch.device) -> torch.dtype:
+    """float64 on the CPU and where the GPU computes it at speed; float32 (compensated sums) elsewhere."""
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) not in FAST_FLOAT64_CAPABILITIES:
+        return torch.float32
+    return torch.float64 if device.type in ("cpu", "cuda") else torch.float32
 
-        batch = batch.detach().to(device="cpu", dtype=torch.float64).numpy()
-    array = np.asarray(batch, dtype=np.float64)
-    if array.ndim != 3:
-        raise ValueError(f"hidden states must be [windows, positions, d], got shape {array.shape}")
-    if array.shape[1] < 2:
-        raise ValueError(f"windows need at least 2 positions to predict one, got T={array.shape[1]}")
-    return array
+
+def _device(device) -> torch.device:
+    return torch.device(device) if device is not None else torch.device("cpu")
+
+
+def _hidden(batch, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A [n, T, d] tensor/array on ``device`` in ``dtype`` (any input dtype and device)."""
+    tensor = batch.detach() if isinstance(batch, torch.Tensor) else torch.from_numpy(np.asarray(batch))
+    if tensor.ndim != 3:
+        raise ValueError(f"hidden states must be [windows, positions, d], got shape {tuple(tensor.shape)}")
+    if tensor.shape[1] < 2:
+        raise ValueError(f"windows need at least 2 positions to predict one, got T={tensor.shape[1]}")
+    return tensor.to(device=device, dtype=dtype)
 
 
 def _batches(batches) -> Iterable:
@@ -74,17 +89,32 @@ def _batches(batches) -> Iterable:
     return batches
 
 
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().to(device="cpu", dtype=torch.float64).numpy()
+
+
 class Baseline:
-    """Common interface; subclasses set ``name`` and implement ``predict`` (and ``fit`` if fitted)."""
+    """Common interface; subclasses set ``name`` and implement ``predict_tensor`` (and ``fit`` if fitted)."""
 
     name = "baseline"
+
+    def __init__(self, device=None) -> None:
+        self.device = _device(device)
+        self.dtype = statistics_dtype(self.device)
 
     def fit(self, batches) -> Baseline:
         """Nothing to learn (persistence, context_mean): the batches are not even read."""
         return self
 
-    def predict(self, hidden) -> np.ndarray:
+    def hidden(self, batch) -> torch.Tensor:
+        return _hidden(batch, self.device, self.dtype)
+
+    def predict_tensor(self, hidden) -> torch.Tensor:
+        """[n, T, d] -> [n, T-1, d] on the baseline's device, in its statistics dtype."""
         raise NotImplementedError
+
+    def predict(self, hidden) -> np.ndarray:
+        return _numpy(self.predict_tensor(hidden))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
@@ -97,34 +127,37 @@ class MeanBaseline(Baseline):
 
     name = "mean"
 
-    def __init__(self) -> None:
+    def __init__(self, device=None) -> None:
+        super().__init__(device)
         self.mean_: np.ndarray | None = None
         self.n_rows_ = 0
 
     def fit(self, batches) -> MeanBaseline:
         total, count = None, 0
         for batch in _batches(batches):
-            hidden = _hidden(batch)
+            hidden = self.hidden(batch)
             rows = hidden[:, 1:].reshape(-1, hidden.shape[-1])
             if total is None:
-                total = np.zeros(rows.shape[1])
-            elif rows.shape[1] != total.shape[0]:
-                raise ValueError(f"batch has d={rows.shape[1]}, earlier batches d={total.shape[0]}")
-            total += rows.sum(axis=0)
+                total = CompensatedSum(rows.sum(dim=0))
+            elif rows.shape[1] != total.value.shape[0]:
+                raise ValueError(f"batch has d={rows.shape[1]}, earlier batches d={total.value.shape[0]}")
+            else:
+                total.add(rows.sum(dim=0))
             count += rows.shape[0]
         if count == 0:
             raise ValueError("mean: no training windows")
-        self.mean_, self.n_rows_ = total / count, count
+        self.mean_, self.n_rows_ = _numpy(total.value) / count, count
         return self
 
-    def predict(self, hidden) -> np.ndarray:
+    def predict_tensor(self, hidden) -> torch.Tensor:
         if self.mean_ is None:
             raise RuntimeError("mean: call fit() before predict()")
-        hidden = _hidden(hidden)
+        hidden = self.hidden(hidden)
         n, t, d = hidden.shape
         if d != self.mean_.shape[0]:
             raise ValueError(f"mean: fitted on d={self.mean_.shape[0]}, got d={d}")
-        return np.broadcast_to(self.mean_, (n, t - 1, d)).copy()
+        mean = torch.from_numpy(self.mean_).to(device=self.device, dtype=self.dtype)
+        return mean.expand(n, t - 1, d).clone()
 
 
 class PersistenceBaseline(Baseline):
@@ -132,8 +165,14 @@ class PersistenceBaseline(Baseline):
 
     name = "persistence"
 
-    def predict(self, hidden) -> np.ndarray:
-        return _hidden(hidden)[:, :-1].copy()
+    def predict_tensor(self, hidden) -> torch.Tensor:
+        return self.hidden(hidden)[:, :-1].clone()
+
+
+def _running_mean(states: torch.Tensor) -> torch.Tensor:
+    """[n, t, d] -> the mean of states 1..s at every s."""
+    counts = torch.arange(1, states.shape[1] + 1, device=states.device, dtype=states.dtype)[None, :, None]
+    return torch.cumsum(states, dim=1) / counts
 
 
 class ContextMeanBaseline(Baseline):
@@ -141,10 +180,8 @@ class ContextMeanBaseline(Baseline):
 
     name = "context_mean"
 
-    def predict(self, hidden) -> np.ndarray:
-        past = _hidden(hidden)[:, :-1]
-        counts = np.arange(1, past.shape[1] + 1, dtype=np.float64)[None, :, None]
-        return np.cumsum(past, axis=1) / counts
+    def predict_tensor(self, hidden) -> torch.Tensor:
+        return _running_mean(self.hidden(hidden)[:, :-1])
 
 
 class ContextMeanFrom2Baseline(MeanBaseline):
@@ -152,104 +189,23 @@ class ContextMeanFrom2Baseline(MeanBaseline):
 
     name = "context_mean_from2"
 
-    def predict(self, hidden) -> np.ndarray:
-        first = super().predict(hidden)[:, :1]  # checks fit() and d
-        after_first = _hidden(hidden)[:, 1:-1]
-        counts = np.arange(1, after_first.shape[1] + 1, dtype=np.float64)[None, :, None]
-        return np.concatenate([first, np.cumsum(after_first, axis=1) / counts], axis=1)
+    def predict_tensor(self, hidden) -> torch.Tensor:
+        first = super().predict_tensor(hidden)[:, :1]  # checks fit() and d
+        return torch.cat([first, _running_mean(self.hidden(hidden)[:, 1:-1])], dim=1)
 
 
-def lag_features(hidden, k: int) -> np.ndarray:
-    """[n, T, d] -> [n, T-1, k·d]: row t is (h_t, h_{t−1}, …, h_{t−k+1}), zero before position 1."""
-    hidden = _hidden(hidden)
+def lag_features(hidden, k: int, device=None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """[n, T, d] -> [n, T-1, k·d]: row t is (h_t, h_{t−1}, …, h_{t−k+1}), zero before position 1; on
+    ``device`` (default: the tensor's own, or the CPU) in ``dtype``."""
+    if device is None:
+        device = hidden.device if isinstance(hidden, torch.Tensor) else torch.device("cpu")
+    hidden = _hidden(hidden, torch.device(device), dtype)
     n, t, d = hidden.shape
     past = hidden[:, :-1]
-    features = np.zeros((n, t - 1, k * d))
+    features = hidden.new_zeros((n, t - 1, k * d))
     for lag in range(min(k, t - 1)):
         features[:, lag:, lag * d : (lag + 1) * d] = past[:, : t - 1 - lag]
     return features
-
-
-class _Moments:
-    """Centred sufficient statistics of rows (x, y) for a least-squares fit, merged chunk by chunk
-    with Chan et al.'s parallel update (no Σx² − (Σx)²/n cancellation when means are large).
-
-    n: rows; mean_x [p], mean_y [d]; cxx = Σ(x−x̄)(x−x̄)ᵀ [p, p]; cxy = Σ(x−x̄)(y−ȳ)ᵀ [p, d];
-    syy = Σ‖y−ȳ‖² (only the trace of YᵀY is needed for SSE).
-    """
-
-    def __init__(self, p: int, d: int) -> None:
-        self.n = 0
-        self.mean_x, self.mean_y = np.zeros(p), np.zeros(d)
-        self.cxx, self.cxy = np.zeros((p, p)), np.zeros((p, d))
-        self.syy = 0.0
-
-    def update(self, x: np.ndarray, y: np.ndarray) -> None:
-        n_b = x.shape[0]
-        if n_b == 0:
-            return
-        mean_x, mean_y = x.mean(axis=0), y.mean(axis=0)
-        xc, yc = x - mean_x, y - mean_y
-        self._merge(n_b, mean_x, mean_y, xc.T @ xc, xc.T @ yc, float(np.sum(yc * yc)))
-
-    def _merge(self, n_b, mean_x, mean_y, cxx, cxy, syy) -> None:
-        if self.n == 0:
-            self.n, self.mean_x, self.mean_y, self.cxx, self.cxy, self.syy = n_b, mean_x, mean_y, cxx, cxy, syy
-            return
-        n = self.n + n_b
-        weight = self.n * n_b / n
-        dx, dy = mean_x - self.mean_x, mean_y - self.mean_y
-        self.cxx = self.cxx + cxx + weight * np.outer(dx, dx)
-        self.cxy = self.cxy + cxy + weight * np.outer(dx, dy)
-        self.syy = self.syy + syy + weight * float(dy @ dy)
-        self.mean_x = self.mean_x + dx * (n_b / n)
-        self.mean_y = self.mean_y + dy * (n_b / n)
-        self.n = n
-
-    def merged(self, other: _Moments) -> _Moments:
-        out = _Moments(0, 0)
-        out._merge(self.n, self.mean_x, self.mean_y, self.cxx, self.cxy, self.syy)
-        out._merge(other.n, other.mean_x, other.mean_y, other.cxx, other.cxy, other.syy)
-        return out
-
-    def sse(self, coef: np.ndarray, intercept: np.ndarray) -> float:
-        """Σ‖y − (Wᵀx + b)‖² over these rows, from the statistics alone:
-        tr(S_yy) − 2 tr(WᵀS_xy) + tr(WᵀS_xxW) + n‖ȳ − b − Wᵀx̄‖² (the cross terms vanish after centring)."""
-        offset = self.mean_y - intercept - self.mean_x @ coef
-        value = self.syy - 2.0 * np.sum(coef * self.cxy) + np.sum(coef * (self.cxx @ coef))
-        return float(max(value, 0.0) + self.n * (offset @ offset))
-
-
-def _ridge_path(moments: _Moments, alphas) -> list[tuple[float, np.ndarray, np.ndarray]]:
-    """[(λ, W [p, d], b [d])] for each α: (S_xx + λI) W = S_xy, b = ȳ − Wᵀx̄, λ = α·tr(S_xx)/p.
-
-    One eigendecomposition serves the whole grid; at λ = 0 directions with a (numerically) zero
-    eigenvalue are dropped, i.e. the minimum-norm least-squares solution.
-    """
-    p = moments.cxx.shape[0]
-    scale = np.trace(moments.cxx) / p
-    eigenvalues, eigenvectors = np.linalg.eigh(moments.cxx)
-    projected = eigenvectors.T @ moments.cxy
-    floor = max(eigenvalues.max(initial=0.0), 0.0) * p * np.finfo(np.float64).eps
-    path = []
-    for alpha in alphas:
-        lam = float(alpha) * scale
-        denominator = eigenvalues + lam
-        inverse = 1.0 / np.where(denominator > floor, denominator, np.inf)
-        coef = eigenvectors @ (projected * inverse[:, None])
-        path.append((lam, coef, moments.mean_y - moments.mean_x @ coef))
-    return path
-
-
-def _ridge_solution(moments: _Moments, alpha: float) -> tuple[float, np.ndarray, np.ndarray]:
-    """(λ, W, b) for one α, as :func:`_ridge_path` gives it; for α > 0 by a Cholesky solve, several
-    times cheaper than the eigendecomposition the path shares across α."""
-    if alpha == 0:
-        return _ridge_path(moments, (alpha,))[0]
-    p = moments.cxx.shape[0]
-    lam = float(alpha) * np.trace(moments.cxx) / p
-    coef = scipy.linalg.solve(moments.cxx + lam * np.eye(p), moments.cxy, assume_a="pos")
-    return lam, coef, moments.mean_y - moments.mean_x @ coef
 
 
 class RidgeARBaseline(Baseline):
@@ -263,7 +219,8 @@ class RidgeARBaseline(Baseline):
     """
 
     def __init__(self, k: int, alphas: Iterable[float] = RIDGE_ALPHAS,
-                 holdout_every: int = DEFAULT_HOLDOUT_EVERY) -> None:
+                 holdout_every: int = DEFAULT_HOLDOUT_EVERY, device=None) -> None:
+        super().__init__(device)
         if int(k) != k or k < 1:
             raise ValueError(f"ridge_ar: k must be an integer ≥ 1, got {k!r}")
         alphas = tuple(sorted(float(a) for a in alphas))
@@ -280,30 +237,31 @@ class RidgeARBaseline(Baseline):
         self.grid_scores_: list[dict] = []
         self.n_train_rows_ = self.n_holdout_rows_ = 0
 
-    def _accumulate(self, batches) -> tuple[_Moments, _Moments]:
-        train = held = None
+    def _accumulate(self, batches) -> tuple[Moments, Moments]:
+        train, held = Moments(), Moments()
         d = None
         next_window = 0
         for batch in _batches(batches):
-            hidden = _hidden(batch)
+            hidden = self.hidden(batch)
             n, t, d_b = hidden.shape
             if d is None:
                 d = d_b
-                train, held = _Moments(self.k * d, d), _Moments(self.k * d, d)
             elif d_b != d:
                 raise ValueError(f"{self.name}: batch has d={d_b}, earlier batches d={d}")
-            index = next_window + np.arange(n)
+            index = next_window + torch.arange(n, device=self.device)
             next_window += n
             is_held = index % self.holdout_every == self.holdout_every - 1
             step = max(1, _CHUNK_VALUES // ((t - 1) * (self.k + 1) * d))
             for moments, part in ((train, hidden[~is_held]), (held, hidden[is_held])):
                 for start in range(0, part.shape[0], step):
                     chunk = part[start : start + step]
-                    x = lag_features(chunk, self.k).reshape(-1, self.k * d)
+                    x = lag_features(chunk, self.k, self.device, self.dtype).reshape(-1, self.k * d)
                     moments.update(x, chunk[:, 1:].reshape(-1, d))
-        if train is None or train.n + held.n == 0:
+        if train.n + held.n == 0:
             raise ValueError(f"{self.name}: no training windows")
-        return train, held
+        # The solve in float64: on the device where it has float64 at speed, else on the CPU.
+        solve_on = self.device if self.dtype == torch.float64 else torch.device("cpu")
+        return tuple(moments.to(solve_on, torch.float64) if moments.n else moments for moments in (train, held))
 
     def fit(self, batches) -> RidgeARBaseline:
         train, held = self._accumulate(batches)
@@ -319,14 +277,16 @@ class RidgeARBaseline(Baseline):
                     "holdout_every, or a single alpha."
                 )
             n_values = held.n * held.mean_y.shape[0]
-            for alpha, (lam, coef, intercept) in zip(self.alphas, _ridge_path(train, self.alphas)):
+            syy = float(held.syy)
+            for alpha, (lam, coef, intercept) in zip(self.alphas, ridge_path(train, self.alphas)):
                 sse = held.sse(coef, intercept)
-                r2 = 1.0 - sse / held.syy if held.syy > 0 else float("nan")
+                r2 = 1.0 - sse / syy if syy > 0 else float("nan")
                 self.grid_scores_.append({"alpha": alpha, "lambda": lam, "mse": sse / n_values, "r2": r2})
             best = int(np.argmin([s["mse"] for s in self.grid_scores_]))  # ties: the smallest α
             self.alpha_ = self.alphas[best]
         pooled = train.merged(held) if held.n and train.n else (train if train.n else held)
-        self.lambda_, self.coef_, self.intercept_ = _ridge_solution(pooled, self.alpha_)
+        self.lambda_, coef, intercept = ridge_solution(pooled, self.alpha_)
+        self.coef_, self.intercept_ = _numpy(coef), _numpy(intercept)
         return self
 
     @property
@@ -337,18 +297,20 @@ class RidgeARBaseline(Baseline):
         d = self.coef_.shape[1]
         return np.stack([self.coef_[j * d : (j + 1) * d].T for j in range(self.k)])
 
-    def predict(self, hidden) -> np.ndarray:
+    def predict_tensor(self, hidden) -> torch.Tensor:
         if self.coef_ is None:
             raise RuntimeError(f"{self.name}: call fit() before predict()")
-        hidden = _hidden(hidden)
+        hidden = self.hidden(hidden)
         n, t, d = hidden.shape
         if d != self.coef_.shape[1]:
             raise ValueError(f"{self.name}: fitted on d={self.coef_.shape[1]}, got d={d}")
-        out = np.empty((n, t - 1, d))
+        coef, intercept = (torch.from_numpy(value).to(device=self.device, dtype=self.dtype)
+                           for value in (self.coef_, self.intercept_))
+        out = hidden.new_empty((n, t - 1, d))
         step = max(1, _CHUNK_VALUES // ((t - 1) * (self.k + 1) * d))
         for start in range(0, n, step):
-            features = lag_features(hidden[start : start + step], self.k)
-            out[start : start + step] = features @ self.coef_ + self.intercept_
+            features = lag_features(hidden[start : start + step], self.k, self.device, self.dtype)
+            out[start : start + step] = features @ coef + intercept
         return out
 
 
@@ -363,16 +325,17 @@ VALID_FORMS = ("'mean', 'persistence', 'context_mean', 'context_mean_from2', 'ri
                "(e.g. 'ridge_ar1', 'ridge_ar4')")
 
 
-def make_baseline(name: str, **ridge_options) -> Baseline:
-    """A fresh, unfitted baseline by name; ``ridge_options`` (alphas, holdout_every) go to ridge_ar<k>."""
+def make_baseline(name: str, device=None, **ridge_options) -> Baseline:
+    """A fresh, unfitted baseline by name, computing on ``device`` (default the CPU); ``ridge_options``
+    (alphas, holdout_every) go to ridge_ar<k>."""
     if isinstance(name, str):
         if name in BASELINES:
             if ridge_options:
                 raise ValueError(f"baseline {name!r} takes no options, got {sorted(ridge_options)}")
-            return BASELINES[name]()
+            return BASELINES[name](device)
         match = _RIDGE_NAME.fullmatch(name)
         if match:
-            return RidgeARBaseline(int(match.group(1)), **ridge_options)
+            return RidgeARBaseline(int(match.group(1)), device=device, **ridge_options)
     raise ValueError(f"unknown baseline {name!r}; valid forms are {VALID_FORMS}")
 
 
@@ -381,6 +344,6 @@ def score(baseline: Baseline, eval_batches) -> dict:
     (``target = hidden[:, 1:]``), pooled over windows × positions by RegressionAccumulator."""
     accumulator = RegressionAccumulator()
     for batch in _batches(eval_batches):
-        hidden = _hidden(batch)
-        accumulator.update(hidden[:, 1:], baseline.predict(hidden))
+        hidden = baseline.hidden(batch)
+        accumulator.update(_numpy(hidden[:, 1:]), baseline.predict(hidden))
     return accumulator.result()

@@ -157,9 +157,10 @@ class RidgeARPredictor(nn.Module):
         return self.linear(lag_stack(hidden, self.config.k))
 
 
-def fit_ridge_ar(settings: RidgeARConfig, batches: Iterable) -> RidgeARPredictor:
-    """The closed-form ridge fit on train hidden states (``batches``: [n, T, d] tensors, read once)."""
-    baseline = RidgeARBaseline(settings.k, settings.alphas, settings.holdout_every).fit(batches)
+def fit_ridge_ar(settings: RidgeARConfig, batches: Iterable, device: str | torch.device = "cpu") -> RidgeARPredictor:
+    """The closed-form ridge fit on train hidden states (``batches``: [n, T, d] tensors, read once), its
+    statistics on ``device`` (:mod:`pndecomp.baselines`)."""
+    baseline = RidgeARBaseline(settings.k, settings.alphas, settings.holdout_every, device=device).fit(batches)
     predictor = RidgeARPredictor(settings)
     with torch.no_grad():
         predictor.linear.weight.copy_(torch.from_numpy(baseline.coef_.T))

@@ -164,7 +164,7 @@ class PredictorKind:
     # (predictor section, d_model, LM attention width, the name's suffix or None) -> settings
     from_config: Callable[[Mapping, int, int, int | None], object]
     parameter: str | None = None  # the name ends in this positive integer (family + <parameter>)
-    fit: str | None = None  # "module:function" (settings, train batches) -> fitted predictor; None: SGD
+    fit: str | None = None  # "module:function" (settings, train batches, device=) -> fitted predictor; None: SGD
 
     @property
     def closed_form(self) -> bool:

@@ -349,8 +349,8 @@ def fit_predictor(predictor_cfg, train_batches: Callable[[], Iterable[torch.Tens
     [batch, T, d_model] tensors: every predictor_train window once), then score it on a second pass (the
     train loss) and on ``val_hidden``. Returns the fitted predictor and a curve of one row: step 0, lr
     NaN, the train loss and the eval scores, with :data:`CURVE_COLUMNS`."""
-    predictor = kind_of(predictor_cfg).fit_function()(predictor_cfg, train_batches())
     device = torch.device(device)
+    predictor = kind_of(predictor_cfg).fit_function()(predictor_cfg, train_batches(), device=device)
     predictor = predictor.to(device).requires_grad_(False)
     sse, values, windows, length = 0.0, 0, 0, 0
     with torch.no_grad():

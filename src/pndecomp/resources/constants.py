@@ -31,6 +31,11 @@ CPU_FLOPS = 2e10
 #: Effective GPU throughput: 30 TFLOP/s, a tenth of the 300 TFLOP/s sustained bf16 the paper-scale
 #: estimate (docs/results.md) assumes for an H100/H200, and below an A100's tf32 peak (156).
 GPU_FLOPS = 3e13
+#: Effective float64 throughput of a data-centre GPU (the closed-form baselines' statistics and solve): 5 TFLOP/s,
+#: a quarter of an A100's 19.5 TFLOP/s float64 tensor-core peak and under a tenth of an H100's 67.
+GPU_FLOAT64_FLOPS = 5e12
+#: Host-to-device bytes per second of stored states read into a GPU job (pageable copies: ~half of PCIe 4).
+HOST_TO_DEVICE_BYTES_PER_S = 1e10
 #: float64 numpy values processed per second, temporaries included (elementwise passes, sorts per value).
 NUMPY_VALUES_PER_S = 5e7
 #: Tokenizer throughput (fast BPE tokenizers do ~0.5-1 M tokens/s on one core), and per candidate window

@@ -13,7 +13,9 @@ from .constants import (
     ASSUMED_TOKENS_PER_DOCUMENT,
     BYTES_PER_TOKEN,
     CPU_FLOPS,
+    GPU_FLOAT64_FLOPS,
     GPU_FLOPS,
+    HOST_TO_DEVICE_BYTES_PER_S,
     LM_PROCESS_MB,
     MB,
     NUMPY_PROCESS_MB,
@@ -81,6 +83,11 @@ def _device_seconds(s: Sizes, flops: float) -> float:
     return flops / (CPU_FLOPS if s.device_is_cpu else GPU_FLOPS)
 
 
+def _float64_seconds(s: Sizes, flops: float) -> float:
+    """The closed-form baselines' float64 work, on the job's device (pndecomp.baselines)."""
+    return flops / (CPU_FLOPS if s.device_is_cpu else GPU_FLOAT64_FLOPS)
+
+
 def _training(s: Sizes, estimate: Estimate, n_layers: int) -> None:
     """Per trained layer its predictor_val hidden states (train.eval_windows, read whole) and the predictor with its
     gradient and two Adam moments; and one step's activations at a time (the layers step one after another:
@@ -91,7 +98,7 @@ def _training(s: Sizes, estimate: Estimate, n_layers: int) -> None:
         estimate.memory["predictors and eval states"] = n_layers * (eval_hidden + 6 * p * p * 8)
         estimate.memory["lag features"] = 3 * min(RIDGE_CHUNK_VALUES, s.train_batch * s.length * p) * 8
         rows = s.windows["predictor_train"] * (s.length - 1)
-        estimate.seconds["ridge fit"] = n_layers * (2 * rows * p * p + 10 * p**3) / CPU_FLOPS
+        estimate.seconds["ridge fit"] = n_layers * _float64_seconds(s, 2 * rows * p * p + 10 * p**3)
         return
     estimate.memory["predictors and eval states"] = n_layers * (eval_hidden + 4 * s.predictor_params * 4)
     estimate.memory["training step"] = max(3 * _predictor_forward(s, s.train_batch), _predictor_forward(s, 32))
@@ -184,9 +191,9 @@ def train_predictors_joint(s: Sizes) -> Estimate:
 
 
 def score_baselines(s: Sizes) -> Estimate:
-    """Fit on at most metrics.baseline_train_windows windows, one batch at a time in float64: the ridge
-    moments (p = k·d: train and held-out XᵀX, the pooled copy, the eigendecomposition), a chunk of lag
-    features, and per eval batch its float64 copy, prediction and squared error."""
+    """Fit on at most metrics.baseline_train_windows windows, one batch at a time in float64 on the job's
+    device: the ridge moments (p = k·d: train and held-out XᵀX, the pooled copy, the eigendecomposition), a
+    chunk of lag features, and per eval batch its float64 copy, prediction and squared error."""
     batch_values = s.extraction_batch * s.length * s.d_model
     p = s.ridge_lags * s.d_model
     e = Estimate({"process": TORCH_PROCESS_MB * MB, "batches in float64": 4 * batch_values * 8,
@@ -199,10 +206,14 @@ def score_baselines(s: Sizes) -> Estimate:
         _lm(s, s.extraction_batch, 1, e)
         e.seconds["lm"] = _lm_seconds(s, train_windows * s.length)
     rows = train_windows * (s.length - 1)
-    e.seconds["ridge fit"] = (2 * rows * p * p + 10 * p**3) / CPU_FLOPS
-    e.seconds["eval passes"] = (s.n_baselines * s.windows["predictor_eval"] * s.length * s.d_model * 10
-                                / NUMPY_VALUES_PER_S + 2 * s.windows["predictor_eval"] * s.length * p * s.d_model
-                                / CPU_FLOPS)
+    e.seconds["ridge fit"] = _float64_seconds(s, 2 * rows * p * p + 10 * p**3)
+    eval_values = s.windows["predictor_eval"] * s.length * s.d_model
+    ridge_predictions = _float64_seconds(s, 2 * s.windows["predictor_eval"] * s.length * p * s.d_model)
+    if s.device_is_cpu:
+        e.seconds["eval passes"] = s.n_baselines * eval_values * 10 / NUMPY_VALUES_PER_S + ridge_predictions
+    else:  # the stored states copied to the device once per baseline; the elementwise work there is negligible
+        e.seconds["eval passes"] = (s.n_baselines * eval_values * s.storage_bytes / HOST_TO_DEVICE_BYTES_PER_S
+                                    + ridge_predictions)
     return e
 
 

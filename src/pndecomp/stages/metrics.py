@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .. import baselines, bootstrap, lm, metrics, model_files, scoring, storage
+from .. import config as pnconfig
 from ..storage import hidden_batches
 from .common import baseline_train_batches, hidden_and_residual_batches, model_source, output_metadata
 
@@ -27,11 +28,13 @@ def score_baselines(config: Mapping, materialized_dir: str | None, layer: str, t
     layer scores take any mask of rows and the per-position metrics the baseline's ‖residual‖."""
     section, batch_size = config["metrics"], config["extraction"]["batch_size"]
     train_batches = baseline_train_batches(config, materialized_dir, layer, train_data_path, storage_dtype_path)
+    device = pnconfig.resolve_device(config["device"])
     columns, fitted = {}, {}
     for name in section["baselines"]:
-        baseline = baselines.make_baseline(name).fit(train_batches())
-        row_sq = np.concatenate([((batch[:, 1:].double().numpy() - baseline.predict(batch)) ** 2).sum(axis=2)
-                                 for batch in hidden_batches(eval_hidden_path, batch_size)])
+        baseline = baselines.make_baseline(name, device).fit(train_batches())
+        row_sq = np.concatenate([
+            ((baseline.hidden(batch)[:, 1:] - baseline.predict_tensor(batch)) ** 2).sum(dim=2).double().cpu().numpy()
+            for batch in hidden_batches(eval_hidden_path, batch_size)])
         columns[f"sse_{name}"] = row_sq.sum(axis=1)
         columns[f"row_sq_{name}"] = list(row_sq)
         fitted[name] = {key: getattr(baseline, key) for key in ("alpha_", "lambda_", "n_train_rows_")
