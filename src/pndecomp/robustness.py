@@ -22,9 +22,11 @@ settings and, apart, over the untrained controls'. Its one-word reading (:func:`
   only in their training budget disagree;
 - ``predictor-dependent``: the verdict changes only between architectures (attn1, mlp_k4, ridge_ar4, ...);
 - ``model-dependent``: the verdict changes only between trained models;
-- ``contradicted``, ``inconclusive``: the same verdict at every trained setting; ``not run``: none ran.
+- ``contradicted``, ``inconclusive``: the same verdict at every trained setting; ``not run``: none ran;
+- ``unsupported``: it holds at no trained setting, contradicted at some and inconclusive at the others (a
+  finding that never holds does not "depend" on anything).
 
-The earlier reading in this order wins: a verdict that moves with the seed says nothing about budgets.
+The earlier of the dependent readings wins: a verdict that moves with the seed says nothing about budgets.
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ from .claims import VERDICTS
 
 Z95 = float(stats.norm.ppf(0.975))
 READINGS = ("robust", "also-in-control", "seed-dependent", "budget-dependent", "predictor-dependent",
-            "model-dependent", "contradicted", "inconclusive", "not run")
+            "model-dependent", "contradicted", "inconclusive", "unsupported", "not run")
 SEED_COLUMNS = ("claim", "source", "statement", "entry", "layers", "seeds", "seed_values", "seed_verdicts", "value",
                 "lo", "hi", "verdict", "holds", "contradicted", "inconclusive", "converged", "n_documents")
 ROBUSTNESS_COLUMNS = ("claim", "statement", "layer_group", "reading", "settings", "holds", "contradicted",
@@ -153,6 +155,8 @@ def reading(verdicts: Mapping[Setting, str]) -> str:
         return "also-in-control" if control.count("holds") * 2 > len(control) else "robust"
     if len(found) == 1:
         return found.pop()
+    if "holds" not in found:
+        return "unsupported"
     for word, cell in (("seed-dependent", lambda s: (s.model, s.entry)),
                        ("budget-dependent", lambda s: (s.model, s.architecture, s.seed)),
                        ("predictor-dependent", lambda s: s.model)):
