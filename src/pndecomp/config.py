@@ -166,7 +166,7 @@ def train_config(config: Mapping) -> TrainConfig:
         seed=config["seed"] if section["seed"] is None else section["seed"], max_epochs=section["max_epochs"],
         normalize=section["normalize"], stop_patience=section["stop_patience"], stop_rel_tol=section["stop_rel_tol"],
         schedule=section["schedule"], lr_decay_factor=section["lr_decay_factor"],
-        outlier_rows=section["outlier_rows"], **outliers)
+        outlier_rows=section["outlier_rows"], compute_dtype=section["compute_dtype"], **outliers)
 
 
 def probe_caps(config: Mapping) -> dict[str, dict[str, int]]:

@@ -60,6 +60,7 @@ class TrainConfig:
     schedule: str = "cosine"  # after the warm-up: cosine (to train.steps) or plateau (decay at each plateau)
     lr_decay_factor: float = 0.3  # plateau schedule: the learning rate's factor at each plateau
     outlier_rows: str = "keep"  # robust: outlier input rows scaled down to the limit, outlier targets not in the loss
+    compute_dtype: str = "auto"  # the training forward: bfloat16 (autocast), float32, or auto (bfloat16 on CUDA)
 
 
 def get_lr(step: int, cfg: TrainConfig, decays: int = 0) -> float:
@@ -244,9 +245,11 @@ class PredictorTrainer:
                                                                  cfg.outlier_norm_ratio))
                 log.info("%s: outlier rows beyond a normalised norm of %.4g (%d of the first batch's rows)", self.name,
                          self.predictor.outlier_limit.item(), int((~self.predictor.typical(hidden)).sum()))
-        # On CUDA the predictor's matmuls run in bf16 under autocast (the weights and AdamW state stay
-        # fp32); the batch was computed before, outside it, so a frozen LM runs in its own dtype.
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        # Under bf16 autocast (train.compute_dtype; auto: on CUDA) the predictor's matmuls run in bf16, the
+        # weights and AdamW state stay fp32; the batch was computed before, outside it, so a frozen LM runs in
+        # its own dtype.
+        bf16 = cfg.compute_dtype == "bfloat16" or (cfg.compute_dtype == "auto" and self.device.type == "cuda")
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = prediction_loss(self.predictor, hidden)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"{self.name}: the training loss is {loss.item()} at step {step + 1} (max |h| in the "
