@@ -42,3 +42,27 @@ def test_the_modules_that_build_the_dag_import_no_torch_transformers_or_plotting
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
+
+
+def layout_map_problems(layout: str, package: Path = PACKAGE) -> list[str]:
+    """Where docs/layout.md's tree of the package and the package's modules disagree."""
+    import re
+
+    tree = layout.split("```\nsrc/pndecomp/\n", 1)[1].split("```", 1)[0]
+    named = set(re.findall(r"(\w+\.py)\b", tree))
+    modules = {path.name for path in package.rglob("*.py") if path.name != "__init__.py"}
+    return ([f"{name}: in the package, not in docs/layout.md" for name in sorted(modules - named)]
+            + [f"{name}: in docs/layout.md, not in the package" for name in sorted(named - modules)])
+
+
+def test_docs_layout_names_every_module_and_no_other():
+    layout = (PACKAGE.parents[1] / "docs" / "layout.md").read_text(encoding="utf-8")
+    assert layout_map_problems(layout) == []
+
+
+def test_a_module_missing_from_the_map_or_a_removed_one_is_reported(tmp_path):
+    (tmp_path / "kept.py").write_text("")
+    (tmp_path / "new.py").write_text("")
+    layout = "```\nsrc/pndecomp/\n├── kept.py   x\n├── gone.py   y\n```\n"
+    assert layout_map_problems(layout, tmp_path) == ["new.py: in the package, not in docs/layout.md",
+                                                     "gone.py: in docs/layout.md, not in the package"]
