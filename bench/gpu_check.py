@@ -81,7 +81,9 @@ def reduced_config(model_dir: str, device: str, smoke: bool, train_keys: set[str
     train = {"data": "stream", "joint_layers": True, "steps": 1000, "batch_size": 32, "warmup_steps": 100,
              "eval_every": 100, "eval_windows": 256, "checkpoint_every": 500,
              # a throughput check: the small corpus's window pool may be reused many times
-             "max_epochs": 1000}
+             "max_epochs": 1000,
+             # a fixed number of steps, as the paper's (config.yaml's plateau rule could stop it early)
+             "schedule": "cosine", "stop_patience": None}
     if smoke:
         train.update(steps=20, batch_size=4, warmup_steps=2, eval_every=5, eval_windows=8, checkpoint_every=10)
     for key in ("joint_layers", "max_epochs"):
@@ -113,6 +115,8 @@ def reduced_config(model_dir: str, device: str, smoke: bool, train_keys: set[str
                                                   else {"probe_train": 800, "probe_val": 160, "probe_test": 320})},
                    "min_test_per_class": 2 if smoke else 10},
     }
+    if smoke:  # config.yaml patches from position 33: past the toy windows' end
+        config["interventions"] = {"from_position": 9}
     return config, notes
 
 
