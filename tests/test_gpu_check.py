@@ -6,7 +6,8 @@ import sys
 
 import pytest
 import yaml
-from test_examples import REPO, dry_run
+from conftest import REPO
+from test_examples import dry_run
 from tiny import write_model
 
 sys.path.insert(0, str(REPO / "bench"))

@@ -149,15 +149,18 @@ class MeanBaseline(Baseline):
         self.mean_, self.n_rows_ = _numpy(total.value) / count, count
         return self
 
-    def predict_tensor(self, hidden) -> torch.Tensor:
+    def fitted_mean(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The train mean [d] on the device, after checking the fit and ``hidden``'s d."""
         if self.mean_ is None:
-            raise RuntimeError("mean: call fit() before predict()")
+            raise RuntimeError(f"{self.name}: call fit() before predict()")
+        if hidden.shape[-1] != self.mean_.shape[0]:
+            raise ValueError(f"{self.name}: fitted on d={self.mean_.shape[0]}, got d={hidden.shape[-1]}")
+        return torch.from_numpy(self.mean_).to(device=self.device, dtype=self.dtype)
+
+    def predict_tensor(self, hidden) -> torch.Tensor:
         hidden = self.hidden(hidden)
         n, t, d = hidden.shape
-        if d != self.mean_.shape[0]:
-            raise ValueError(f"mean: fitted on d={self.mean_.shape[0]}, got d={d}")
-        mean = torch.from_numpy(self.mean_).to(device=self.device, dtype=self.dtype)
-        return mean.expand(n, t - 1, d).clone()
+        return self.fitted_mean(hidden).expand(n, t - 1, d).clone()
 
 
 class PersistenceBaseline(Baseline):
@@ -190,8 +193,9 @@ class ContextMeanFrom2Baseline(MeanBaseline):
     name = "context_mean_from2"
 
     def predict_tensor(self, hidden) -> torch.Tensor:
-        first = super().predict_tensor(hidden)[:, :1]  # checks fit() and d
-        return torch.cat([first, _running_mean(self.hidden(hidden)[:, 1:-1])], dim=1)
+        hidden = self.hidden(hidden)
+        first = self.fitted_mean(hidden).expand(hidden.shape[0], 1, hidden.shape[-1])
+        return torch.cat([first, _running_mean(hidden[:, 1:-1])], dim=1)
 
 
 def lag_features(hidden, k: int, device=None, dtype: torch.dtype = torch.float64) -> torch.Tensor:

@@ -9,8 +9,9 @@ number of windows.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -36,14 +37,14 @@ class NonFiniteHiddenState(FloatingPointError):
     """A hidden state that is not finite in the storage dtype (e.g. fp16 overflow of massive activations)."""
 
 
-def _check_finite(stored: torch.Tensor, layer: Layer, window_offset: int, max_abs_hidden: float) -> None:
+def _check_finite(stored: torch.Tensor, layer: Layer, window_offset: int, max_abs_hidden: torch.Tensor) -> None:
     """``stored``: a batch of hidden states in the storage dtype; ``max_abs_hidden``: their largest |h| before."""
     if torch.isfinite(stored).all():
         return
     bad = (~torch.isfinite(stored)).nonzero()[0].tolist()
     raise NonFiniteHiddenState(
         f"layer {layer}: non-finite hidden state at window {window_offset + bad[0]}, position {bad[1] + 1} "
-        f"when stored as {stored.dtype} (max |h| in the batch: {max_abs_hidden:.4g}); "
+        f"when stored as {stored.dtype} (max |h| in the batch: {float(max_abs_hidden):.4g}); "
         "set extraction.dtype to bfloat16 or float32")
 
 
@@ -59,18 +60,13 @@ def _to_host(*tensors: torch.Tensor) -> tuple[list[torch.Tensor], torch.cuda.Eve
     return host, event
 
 
-def _write_hidden(writer: StreamingTensorWriter, layer: Layer, window_offset: int, stored: torch.Tensor,
-                  max_abs_hidden: torch.Tensor, copied: torch.cuda.Event | None) -> None:
-    """On the writer thread: wait for the batch's copy, check it is finite as stored, write it."""
+def _write_copied(writer: StreamingTensorWriter, batch: torch.Tensor, copied: torch.cuda.Event | None,
+                  check: Callable[[torch.Tensor], None] | None = None) -> None:
+    """On the writer thread: wait for the batch's copy to the host, ``check`` it, write it."""
     if copied is not None:
         copied.synchronize()
-    _check_finite(stored, layer, window_offset, float(max_abs_hidden))
-    writer.write(stored)
-
-
-def _write_copied(writer: StreamingTensorWriter, batch: torch.Tensor, copied: torch.cuda.Event | None) -> None:
-    if copied is not None:
-        copied.synchronize()
+    if check is not None:
+        check(batch)
     writer.write(batch)
 
 
@@ -148,7 +144,8 @@ def extract_hidden_states(model, tokens: np.ndarray, layers: Sequence[Layer], ou
                     {**layer_metadata, "layer": layer})) for layer in layers}
             for layer in layers:
                 (stored, max_abs), copied = _to_host(hidden[layer].to(storage_dtype), hidden[layer].abs().amax())
-                behind.submit(_write_hidden, writers[layer], layer, offset, stored, max_abs, copied)
+                behind.submit(_write_copied, writers[layer], stored, copied, functools.partial(
+                    _check_finite, layer=layer, window_offset=offset, max_abs_hidden=max_abs))
             del hidden
     return choice
 

@@ -187,6 +187,8 @@ class PredictorTrainer:
                  device: str | torch.device = "cpu", resume_path: Path | None = None, data_id: str = "",
                  name: str = "predictor"):
         self.cfg, self.val_hidden, self.device, self.name = cfg, val_hidden, torch.device(device), name
+        # train.compute_dtype: the training forward under bf16 autocast (auto: on CUDA)
+        self.bf16 = cfg.compute_dtype == "bfloat16" or (cfg.compute_dtype == "auto" and self.device.type == "cuda")
         self.resume_path = None if resume_path is None else Path(resume_path)
         if kind_of(predictor_cfg).closed_form:
             raise ValueError(f"{name}: a {predictor_cfg.kind} predictor is fitted in closed form (fit_predictor), "
@@ -245,11 +247,9 @@ class PredictorTrainer:
                                                                  cfg.outlier_norm_ratio))
                 log.info("%s: outlier rows beyond a normalised norm of %.4g (%d of the first batch's rows)", self.name,
                          self.predictor.outlier_limit.item(), int((~self.predictor.typical(hidden)).sum()))
-        # Under bf16 autocast (train.compute_dtype; auto: on CUDA) the predictor's matmuls run in bf16, the
-        # weights and AdamW state stay fp32; the batch was computed before, outside it, so a frozen LM runs in
-        # its own dtype.
-        bf16 = cfg.compute_dtype == "bfloat16" or (cfg.compute_dtype == "auto" and self.device.type == "cuda")
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=bf16):
+        # Under bf16 autocast the predictor's matmuls run in bf16, the weights and AdamW state stay fp32; the
+        # batch was computed before, outside it, so a frozen LM runs in its own dtype.
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             loss = prediction_loss(self.predictor, hidden)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"{self.name}: the training loss is {loss.item()} at step {step + 1} (max |h| in the "

@@ -32,9 +32,8 @@ def score_baselines(config: Mapping, materialized_dir: str | None, layer: str, t
     columns, fitted = {}, {}
     for name in section["baselines"]:
         baseline = baselines.make_baseline(name, device).fit(train_batches())
-        row_sq = np.concatenate([
-            ((baseline.hidden(batch)[:, 1:] - baseline.predict_tensor(batch)) ** 2).sum(dim=2).double().cpu().numpy()
-            for batch in hidden_batches(eval_hidden_path, batch_size)])
+        row_sq = np.concatenate([_row_sq(baseline, baseline.hidden(batch))
+                                 for batch in hidden_batches(eval_hidden_path, batch_size)])
         columns[f"sse_{name}"] = row_sq.sum(axis=1)
         columns[f"row_sq_{name}"] = list(row_sq)
         fitted[name] = {key: getattr(baseline, key) for key in ("alpha_", "lambda_", "n_train_rows_")
@@ -42,6 +41,11 @@ def score_baselines(config: Mapping, materialized_dir: str | None, layer: str, t
         log.info("baseline %s fitted: %s", name, fitted[name])
     storage.write_parquet(pd.DataFrame(columns), out_path,
                           output_metadata(config, layer=model_files.parse_layer(layer), baselines=fitted))
+
+
+def _row_sq(baseline: baselines.Baseline, hidden) -> np.ndarray:
+    """‖h − ĥ‖² [windows, T−1] of a batch already on the baseline's device and in its dtype (moved there once)."""
+    return ((hidden[:, 1:] - baseline.predict_tensor(hidden)) ** 2).sum(dim=2).double().cpu().numpy()
 
 
 def baseline_row_sq(baselines_path: str) -> dict[str, np.ndarray]:
